@@ -1,0 +1,279 @@
+"""The sources registry: one YAML file listing every source dataset, validated on load.
+
+Each entry becomes one key of the `source` dynamic partitions. A bad entry raises
+`RegistryError` whose message names the file, the source and the field, e.g.
+
+    partitions/sources.yaml: source 'gsm8k': field 'kind': must be one of attributes, cot, ...
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KINDS = ("prompt", "sft", "cot", "preference", "attributes")
+FORMATS = ("jsonl", "json", "csv", "parquet")
+KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+DEDUP_KEYS = ("record", "prompt")
+
+#: Logical fields each adapter understands, with the raw column it reads by default.
+#: `None` means the field is optional and unmapped unless the registry maps it.
+ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
+    # one row = one record; map any of these logical fields to columns
+    "generic": {"prompt": None, "response": None, "chosen": None, "rejected": None,
+                "system": None, "reference_answer": None, "id": None},
+    # question -> prompt, answer -> response, final answer after '####' -> reference_answer
+    "gsm8k": {"prompt": "question", "response": "answer", "id": None},
+    # chosen / rejected transcripts with '\n\nHuman:' / '\n\nAssistant:' turns
+    "hh_rlhf": {"chosen": "chosen", "rejected": "rejected", "id": None},
+    # instruction + instances[{input, output}]; one record per instance
+    "self_instruct": {"prompt": "instruction", "instances": "instances", "id": "id"},
+    # OpenAssistant message tree: `root` is the column holding the root message
+    # ('.' when each row is itself a root message, as in *_message.jsonl exports)
+    "oasst_tree": {"root": "prompt", "id": None},
+}
+
+#: Logical fields that must end up mapped for an adapter to produce anything.
+ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "generic": (("prompt",),),
+    "gsm8k": (("prompt", "response"),),
+    "hh_rlhf": (("chosen", "rejected"),),
+    "self_instruct": (("prompt", "instances"),),
+    "oasst_tree": (("root",),),
+}
+
+
+class RegistryError(ValueError):
+    """A sources registry that cannot be used; the message names file, source and field."""
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Where the rows come from: local file(s) or a Hugging Face hub dataset."""
+
+    path: str | None = None  # local path or glob, absolute or relative to the registry file
+    format: str | None = None  # jsonl | json | csv | parquet; inferred from the extension
+    hub: str | None = None  # hub dataset id (or a local dataset folder) for datasets.load_dataset
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    limit: int | None = None  # read at most this many rows per file (None = all)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    key: str
+    kind: str
+    adapter: str
+    loader: LoaderSpec
+    licence: str
+    fields: dict[str, str] = field(default_factory=dict)  # logical field -> raw column
+    description: str = ""
+    priority: int = 100  # lower wins when global dedup picks a representative
+    dedup_key: str = "record"  # 'record' (prompt + responses) or 'prompt'
+    base_dir: str = "."  # folder of the registry file; relative paths resolve against it
+
+    def column(self, logical: str) -> str | None:
+        """The raw column mapped to a logical field (registry mapping over adapter default)."""
+        if logical in self.fields:
+            return self.fields[logical]
+        return ADAPTER_FIELDS[self.adapter].get(logical)
+
+    def mapped_columns(self) -> dict[str, str]:
+        out = {}
+        for logical in ADAPTER_FIELDS[self.adapter]:
+            col = self.column(logical)
+            if col:
+                out[logical] = col
+        return out
+
+    def resolved_paths(self) -> list[Path]:
+        """Local files of this source, sorted; raises RegistryError when none match."""
+        import glob
+
+        assert self.loader.path is not None
+        pattern = os.path.expandvars(os.path.expanduser(self.loader.path))
+        if not os.path.isabs(pattern):
+            pattern = os.path.join(self.base_dir, pattern)
+        pattern = os.path.normpath(pattern)
+        matches = sorted(Path(p) for p in glob.glob(pattern) if os.path.isfile(p))
+        if not matches:
+            raise RegistryError(
+                f"source '{self.key}': field 'loader.path': no file matches {pattern!r}"
+            )
+        return matches
+
+    def file_format(self, path: Path) -> str:
+        if self.loader.format:
+            return self.loader.format
+        name = path.name.lower()
+        if name.endswith(".gz"):
+            name = name[:-3]
+        for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
+                         (".csv", "csv"), (".parquet", "parquet")):
+            if name.endswith(ext):
+                return fmt
+        raise RegistryError(
+            f"source '{self.key}': field 'loader.format': cannot infer the format of "
+            f"{path.name!r}; set one of {', '.join(FORMATS)}"
+        )
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: str
+    sources: tuple[SourceSpec, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return [s.key for s in self.sources]
+
+    def get(self, key: str) -> SourceSpec:
+        for s in self.sources:
+            if s.key == key:
+                return s
+        raise RegistryError(
+            f"{self.path}: unknown source key {key!r}; the registry has: {', '.join(self.keys)}"
+        )
+
+
+def default_registry_path() -> str:
+    """`$POSTTRAIN_SOURCES`, else the bundled `partitions/sources.yaml`."""
+    return os.environ.get("POSTTRAIN_SOURCES") or str(Path(__file__).with_name("sources.yaml"))
+
+
+_TOP_KEYS = {"version", "sources"}
+_SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
+                "description", "priority", "dedup_key"}
+_LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit"}
+
+
+def _fail(where: str, src: str | None, fld: str | None, msg: str) -> RegistryError:
+    parts = [where]
+    if src is not None:
+        parts.append(f"source {src!r}")
+    if fld is not None:
+        parts.append(f"field {fld!r}")
+    return RegistryError(": ".join(parts) + ": " + msg)
+
+
+def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
+    label = f"#{idx}"
+    if not isinstance(raw, dict):
+        raise _fail(where, label, None, f"each source must be a mapping, got {type(raw).__name__}")
+    key = raw.get("key")
+    if not isinstance(key, str) or not KEY_RE.match(key):
+        raise _fail(where, label, "key",
+                    f"must match {KEY_RE.pattern} (lowercase, digits, _ . -), got {key!r}")
+    label = key
+    unknown = set(raw) - _SOURCE_KEYS
+    if unknown:
+        raise _fail(where, label, sorted(unknown)[0],
+                    f"unknown field; allowed: {', '.join(sorted(_SOURCE_KEYS))}")
+
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise _fail(where, label, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    adapter = raw.get("adapter", "generic")
+    if adapter not in ADAPTER_FIELDS:
+        raise _fail(where, label, "adapter",
+                    f"must be one of {', '.join(ADAPTER_FIELDS)}, got {adapter!r}")
+    licence = raw.get("licence", raw.get("license"))
+    if not isinstance(licence, str) or not licence.strip():
+        raise _fail(where, label, "licence", "required (the dataset's licence, e.g. MIT)")
+
+    fields = raw.get("fields") or {}
+    if not isinstance(fields, dict):
+        raise _fail(where, label, "fields", "must be a mapping of logical field -> column")
+    for logical, col in fields.items():
+        if logical not in ADAPTER_FIELDS[adapter]:
+            raise _fail(where, label, f"fields.{logical}",
+                        f"adapter {adapter!r} has no field {logical!r}; "
+                        f"it knows: {', '.join(ADAPTER_FIELDS[adapter])}")
+        if col is not None and (not isinstance(col, str) or not col):
+            raise _fail(where, label, f"fields.{logical}", f"must be a column name, got {col!r}")
+
+    loader_raw = raw.get("loader")
+    if not isinstance(loader_raw, dict):
+        raise _fail(where, label, "loader",
+                    "required: a mapping with 'path' (local file/glob) or 'hub' (dataset id)")
+    bad = set(loader_raw) - _LOADER_KEYS
+    if bad:
+        raise _fail(where, label, f"loader.{sorted(bad)[0]}",
+                    f"unknown field; allowed: {', '.join(sorted(_LOADER_KEYS))}")
+    if bool(loader_raw.get("path")) == bool(loader_raw.get("hub")):
+        raise _fail(where, label, "loader", "give exactly one of 'path' or 'hub'")
+    fmt = loader_raw.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise _fail(where, label, "loader.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    limit = loader_raw.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise _fail(where, label, "loader.limit", f"must be a positive integer, got {limit!r}")
+    for name in ("path", "hub", "config", "split", "revision"):
+        v = loader_raw.get(name)
+        if v is not None and not isinstance(v, str):
+            raise _fail(where, label, f"loader.{name}", f"must be a string, got {v!r}")
+    loader = LoaderSpec(
+        path=loader_raw.get("path"), format=fmt, hub=loader_raw.get("hub"),
+        config=loader_raw.get("config"), split=loader_raw.get("split") or "train",
+        revision=loader_raw.get("revision"), limit=limit,
+    )
+
+    priority = raw.get("priority", 100)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise _fail(where, label, "priority", f"must be an integer, got {priority!r}")
+    dedup_key = raw.get("dedup_key", "record")
+    if dedup_key not in DEDUP_KEYS:
+        raise _fail(where, label, "dedup_key", f"must be one of {', '.join(DEDUP_KEYS)}, got {dedup_key!r}")
+
+    spec = SourceSpec(
+        key=key, kind=kind, adapter=adapter, loader=loader, licence=licence.strip(),
+        fields={k: v for k, v in fields.items()}, description=str(raw.get("description") or ""),
+        priority=priority, dedup_key=dedup_key, base_dir=base_dir,
+    )
+    mapped = spec.mapped_columns()
+    options = ADAPTER_REQUIRED[adapter]
+    if not any(all(f in mapped for f in group) for group in options):
+        need = " or ".join("+".join(g) for g in options)
+        raise _fail(where, label, "fields", f"adapter {adapter!r} needs {need} mapped")
+    if kind == "preference" and not ({"chosen", "rejected"} <= set(mapped)):
+        raise _fail(where, label, "fields", "kind 'preference' needs 'chosen' and 'rejected' mapped")
+    return spec
+
+
+def parse_registry(data: Any, where: str = "<registry>", base_dir: str = ".") -> Registry:
+    if not isinstance(data, dict):
+        raise _fail(where, None, None, "the registry must be a mapping with a 'sources' list")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise _fail(where, None, sorted(unknown)[0], "unknown top-level field; allowed: version, sources")
+    raw_sources = data.get("sources")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise _fail(where, None, "sources", "must be a non-empty list of sources")
+    specs: list[SourceSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_sources):
+        spec = _parse_source(raw, i, where, base_dir)
+        if spec.key in seen:
+            raise _fail(where, spec.key, "key", "duplicate source key")
+        seen.add(spec.key)
+        specs.append(spec)
+    return Registry(path=where, sources=tuple(specs))
+
+
+def load_registry(path: str | os.PathLike | None = None) -> Registry:
+    """Read and validate a sources registry YAML file (default: `default_registry_path()`)."""
+    path = str(path or default_registry_path())
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: sources registry not found (set POSTTRAIN_SOURCES?)") from None
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+    return parse_registry(data, where=path, base_dir=str(Path(path).resolve().parent))

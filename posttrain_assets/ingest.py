@@ -1,0 +1,113 @@
+"""Ingest stage: `raw_records` (rows as loaded) -> `merged_prompts` (unified prompt schema)."""
+
+
+from typing import Optional
+
+import dagster as dg
+import pyarrow as pa
+
+from partitions import source_partitions
+from partitions.registry import RegistryError, SourceSpec
+from resources.sources import SourceRegistryResource
+from resources.storage import StorageResource
+
+from .accounting import Accounting, RowIssue, rejects_table
+from .loaders import SourceLoadError, load_rows, rows_to_table
+from .merging import FieldMappingError, merge_prompts
+from .metadata import accounting_check, required_check, stage_metadata, unique_check
+
+GROUP = "ingest"
+SHOW_ISSUES = 5
+
+
+class RawRecordsConfig(dg.Config):
+    limit: Optional[int] = None  # read at most this many rows per file (None: all; registry limit applies too)
+
+
+class MergedPromptsConfig(dg.Config):
+    max_prompt_chars: int = 200_000  # longer prompts become `prompt_too_long` rejects
+    dedup: bool = True  # drop exact duplicates within the source (normalised text, keep first)
+
+
+def source_spec(registry: SourceRegistryResource, key: str) -> SourceSpec:
+    try:
+        return registry.get(key)
+    except RegistryError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def report_issues(context: dg.AssetExecutionContext, source: str, issues: list[RowIssue]) -> None:
+    for it in issues[:SHOW_ISSUES]:
+        context.log.warning(it.describe(source))
+    if len(issues) > SHOW_ISSUES:
+        context.log.warning(f"... and {len(issues) - SHOW_ISSUES} more; see the `rejects` view")
+
+
+def _save_rejects(context, storage: StorageResource, source: str, issues: list[RowIssue]) -> str:
+    return storage.write_rejects(context.asset_key, context.partition_key,
+                                 rejects_table(source, context.asset_key.to_user_string(), issues))
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name=GROUP,
+    kinds={"parquet", "python"},
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="raw_records", blocking=True)],
+    description="The source's rows as loaded (top-level fields as columns, nested ones as JSON "
+                "text) plus source_file and source_row.",
+)
+def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
+                registry: SourceRegistryResource, storage: StorageResource):
+    key = context.partition_key
+    spec = source_spec(registry, key)
+    try:
+        loaded = load_rows(spec, log=context.log.info, limit=config.limit)
+    except SourceLoadError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    table = rows_to_table(loaded)
+    acc = Accounting.from_issues(loaded.rows_read, table.num_rows, loaded.issues)
+    report_issues(context, key, loaded.issues)
+    rejects_uri = _save_rejects(context, storage, key, loaded.issues)
+    yield dg.Output(table, metadata=stage_metadata(
+        table, acc, preview_columns=table.column_names[:6],
+        extra={"files": dg.MetadataValue.json(loaded.files), "blank_lines": loaded.blank_lines,
+               "kind": spec.kind, "adapter": spec.adapter, "licence": spec.licence,
+               "rejects_path": dg.MetadataValue.path(rejects_uri)}))
+    yield accounting_check(acc)
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name=GROUP,
+    kinds={"parquet", "python"},
+    check_specs=[
+        dg.AssetCheckSpec("row_accounting", asset="merged_prompts", blocking=True),
+        dg.AssetCheckSpec("all_prompt_id_unique", asset="merged_prompts"),
+        dg.AssetCheckSpec("required_columns", asset="merged_prompts"),
+    ],
+    description="One unified prompt schema per source: all_prompt_id, source_prompt_id, prompt, "
+                "messages, response / chosen / rejected, metadata (original row as JSON); exact "
+                "duplicates within the source removed.",
+)
+def merged_prompts(context: dg.AssetExecutionContext, config: MergedPromptsConfig,
+                   registry: SourceRegistryResource, storage: StorageResource,
+                   raw_records: pa.Table):
+    key = context.partition_key
+    spec = source_spec(registry, key)
+    try:
+        result = merge_prompts(raw_records, spec, max_prompt_chars=config.max_prompt_chars,
+                               dedup=config.dedup, log=context.log.info)
+    except FieldMappingError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    table, acc = result.table, result.accounting
+    report_issues(context, key, result.issues)
+    rejects_uri = _save_rejects(context, storage, key, result.issues)
+    yield dg.Output(table, metadata=stage_metadata(
+        table, acc, text_column="prompt",
+        preview_columns=["all_prompt_id", "prompt", "response", "chosen", "reference_answer"],
+        extra={"raw_rows": result.raw_rows, "kind": spec.kind,
+               "rejects_path": dg.MetadataValue.path(rejects_uri)}))
+    yield accounting_check(acc)
+    yield unique_check(table, "all_prompt_id")
+    yield required_check(table, ["all_prompt_id", "source_prompt_id", "prompt", "metadata"],
+                         nonblank=["prompt"])

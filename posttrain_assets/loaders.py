@@ -1,0 +1,311 @@
+"""Read a source's rows from local files (jsonl, json, csv, parquet; optionally .gz) or the Hub.
+
+Pure functions, no Dagster. Bad rows never raise: they come back as `RowIssue`s (malformed JSON,
+bytes that are not UTF-8, CSV rows with missing or extra columns, rows that are not objects).
+Configuration mistakes (no file, unknown format, unreachable hub dataset) raise `SourceLoadError`
+naming the source.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+
+from partitions.registry import RegistryError, SourceSpec
+
+from .accounting import RowIssue, raw_preview
+
+JSON_FIELD_META = b"posttrain.json"
+RESERVED = ("source_file", "source_row")
+PROGRESS_EVERY = 50_000
+
+csv.field_size_limit(sys.maxsize)  # real prompt CSVs have fields > 131,072 chars
+
+
+class SourceLoadError(RuntimeError):
+    """The source cannot be read at all (as opposed to a bad row, which is a RowIssue)."""
+
+
+@dataclass
+class LoadedRows:
+    files: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    source_files: list[str] = field(default_factory=list)
+    source_rows: list[int] = field(default_factory=list)
+    issues: list[RowIssue] = field(default_factory=list)
+    rows_read: int = 0  # rows seen in the files = loaded + rejected
+    blank_lines: int = 0  # empty lines in JSONL files (no data, not rows)
+
+
+def lone_surrogate_path(value: Any, path: str = "") -> str | None:
+    """Where `value` holds text that is not valid Unicode (a byte that was not UTF-8), else None."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "<row>"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            p = lone_surrogate_path(v, f"{path}.{k}" if path else str(k))
+            if p:
+                return p
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            p = lone_surrogate_path(v, f"{path}[{i}]")
+            if p:
+                return p
+    return None
+
+
+def _open_binary(path: Path):
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_jsonl(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+    name = path.name
+    with _open_binary(path) as fh:
+        n = 0
+        for lineno, raw in enumerate(fh):
+            if limit is not None and n >= limit:
+                break
+            if not raw.strip():
+                out.blank_lines += 1
+                continue
+            n += 1
+            out.rows_read += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                out.issues.append(RowIssue(
+                    reason="invalid_utf8", source_file=name, source_row=lineno,
+                    detail=f"byte 0x{raw[exc.start]:02x} at offset {exc.start} of line {lineno + 1} is not UTF-8",
+                    raw=raw_preview(raw)))
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                out.issues.append(RowIssue(
+                    reason="malformed_json", source_file=name, source_row=lineno,
+                    detail=f"line {lineno + 1}: {exc.msg} at column {exc.colno}", raw=raw_preview(text)))
+                continue
+            yield lineno, row
+
+
+def _read_json(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+    with _open_binary(path) as fh:
+        text = fh.read().decode("utf-8", "surrogateescape")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # a .json file that is really JSON Lines
+        if exc.msg == "Extra data":
+            yield from _read_jsonl(path, out, limit)
+            return
+        raise SourceLoadError(f"{path.name}: not valid JSON: {exc}") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise SourceLoadError(f"{path.name}: a JSON file must hold a list of rows "
+                                  "(or an object with exactly one list)")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise SourceLoadError(f"{path.name}: a JSON file must hold a list of rows")
+    for i, row in enumerate(data[:limit] if limit else data):
+        out.rows_read += 1
+        yield i, row
+
+
+def _read_csv(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+    name = path.name
+    with _open_binary(path) as fh:
+        text = fh.read().decode("utf-8-sig", "surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise SourceLoadError(f"{name}: CSV header unreadable: {exc}") from None
+    width = len(header)
+    i = -1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise SourceLoadError(f"{name}: CSV unreadable near line {reader.line_num}: {exc}") from None
+        if not values:  # blank line
+            continue
+        i += 1
+        if limit is not None and i >= limit:
+            break
+        out.rows_read += 1
+        if len(values) < width:
+            missing = header[len(values):]
+            out.issues.append(RowIssue(
+                reason="csv_missing_column", source_file=name, source_row=i, field=missing[0],
+                detail=f"line {reader.line_num}: {len(values)} of {width} columns; missing {', '.join(missing)}",
+                raw=raw_preview(values)))
+            continue
+        if len(values) > width:
+            out.issues.append(RowIssue(
+                reason="csv_extra_columns", source_file=name, source_row=i,
+                detail=f"line {reader.line_num}: {len(values)} columns, header has {width} (unquoted comma?)",
+                raw=raw_preview(values)))
+            continue
+        yield i, dict(zip(header, values))
+
+
+def _read_parquet(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    i = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            if limit is not None and i >= limit:
+                return
+            out.rows_read += 1
+            yield i, row
+            i += 1
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+
+
+def _iter_hub(spec: SourceSpec, out: LoadedRows) -> Iterator[tuple[int, Any]]:
+    """Rows of a Hugging Face dataset through `datasets.load_dataset` (needs network or cache)."""
+    import datasets
+
+    lo = spec.loader
+    try:
+        ds = datasets.load_dataset(lo.hub, lo.config, split=lo.split, revision=lo.revision)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+        raise SourceLoadError(
+            f"source {spec.key!r}: cannot load hub dataset {lo.hub!r} (config={lo.config!r}, "
+            f"split={lo.split!r}): {type(exc).__name__}: {exc}") from None
+    n = len(ds) if lo.limit is None else min(lo.limit, len(ds))
+    for i in range(n):
+        out.rows_read += 1
+        yield i, ds[i]
+
+
+def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
+              limit: int | None = None) -> LoadedRows:
+    """Every row of a source, with its file and row number; bad rows come back as issues."""
+    out = LoadedRows()
+    limit = limit or spec.loader.limit
+    if spec.loader.hub:
+        streams = [(spec.loader.hub, _iter_hub(spec, out))]
+        out.files = [spec.loader.hub]
+    else:
+        try:
+            paths = spec.resolved_paths()
+            streams = [(p.name, READERS[spec.file_format(p)](p, out, limit)) for p in paths]
+        except RegistryError as exc:
+            raise SourceLoadError(str(exc)) from None
+        out.files = [str(p) for p in paths]
+    t0 = time.monotonic()
+    for fname, stream in streams:
+        try:
+            for row_no, row in stream:
+                if not isinstance(row, dict):
+                    out.issues.append(RowIssue(
+                        reason="not_an_object", source_file=fname, source_row=row_no,
+                        detail=f"row is a {type(row).__name__}, expected an object", raw=raw_preview(row)))
+                    continue
+                bad = lone_surrogate_path(row)
+                if bad:
+                    out.issues.append(RowIssue(
+                        reason="invalid_utf8", source_file=fname, source_row=row_no, field=bad,
+                        detail="text holds bytes that are not UTF-8", raw=raw_preview(row)))
+                    continue
+                out.rows.append(row)
+                out.source_files.append(fname)
+                out.source_rows.append(row_no)
+                if log and out.rows_read % PROGRESS_EVERY == 0:
+                    dt = max(time.monotonic() - t0, 1e-9)
+                    log(f"{spec.key}: read {out.rows_read:,} rows ({out.rows_read / dt:,.0f} rows/s)")
+        except SourceLoadError as exc:
+            raise SourceLoadError(f"source {spec.key!r}: {exc}") from None
+        except OSError as exc:
+            raise SourceLoadError(f"source {spec.key!r}: cannot read {fname}: {exc}") from None
+    return out
+
+
+# ---------------------------------------------------------------- raw rows <-> Arrow
+
+
+def _column_type(values: list[Any]) -> pa.DataType | None:
+    """Native Arrow type for a homogeneous scalar column; None means 'store as JSON text'."""
+    kinds = {type(v) for v in values if v is not None}
+    if not kinds:
+        return pa.string()
+    if kinds == {str}:
+        return pa.string()
+    if kinds == {bool}:
+        return pa.bool_()
+    if kinds == {int}:
+        return pa.int64() if all(v is None or -(2**63) <= v < 2**63 for v in values) else None
+    if kinds == {float}:
+        return pa.float64()
+    return None
+
+
+def rows_to_table(loaded: LoadedRows) -> pa.Table:
+    """`raw_records`: the rows as loaded (top-level keys become columns) + source_file/source_row.
+
+    Nested or mixed-type columns are stored as JSON text and tagged in the field metadata so that
+    `table_to_rows` gives back the original values.
+    """
+    names: dict[str, None] = {}
+    for row in loaded.rows:
+        for k in row:
+            names.setdefault(k, None)
+    arrays: list[pa.Array] = [pa.array(loaded.source_files, pa.string()),
+                              pa.array(loaded.source_rows, pa.int64())]
+    fields: list[pa.Field] = [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64())]
+    for name in names:
+        values = [row.get(name) for row in loaded.rows]
+        col = name if name not in RESERVED else f"{name}_raw"
+        typ = _column_type(values)
+        if typ is None:
+            arrays.append(pa.array([None if v is None else json.dumps(v, ensure_ascii=False)
+                                    for v in values], pa.string()))
+            fields.append(pa.field(col, pa.string(), metadata={JSON_FIELD_META: b"1"}))
+        else:
+            arrays.append(pa.array(values, typ))
+            fields.append(pa.field(col, typ))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def table_to_rows(table: pa.Table) -> Iterator[tuple[str, int, dict]]:
+    """Inverse of `rows_to_table`: (source_file, source_row, original row) per row."""
+    json_cols = {f.name for f in table.schema
+                 if f.metadata and f.metadata.get(JSON_FIELD_META) == b"1"}
+    data_cols = [n for n in table.column_names if n not in RESERVED]
+    for batch in table.to_batches(max_chunksize=10_000):
+        cols = {n: batch.column(n).to_pylist() for n in batch.schema.names}
+        for i in range(batch.num_rows):
+            row = {}
+            for n in data_cols:
+                v = cols[n][i]
+                if n in json_cols and v is not None:
+                    v = json.loads(v)
+                key = n[:-4] if n.endswith("_raw") and n[:-4] in RESERVED else n
+                row[key] = v
+            yield cols["source_file"][i], cols["source_row"][i], row

@@ -1,0 +1,121 @@
+"""Materialisation metadata and asset-check results shared by every stage."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .accounting import Accounting
+
+PREVIEW_ROWS = 5
+PREVIEW_CELL_CHARS = 80
+
+
+def column_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    text = " ".join(text.split())
+    if len(text) > PREVIEW_CELL_CHARS:
+        text = text[: PREVIEW_CELL_CHARS - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def markdown_preview(table: pa.Table, n: int = PREVIEW_ROWS, columns: Iterable[str] | None = None) -> str:
+    cols = [c for c in (columns or table.column_names) if c in table.column_names]
+    if table.num_rows == 0 or not cols:
+        return "_(no rows)_"
+    rows = table.select(cols).slice(0, n).to_pylist()
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def length_stats(table: pa.Table, column: str) -> dict[str, float]:
+    """Characters per value of a text column: min / mean / p50 / p95 / max."""
+    if column not in table.column_names or table.num_rows == 0:
+        return {}
+    lengths = pc.utf8_length(table[column]).drop_null()
+    if len(lengths) == 0:
+        return {}
+    q = pc.quantile(lengths, q=[0.5, 0.95], interpolation="nearest").to_pylist()
+    return {
+        f"{column}_chars_min": int(pc.min(lengths).as_py()),
+        f"{column}_chars_mean": round(float(pc.mean(lengths).as_py()), 1),
+        f"{column}_chars_p50": int(q[0]),
+        f"{column}_chars_p95": int(q[1]),
+        f"{column}_chars_max": int(pc.max(lengths).as_py()),
+    }
+
+
+def accounting_markdown(acc: Accounting) -> str:
+    lines = ["| outcome | reason | rows |", "|---|---|---|", f"| in | | {acc.rows_in} |",
+             f"| out | | {acc.rows_out} |"]
+    lines += [f"| removed | {r} | {n} |" for r, n in sorted(acc.removed_by_reason.items())]
+    lines += [f"| rejected | {r} | {n} |" for r, n in sorted(acc.rejected_by_reason.items())]
+    return "\n".join(lines)
+
+
+def stage_metadata(table: pa.Table, acc: Accounting, *, text_column: str | None = None,
+                   preview_columns: Iterable[str] | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    md: dict[str, Any] = {
+        "dagster/row_count": table.num_rows,
+        "dagster/column_schema": column_schema(table.schema),
+        "preview": dg.MetadataValue.md(markdown_preview(table, columns=preview_columns)),
+        "rows_in": acc.rows_in,
+        "rows_out": acc.rows_out,
+        "removed": acc.removed,
+        "rejected": acc.rejected,
+        "removed_by_reason": dg.MetadataValue.json(dict(acc.removed_by_reason)),
+        "rejected_by_reason": dg.MetadataValue.json(dict(acc.rejected_by_reason)),
+        "accounting": dg.MetadataValue.md(accounting_markdown(acc)),
+    }
+    if text_column:
+        md.update(length_stats(table, text_column))
+    md.update(extra or {})
+    return md
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def accounting_check(acc: Accounting) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name="row_accounting",
+        passed=acc.balanced,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"rows_in": acc.rows_in, "rows_out": acc.rows_out, "removed": acc.removed,
+                  "rejected": acc.rejected,
+                  "unaccounted": acc.rows_in - acc.rows_out - acc.removed - acc.rejected},
+        description="rows_in = rows_out + removed + rejected",
+    )
+
+
+def unique_check(table: pa.Table, column: str) -> dg.AssetCheckResult:
+    n = table.num_rows
+    distinct = pc.count_distinct(table[column], mode="all").as_py() if n else 0
+    return dg.AssetCheckResult(
+        check_name=f"{column}_unique", passed=distinct == n,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"rows": n, "distinct": distinct, "duplicates": n - distinct},
+    )
+
+
+def required_check(table: pa.Table, columns: list[str], nonblank: list[str]) -> dg.AssetCheckResult:
+    nulls = {c: table[c].null_count for c in columns}
+    blank = {}
+    for c in nonblank:
+        stripped = pc.utf8_trim_whitespace(table[c])
+        blank[c] = int(pc.sum(pc.equal(pc.utf8_length(stripped), 0)).as_py() or 0)
+    passed = not any(nulls.values()) and not any(blank.values())
+    return dg.AssetCheckResult(
+        check_name="required_columns", passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"null_counts": dg.MetadataValue.json(nulls),
+                  "blank_counts": dg.MetadataValue.json(blank)},
+    )

@@ -1,0 +1,258 @@
+"""Parquet storage for every asset, the rejects sidecar, and the DuckDB catalogue.
+
+Layout under the storage root (a local folder or any pyarrow/fsspec URI such as s3://bucket/x):
+
+    <root>/<asset>/source=<key>/data.parquet     partitioned assets (hive style)
+    <root>/<asset>/data.parquet                  unpartitioned (global) assets
+    <root>/_rejects/<asset>/source=<key>/data.parquet   rejected / removed rows with reasons
+
+Writes are atomic: a temp file beside the target, then a rename. The DuckDB catalogue holds one
+view per asset over its Parquet glob (so new partitions show up without a refresh) and a
+`rejects` view over all rejects files.
+"""
+
+
+import logging
+import os
+import time
+import uuid
+from typing import Optional
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger("posttrain.storage")
+
+DEFAULT_ROOT_ENV = "POSTTRAIN_STORAGE"
+CATALOG_ENV = "POSTTRAIN_CATALOG"
+REJECTS_DIR = "_rejects"
+PARTITION_DIM = "source"
+DATA_FILE = "data.parquet"
+# schemes DuckDB reads itself (through its httpfs / azure extensions)
+DUCKDB_REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
+
+
+def default_storage_root() -> str:
+    return os.environ.get(DEFAULT_ROOT_ENV) or os.path.abspath("storage")
+
+
+class MissingPartitionError(FileNotFoundError):
+    pass
+
+
+class ParquetStore:
+    """Plain helper (no Dagster) over a root URI: paths, atomic writes, reads."""
+
+    def __init__(self, root: str):
+        self.root_uri = root
+        self.scheme = root.split("://", 1)[0] if "://" in root else "file"
+        if self.scheme == "file":
+            local = root[len("file://"):] if root.startswith("file://") else root
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+            self.base = os.path.abspath(local)
+        else:
+            try:
+                self.fs, self.base = pafs.FileSystem.from_uri(root)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                import fsspec  # any fsspec filesystem (memory://, gcs via gcsfs, ...)
+
+                fs, path = fsspec.core.url_to_fs(root)
+                self.fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+                self.base = path
+        self.base = self.base.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    # ---------------------------------------------------------------- paths
+    def asset_dir(self, asset: str) -> str:
+        return f"{self.base}/{asset}"
+
+    def path(self, asset: str, partition: Optional[str]) -> str:
+        if partition is None:
+            return f"{self.asset_dir(asset)}/{DATA_FILE}"
+        return f"{self.asset_dir(asset)}/{PARTITION_DIM}={partition}/{DATA_FILE}"
+
+    def rejects_path(self, asset: str, partition: Optional[str]) -> str:
+        return self.path(f"{REJECTS_DIR}/{asset}", partition)
+
+    def uri(self, path: str) -> str:
+        """A path of this store as DuckDB / a user would address it."""
+        if self.is_local:
+            return path
+        return f"{self.scheme}://{path}"
+
+    def glob(self, asset: str, partitioned: bool) -> str:
+        return self.uri(f"{self.asset_dir(asset)}/*/{DATA_FILE}" if partitioned else self.path(asset, None))
+
+    # ---------------------------------------------------------------- io
+    def write(self, table: pa.Table, path: str) -> None:
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
+            self.fs.move(tmp, path)
+        except BaseException:
+            try:
+                self.fs.delete_file(tmp)
+            except (OSError, FileNotFoundError):
+                pass
+            raise
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    def read(self, path: str) -> pa.Table:
+        if not self.exists(path):
+            raise MissingPartitionError(f"no Parquet file at {self.uri(path)}")
+        return pq.read_table(path, filesystem=self.fs)
+
+    def partitions(self, asset: str) -> list[str]:
+        sel = pafs.FileSelector(self.asset_dir(asset), allow_not_found=True)
+        prefix = f"{PARTITION_DIM}="
+        out = []
+        for info in self.fs.get_file_info(sel):
+            name = info.base_name
+            if info.type == pafs.FileType.Directory and name.startswith(prefix):
+                if self.exists(f"{info.path}/{DATA_FILE}"):
+                    out.append(name[len(prefix):])
+        return sorted(out)
+
+
+class Catalog:
+    """DuckDB file with one view per asset (and `rejects`) over the Parquet files."""
+
+    def __init__(self, path: str, store: ParquetStore):
+        self.path = path
+        self.store = store
+
+    def _connect(self, read_only: bool = False, attempts: int = 40):
+        import duckdb
+
+        for i in range(attempts):
+            try:
+                return duckdb.connect(self.path, read_only=read_only)
+            except duckdb.IOException as exc:  # another process holds the write lock
+                if "lock" not in str(exc).lower() or i == attempts - 1:
+                    raise
+                time.sleep(0.25)
+        raise AssertionError("unreachable")
+
+    def view_sql(self, name: str, glob: str) -> str:
+        quoted = glob.replace("'", "''")
+        return (f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet(\'{quoted}\', '
+                f"union_by_name=true, hive_partitioning=true)")
+
+    def register(self, views: dict[str, str]) -> bool:
+        """Create or replace views {name: parquet glob}. Returns False (and logs) when it cannot."""
+        if not (self.store.is_local or self.store.scheme in DUCKDB_REMOTE_SCHEMES):
+            log.warning("catalogue skipped: DuckDB cannot read %s:// storage", self.store.scheme)
+            return False
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        try:
+            con = self._connect()
+        except Exception as exc:  # noqa: BLE001 - the data is written; the view can wait
+            log.warning("catalogue %s not updated (%s); views will be added on the next write",
+                        self.path, exc)
+            return False
+        try:
+            for name, glob in views.items():
+                con.execute(self.view_sql(name, glob))
+        finally:
+            con.close()
+        return True
+
+    def query(self, sql: str) -> list[tuple]:
+        con = self._connect(read_only=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+
+def view_name(asset_key: dg.AssetKey) -> str:
+    return "__".join(asset_key.path)
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Where tables live. `root`: local folder or URI (s3://…, gs://…, memory://…);
+    `catalog_path`: the DuckDB catalogue file (default `<root>/catalog.duckdb` for a local root,
+    `./catalog.duckdb` otherwise)."""
+
+    root: str = ""  # "" = $POSTTRAIN_STORAGE, else ./storage under the working directory
+    catalog_path: Optional[str] = None
+
+    def store(self) -> ParquetStore:
+        return ParquetStore(self.root or default_storage_root())
+
+    def catalog(self) -> Catalog:
+        store = self.store()
+        path = self.catalog_path or os.environ.get(CATALOG_ENV)
+        if not path:
+            path = os.path.join(store.base, "catalog.duckdb") if store.is_local else os.path.abspath("catalog.duckdb")
+        return Catalog(path, store)
+
+    def write_rejects(self, asset_key: dg.AssetKey, partition: Optional[str], table: pa.Table) -> str:
+        """Always written (also when empty) so that a re-run replaces the previous rejects."""
+        store = self.store()
+        asset = view_name(asset_key)
+        path = store.rejects_path(asset, partition)
+        store.write(table, path)
+        self.catalog().register({"rejects": store.uri(f"{store.base}/{REJECTS_DIR}/*/*/{DATA_FILE}")})
+        return store.uri(path)
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """Arrow tables <-> Parquet, one file per asset and partition, catalogued in DuckDB.
+
+    Loading a partitioned upstream into an unpartitioned (fan-in) step returns one table of all
+    requested partitions with a `source` column.
+    """
+
+    storage: dg.ResourceDependency[StorageResource]
+
+    def _asset_and_partition(self, context) -> tuple[str, Optional[str]]:
+        asset = view_name(context.asset_key)
+        partition = context.partition_key if context.has_asset_partitions else None
+        return asset, partition
+
+    def handle_output(self, context: dg.OutputContext, obj: pa.Table) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, pa.Table):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a pyarrow.Table, "
+                            f"got {type(obj).__name__}")
+        store = self.storage.store()
+        asset, partition = self._asset_and_partition(context)
+        path = store.path(asset, partition)
+        store.write(obj, path)
+        self.storage.catalog().register({asset: store.glob(asset, partition is not None)})
+        context.add_output_metadata({"path": dg.MetadataValue.path(store.uri(path))})
+
+    def load_input(self, context: dg.InputContext) -> pa.Table:
+        store = self.storage.store()
+        asset = view_name(context.asset_key)
+        if not context.has_asset_partitions:
+            return store.read(store.path(asset, None))
+        keys = list(context.asset_partition_keys)
+        fan_in = not context.has_partition_key or len(keys) != 1
+        if not fan_in:
+            return store.read(store.path(asset, keys[0]))
+        tables = []
+        for key in keys:
+            try:
+                t = store.read(store.path(asset, key))
+            except MissingPartitionError:
+                raise MissingPartitionError(
+                    f"{asset}: partition {PARTITION_DIM}={key!r} has not been materialised; "
+                    f"materialise it first (or remove the source)") from None
+            if PARTITION_DIM not in t.column_names:
+                t = t.append_column(PARTITION_DIM, pa.array([key] * t.num_rows, pa.string()))
+            tables.append(t)
+        if not tables:
+            return pa.table({PARTITION_DIM: pa.array([], pa.string())})
+        return pa.concat_tables(tables, promote_options="default")
