@@ -1,0 +1,37 @@
+# Everything on a fresh machine (Python 3.11 + pip): `make demo`, `make test`, `make ui`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.posttrain-installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test ui venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp deploy/dagster.yaml $@
+
+## the main job: every asset for every bundled source, then a per-source summary
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m posttrain_assets.demo
+
+## the tests (what CI runs)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## the Dagster UI on http://127.0.0.1:3000 (same instance and storage as the demo)
+ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf storage .dagster_home

@@ -1,0 +1,64 @@
+"""`python -m partitions {validate,list,sync}`: the sources registry from the command line.
+
+    python -m partitions validate [--registry FILE]   check the registry, print one line per source
+    python -m partitions list     [--registry FILE]   registry keys vs the instance's partitions
+    python -m partitions sync     [--registry FILE]   add missing `source` partitions to $DAGSTER_HOME
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import plan_sync, source_partitions, sync_partitions
+from .registry import RegistryError, load_registry
+
+
+def _instance():
+    import dagster as dg
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise SystemExit("DAGSTER_HOME is not set: point it at the Dagster instance folder "
+                         "(make demo / make ui use .dagster_home)")
+    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m partitions", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["validate", "list", "sync"])
+    ap.add_argument("--registry", default=None, help="registry YAML (default: $POSTTRAIN_SOURCES "
+                                                     "or partitions/sources.yaml)")
+    args = ap.parse_args(argv)
+    try:
+        reg = load_registry(args.registry)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        for s in reg.sources:
+            where = s.loader.hub or s.loader.path
+            print(f"{s.key:28} {s.kind:11} {s.adapter:14} {s.licence:24} {where}")
+        print(f"{reg.path}: {len(reg.sources)} sources, valid")
+        return 0
+    instance = _instance()
+    if args.command == "list":
+        plan = plan_sync(instance.get_dynamic_partitions(source_partitions.name), reg)
+        for k in plan.present:
+            print(f"{k:28} partition present")
+        for k in plan.added:
+            print(f"{k:28} in registry, no partition yet (run: python -m partitions sync)")
+        for k in plan.orphaned:
+            print(f"{k:28} partition not in the registry (kept)")
+        return 0
+    plan = sync_partitions(instance, reg)
+    print(f"added {len(plan.added)} source partitions: {', '.join(plan.added) or '-'}; "
+          f"{len(plan.present)} already present"
+          + (f"; not in registry, kept: {', '.join(plan.orphaned)}" if plan.orphaned else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
