@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import dagster as dg
+import pytest
+
+from partitions.registry import load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BUNDLED_REGISTRY = REPO / "partitions" / "sources.yaml"
+
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    return load_registry(BUNDLED_REGISTRY)
+
+
+@pytest.fixture
+def instance():
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture
+def storage_root(tmp_path):
+    return str(tmp_path / "storage")

@@ -1,0 +1,50 @@
+"""Shared test helpers: write registries, materialise assets in process."""
+
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from posttrain_assets.ingest import merged_prompts, raw_records
+from resources.sources import SourceRegistryResource
+from resources.storage import ParquetIOManager, StorageResource
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "posttrain_assets" / "sample_data"
+
+
+def write_registry(path: Path, sources: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"version": 1, "sources": sources}, sort_keys=False))
+    return path
+
+
+def resources_for(storage_root: str, registry_path) -> dict:
+    storage = StorageResource(root=storage_root)
+    return {"storage": storage, "io_manager": ParquetIOManager(storage=storage),
+            "registry": SourceRegistryResource(path=str(registry_path))}
+
+
+def materialize_source(key: str, instance, storage_root: str, registry_path,
+                       assets=(raw_records, merged_prompts), run_config=None, raise_on_error=True):
+    if key not in instance.get_dynamic_partitions("source"):
+        instance.add_dynamic_partitions("source", [key])
+    return dg.materialize(list(assets), partition_key=key, instance=instance,
+                          resources=resources_for(storage_root, registry_path),
+                          run_config=run_config, raise_on_error=raise_on_error)
+
+
+def mat_metadata(result, asset: str) -> dict:
+    for ev in result.get_asset_materialization_events():
+        if ev.asset_key.to_user_string() == asset:
+            return {k: v.value for k, v in ev.materialization.metadata.items()}
+    raise KeyError(asset)
+
+
+def step_error(result) -> str:
+    for ev in result.all_events:
+        if ev.is_step_failure:
+            data = ev.step_failure_data
+            if data.user_failure_data is not None:  # a dagster.Failure: its description
+                return data.user_failure_data.description
+            return data.error.message
+    return ""
