@@ -1,0 +1,70 @@
+"""File formats and the hub path (datasets.load_dataset on a local dataset folder, offline)."""
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from partitions.registry import parse_registry
+from posttrain_assets.loaders import load_rows, rows_to_table, table_to_rows
+
+from .helpers import SAMPLE
+
+GSM_ROWS = [json.loads(x) for x in (SAMPLE / "gsm8k" / "train_300.jsonl").read_text().splitlines()[:20]]
+
+
+def spec(loader, **kw):
+    return parse_registry({"sources": [{"key": "s", "kind": "cot", "adapter": "gsm8k", "licence": "MIT",
+                                        "loader": loader, **kw}]}).sources[0]
+
+
+def test_same_rows_from_every_format(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(GSM_ROWS))
+    (tmp_path / "b.json").write_text(json.dumps({"data": GSM_ROWS}))
+    (tmp_path / "c.json").write_text("".join(json.dumps(r) + "\n" for r in GSM_ROWS))  # JSONL named .json
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in GSM_ROWS).encode()))
+    pq.write_table(pa.Table.from_pylist(GSM_ROWS), tmp_path / "e.parquet")
+    import csv
+
+    with open(tmp_path / "f.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["question", "answer"])
+        w.writeheader()
+        w.writerows(GSM_ROWS)
+    for name in ("a.json", "b.json", "c.json", "d.jsonl.gz", "e.parquet", "f.csv"):
+        loaded = load_rows(spec({"path": str(tmp_path / name)}))
+        assert loaded.rows == GSM_ROWS, name
+        assert loaded.source_rows == list(range(20)) and loaded.issues == []
+
+
+def test_glob_limit_and_blank_lines(tmp_path):
+    for i in range(3):
+        (tmp_path / f"part{i}.jsonl").write_text("\n".join(json.dumps(r) for r in GSM_ROWS[i * 5:(i + 1) * 5]) + "\n\n")
+    loaded = load_rows(spec({"path": str(tmp_path / "part*.jsonl"), "limit": 4}))
+    assert len(loaded.rows) == 12 and loaded.source_files == [f"part{i}.jsonl" for i in range(3) for _ in range(4)]
+    loaded = load_rows(spec({"path": str(tmp_path / "part*.jsonl")}))
+    assert (len(loaded.rows), loaded.blank_lines) == (15, 3)
+
+
+def test_hub_loader_is_datasets_load_dataset(tmp_path):
+    """The hub path is `datasets.load_dataset(id, config, split=...)`; a local dataset folder is a
+    valid id offline, so the real call runs here."""
+    folder = tmp_path / "gsm_hub" / "data"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(GSM_ROWS), folder / "train-00000-of-00001.parquet")
+    loaded = load_rows(spec({"hub": str(tmp_path / "gsm_hub"), "split": "train"}))
+    assert loaded.rows == GSM_ROWS and loaded.files == [str(tmp_path / "gsm_hub")]
+
+
+def test_raw_table_round_trip_keeps_nested_and_mixed_values():
+    rows = [{"a": 1, "b": {"x": [1, 2]}, "c": "t", "d": 1, "source_row": "clash"},
+            {"a": 2, "b": None, "c": None, "d": "one", "e": True}]
+    from posttrain_assets.loaders import LoadedRows
+
+    loaded = LoadedRows(rows=rows, source_files=["f", "f"], source_rows=[0, 1])
+    t = rows_to_table(loaded)
+    assert t.schema.field("a").type == pa.int64() and t.schema.field("b").type == pa.string()
+    assert t.column_names == ["source_file", "source_row", "a", "b", "c", "d", "source_row_raw", "e"]
+    back = [r for _, _, r in table_to_rows(t)]
+    assert back[0] == {"a": 1, "b": {"x": [1, 2]}, "c": "t", "d": 1, "source_row": "clash", "e": None}
+    assert back[1]["d"] == "one" and back[1]["b"] is None and back[1]["e"] is True
