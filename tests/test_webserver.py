@@ -1,7 +1,8 @@
-"""The real webserver, started from workspace.yaml on loopback, answers GraphQL with the assets,
-their `source` partitions and the lineage edge raw_records -> merged_prompts."""
+"""`dagster dev -w workspace.yaml` (webserver + daemon) on loopback, driven over GraphQL the way the
+UI drives it: the assets, their `source` partitions and lineage edge, then a backfill by source."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,8 +35,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def webserver(tmp_path):
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("ui")
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
@@ -43,10 +45,11 @@ def webserver(tmp_path):
     subprocess.run([sys.executable, "-m", "partitions", "sync"], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=120)
     port = free_port()
-    exe = Path(sys.executable).with_name("dagster-webserver")
+    exe = Path(sys.executable).with_name("dagster")
     log = open(tmp_path / "webserver.log", "w")
-    proc = subprocess.Popen([str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -61,14 +64,22 @@ def webserver(tmp_path):
             time.sleep(0.5)
         else:
             raise AssertionError("webserver did not answer in 120 s")
-        yield url
+        yield url, tmp_path / "storage"
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def post(url, query, variables=None):
+    r = requests.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
+    assert r.ok, r.text
+    body = r.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
 
 
 def graphql(url, query):
@@ -85,7 +96,7 @@ def graphql(url, query):
 
 
 def test_graph_partitions_and_lineage_over_graphql(webserver):
-    data = graphql(webserver, QUERY)
+    data = graphql(webserver[0], QUERY)
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert {"raw_records", "merged_prompts"} <= set(nodes)
     keys = ["gsm8k", "hh_rlhf_harmless_base", "awesome_chatgpt_prompts", "self_instruct",
@@ -102,3 +113,37 @@ def test_graph_partitions_and_lineage_over_graphql(webserver):
     assert checks == {"row_accounting": True, "all_prompt_id_unique": False, "required_columns": False}
     sensors = {s["name"]: s["sensorState"]["status"] for s in data["sensorsOrError"]["results"]}
     assert sensors == {"sources_registry_sensor": "RUNNING"}
+
+
+BACKFILL = """
+mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }
+"""
+BACKFILL_STATUS = """
+query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  ... on PartitionBackfill { status numPartitions } } }
+"""
+
+
+def test_backfill_by_source_like_the_ui(webserver):
+    """`launchPartitionBackfill` (what the UI's Materialize -> partitions dialog sends) for two
+    sources: the daemon runs them and the Parquet files and DuckDB views appear."""
+    url, storage = webserver
+    graphql(url, QUERY)  # wait for the code location
+    params = {"assetSelection": [{"path": ["raw_records"]}, {"path": ["merged_prompts"]}],
+              "partitionNames": ["gsm8k", "self_instruct"], "fromFailure": False}
+    res = post(url, BACKFILL, {"p": params})["launchPartitionBackfill"]
+    assert res["__typename"] == "LaunchBackfillSuccess", res
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        st = post(url, BACKFILL_STATUS, {"id": res["backfillId"]})["partitionBackfillOrError"]
+        if st["status"] != "REQUESTED":
+            break
+        time.sleep(2)
+    assert st == {"status": "COMPLETED_SUCCESS", "numPartitions": 2}
+    import duckdb
+
+    con = duckdb.connect(str(storage / "catalog.duckdb"), read_only=True)
+    counts = dict(con.execute("SELECT source, count(*) FROM merged_prompts GROUP BY 1").fetchall())
+    con.close()
+    assert counts == {"gsm8k": 300, "self_instruct": 175}
