@@ -1,24 +1,33 @@
 """The posttrain code location: every asset, check, job, sensor and resource."""
 
-
 import dagster as dg
 
 from partitions import source_partitions
+from resources.embeddings import EmbeddingClient
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
-from . import ingest
+from . import dedup, ingest
 from .sensors import sources_registry_sensor
 
-all_assets = dg.load_assets_from_modules([ingest])
-all_checks = dg.load_asset_checks_from_modules([ingest])
+STAGE_MODULES = [ingest, dedup]
+all_assets = dg.load_assets_from_modules(STAGE_MODULES)
+all_checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
 
-#: Every per-source asset, one run per `source` partition (what the demo and backfills run).
-per_source_job = dg.define_asset_job(
-    "per_source_job", selection=dg.AssetSelection.groups(ingest.GROUP),
-    partitions_def=source_partitions,
-    description="Materialise every per-source asset for one source partition.",
-)
+#: Per source: load, merge, embed (one run per `source` partition).
+ingest_job = dg.define_asset_job(
+    "ingest_job", selection=dg.AssetSelection.assets("raw_records", "merged_prompts", "prompt_embeddings"),
+    partitions_def=source_partitions, description="Per source: raw_records -> merged_prompts -> prompt_embeddings.")
+#: Global: every source's prompts at once.
+dedup_job = dg.define_asset_job(
+    "dedup_job", selection=dg.AssetSelection.assets("dedup_clusters", "dedup_cluster_report", "dedup_summary"),
+    description="Global (fan-in) near-duplicate clustering over every source.")
+#: Per source again: survivors.
+records_job = dg.define_asset_job(
+    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts"),
+    partitions_def=source_partitions, description="Per source: the survivors of the global dedup.")
+
+PIPELINE = [ingest_job, dedup_job, records_job]  # the order the demo runs them in
 
 
 def build_resources() -> dict:
@@ -27,13 +36,14 @@ def build_resources() -> dict:
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
         "registry": SourceRegistryResource(),
+        "embeddings": EmbeddingClient(),
     }
 
 
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[per_source_job],
+    jobs=PIPELINE,
     sensors=[sources_registry_sensor],
     resources=build_resources(),
 )

@@ -38,9 +38,33 @@ def _meta(event, key, default=None):
     return default if value is None else value.value
 
 
+def collect(res, results: dict[str, dict], global_stats: dict) -> None:
+    """Pull the numbers the summary needs out of a run's materialisation events."""
+    for ev in res.get_asset_materialization_events():
+        name = ev.asset_key.to_user_string()
+        key = ev.partition
+        r = results.get(key, {}) if key else None
+        if name == "raw_records":
+            r["raw_in"] = _meta(ev, "rows_in")
+            r["raw_rejected"] = _meta(ev, "rejected")
+            r["raw_rejected_by"] = _meta(ev, "rejected_by_reason", {})
+        elif name == "merged_prompts":
+            for k in ("rows_in", "rows_out", "removed", "rejected"):
+                r[k] = _meta(ev, k)
+            r["rejected_by"] = _meta(ev, "rejected_by_reason", {})
+            r["removed_by"] = _meta(ev, "removed_by_reason", {})
+        elif name == "deduplicated_prompts":
+            r["dedup_kept"] = _meta(ev, "rows_out")
+        elif name == "dedup_summary":
+            global_stats["dedup_summary"] = _meta(ev, "summary")
+        elif name == "dedup_clusters":
+            global_stats["dedup"] = {k: _meta(ev, k) for k in ("method", "search", "threshold",
+                                                               "distinct_prompts", "clusters_multi")}
+
+
 def summarise(results: dict[str, dict]) -> str:
     head = ["source", "kind", "raw rows", "raw rejected", "records in", "kept", "removed",
-            "rejected", "reasons", "seconds"]
+            "rejected", "reasons", "after dedup", "seconds"]
     rows = []
     for key, r in results.items():
         reasons = {**r.get("raw_rejected_by", {}), **r.get("rejected_by", {}), **r.get("removed_by", {})}
@@ -48,64 +72,81 @@ def summarise(results: dict[str, dict]) -> str:
                      r.get("rows_in", "-"), r.get("rows_out", "-"), r.get("removed", "-"),
                      r.get("rejected", "-"),
                      ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "-",
-                     f"{r['seconds']:.1f}" if "seconds" in r else "-"])
+                     r.get("dedup_kept", "-"), f"{r['seconds']:.1f}" if "seconds" in r else "-"])
         if r.get("error"):
-            rows[-1][8] = "FAILED: " + r["error"][:80]
+            rows[-1][8] = "FAILED (see below)"
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
 def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
-    from .definitions import defs
+    from .definitions import PIPELINE, defs
 
     reg = load_registry(registry_path)
     if registry_path:
         os.environ["POSTTRAIN_SOURCES"] = str(Path(registry_path).resolve())
     instance = ensure_instance()
     plan = sync_partitions(instance, reg)
+    global_stats: dict = {}
     print(f"registry {reg.path}: {len(reg.keys)} sources "
           f"({len(plan.added)} new partitions, {len(plan.present)} present)")
-    job = defs.resolve_job_def("per_source_job")
     keys = only or reg.keys
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {k: {"kind": reg.get(k).kind, "seconds": 0.0} for k in keys}
     failed = 0
     t_all = time.monotonic()
-    for key in keys:
-        t0 = time.monotonic()
-        res = job.execute_in_process(partition_key=key, instance=instance, run_config=QUIET,
-                                     raise_on_error=False, tags={"posttrain/launched_by": "demo"})
-        r: dict = {"kind": reg.get(key).kind, "seconds": time.monotonic() - t0}
-        for ev in res.get_asset_materialization_events():
-            name = ev.asset_key.to_user_string()
-            if name == "raw_records":
-                r["raw_in"] = _meta(ev, "rows_in")
-                r["raw_rejected"] = _meta(ev, "rejected")
-                r["raw_rejected_by"] = _meta(ev, "rejected_by_reason", {})
-            elif name == "merged_prompts":
-                for k in ("rows_in", "rows_out", "removed", "rejected"):
-                    r[k] = _meta(ev, k)
-                r["rejected_by"] = _meta(ev, "rejected_by_reason", {})
-                r["removed_by"] = _meta(ev, "removed_by_reason", {})
-        if not res.success:
-            failed += 1
-            failure = next((e for e in res.all_events if e.is_step_failure), None)
-            r["error"] = (failure.step_failure_data.error.message.strip() if failure and
-                          failure.step_failure_data.error else "run failed")
-        print(f"  {key}: {'ok' if res.success else 'FAILED'} in {r['seconds']:.1f}s (run {res.run_id[:8]})")
-        results[key] = r
+    for unresolved in PIPELINE:
+        job = defs.resolve_job_def(unresolved.name)
+        partitioned = job.partitions_def is not None
+        for key in (keys if partitioned else [None]):
+            t0 = time.monotonic()
+            res = job.execute_in_process(partition_key=key, instance=instance, run_config=QUIET,
+                                         raise_on_error=False, tags={"posttrain/launched_by": "demo"})
+            dt = time.monotonic() - t0
+            if key:
+                results[key]["seconds"] += dt
+            collect(res, results, global_stats)
+            if not res.success:
+                failed += 1
+                failure = next((e for e in res.all_events if e.is_step_failure), None)
+                msg = "run failed"
+                if failure is not None:
+                    data = failure.step_failure_data
+                    err = data.error
+                    while err is not None and err.cause is not None:  # the user code's own error
+                        err = err.cause
+                    msg = (data.user_failure_data.description if data.user_failure_data
+                           else (err.message.strip() if err else "step failed"))
+                if key:
+                    results[key]["error"] = msg
+                else:
+                    global_stats["error"] = msg
+            print(f"  {job.name}{'[' + key + ']' if key else ''}: {'ok' if res.success else 'FAILED'} "
+                  f"in {dt:.1f}s (run {res.run_id[:8]})")
+        if failed:
+            break
 
     storage = StorageResource()
     store, catalog = storage.store(), storage.catalog()
     print()
     print(summarise(results))
+    if global_stats.get("dedup_summary"):
+        d = global_stats.get("dedup", {})
+        print(f"\nGlobal dedup ({d.get('method')}, {d.get('search') or ''} search, cosine >= {d.get('threshold')}; "
+              f"{d.get('distinct_prompts')} distinct prompts, {d.get('clusters_multi')} clusters with duplicates):")
+        print(global_stats["dedup_summary"])
+    for key, r in results.items():
+        if r.get("error"):
+            print(f"\n{key} FAILED: {r['error']}")
+    if global_stats.get("error"):
+        print(f"\nglobal step FAILED: {global_stats['error']}")
     print()
     total = sum(r.get("rows_out") or 0 for r in results.values())
     print(f"{len(keys)} sources, {total:,} merged prompts in {time.monotonic() - t_all:.1f}s"
           + (f"; {failed} FAILED" if failed else ""))
     print(f"Parquet:   {store.uri(store.base)}/<asset>/source=<key>/data.parquet")
     print(f"Rejects:   {store.uri(store.base)}/_rejects/<asset>/source=<key>/data.parquet")
-    print(f"DuckDB:    {catalog.path}  (views: raw_records, merged_prompts, rejects)")
+    print(f"DuckDB:    {catalog.path}  (a view per asset, plus rejects)")
     print("  query:   .venv/bin/python -m resources \"SELECT source, count(*) FROM merged_prompts GROUP BY 1\"")
     print(f"Dagster:   DAGSTER_HOME={os.environ['DAGSTER_HOME']}; `make ui` -> http://127.0.0.1:3000")
     return 1 if failed else 0

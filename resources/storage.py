@@ -111,6 +111,10 @@ class ParquetStore:
             raise MissingPartitionError(f"no Parquet file at {self.uri(path)}")
         return pq.read_table(path, filesystem=self.fs)
 
+    def delete_dir(self, path: str) -> None:
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+
     def partitions(self, asset: str) -> list[str]:
         sel = pafs.FileSelector(self.asset_dir(asset), allow_not_found=True)
         prefix = f"{PARTITION_DIM}="
