@@ -36,6 +36,9 @@ ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
     # OpenAssistant message tree: `root` is the column holding the root message
     # ('.' when each row is itself a root message, as in *_message.jsonl exports)
     "oasst_tree": {"root": "prompt", "id": None},
+    # HelpSteer3 preference rows: context (messages or text), two responses, overall_preference -3..3
+    "helpsteer3": {"context": "context", "response1": "response1", "response2": "response2",
+                   "overall_preference": "overall_preference", "id": None},
 }
 
 #: Logical fields that must end up mapped for an adapter to produce anything.
@@ -45,6 +48,7 @@ ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "hh_rlhf": (("chosen", "rejected"),),
     "self_instruct": (("prompt", "instances"),),
     "oasst_tree": (("root",),),
+    "helpsteer3": (("context", "response1", "response2", "overall_preference"),),
 }
 
 
@@ -241,7 +245,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     if not any(all(f in mapped for f in group) for group in options):
         need = " or ".join("+".join(g) for g in options)
         raise _fail(where, label, "fields", f"adapter {adapter!r} needs {need} mapped")
-    if kind == "preference" and not ({"chosen", "rejected"} <= set(mapped)):
+    if kind == "preference" and adapter != "helpsteer3" and not ({"chosen", "rejected"} <= set(mapped)):
         raise _fail(where, label, "fields", "kind 'preference' needs 'chosen' and 'rejected' mapped")
     return spec
 

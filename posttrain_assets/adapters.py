@@ -15,7 +15,7 @@ from typing import Any, Callable
 from partitions.registry import SourceSpec
 
 RECORD_KEYS = ("source_prompt_id", "prompt", "messages", "response", "chosen", "rejected",
-               "reference_answer", "rank", "labels", "metadata")
+               "reference_answer", "rank", "labels", "preference_score", "metadata")
 
 
 class RowReject(Exception):
@@ -242,10 +242,48 @@ def adapt_oasst_tree(row: dict, spec: SourceSpec, source_file: str, source_row: 
     return out
 
 
+HELPSTEER_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+def helpsteer3_choice(score: int, response1: str, response2: str) -> tuple[str, str, bool]:
+    """The seed's HelpSteer3 rule: overall_preference -3..-1 -> response1 preferred, 1..3 ->
+    response2 preferred, 0 -> tie (chosen = rejected = "", flagged). Returns (chosen, rejected, tie)."""
+    if score < 0:
+        return response1, response2, False
+    if score > 0:
+        return response2, response1, False
+    return "", "", True
+
+
+def adapt_helpsteer3(row: dict, spec: SourceSpec, source_file: str, source_row: int) -> list:
+    context = _get(row, spec, "context")
+    if isinstance(context, str):
+        messages = [{"role": "user", "content": context}]
+    elif isinstance(context, list) and context and all(isinstance(m, dict) for m in context):
+        try:
+            messages = [{"role": HELPSTEER_ROLES[m["role"]], "content": m["content"]} for m in context]
+        except (KeyError, TypeError):
+            raise RowReject("bad_context", spec.column("context"),
+                            "messages need role user/assistant/system and string content") from None
+    else:
+        raise RowReject("bad_context", spec.column("context"), "expected text or a list of messages")
+    r1, r2 = _text(row, spec, "response1"), _text(row, spec, "response2")
+    score = _get(row, spec, "overall_preference")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or score not in range(-3, 4):
+        raise RowReject("bad_preference_score", spec.column("overall_preference"),
+                        f"expected an integer -3..3, got {score!r}")
+    chosen, rejected, _ = helpsteer3_choice(int(score), r1, r2)
+    return [_record(
+        source_prompt_id=_row_id(row, spec, source_file, source_row),
+        prompt=render_conversation(messages), messages=messages, chosen=chosen, rejected=rejected,
+        preference_score=float(score), metadata=_meta(row))]
+
+
 ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
     "generic": adapt_generic,
     "gsm8k": adapt_gsm8k,
     "hh_rlhf": adapt_hh_rlhf,
     "self_instruct": adapt_self_instruct,
     "oasst_tree": adapt_oasst_tree,
+    "helpsteer3": adapt_helpsteer3,
 }

@@ -1,16 +1,19 @@
 """The posttrain code location: every asset, check, job, sensor and resource."""
 
+import os
+
 import dagster as dg
 
 from partitions import source_partitions
 from resources.embeddings import EmbeddingClient
+from resources.hub import HubResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
-from . import dedup, ingest
+from . import dedup, export, ingest, unify
 from .sensors import sources_registry_sensor
 
-STAGE_MODULES = [ingest, dedup]
+STAGE_MODULES = [ingest, dedup, unify, export]
 all_assets = dg.load_assets_from_modules(STAGE_MODULES)
 all_checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
 
@@ -22,12 +25,17 @@ ingest_job = dg.define_asset_job(
 dedup_job = dg.define_asset_job(
     "dedup_job", selection=dg.AssetSelection.assets("dedup_clusters", "dedup_cluster_report", "dedup_summary"),
     description="Global (fan-in) near-duplicate clustering over every source.")
-#: Per source again: survivors.
+#: Per source again: survivors, then the three record schemas.
 records_job = dg.define_asset_job(
-    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts"),
-    partitions_def=source_partitions, description="Per source: the survivors of the global dedup.")
+    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts") | dg.AssetSelection.groups(unify.GROUP),
+    partitions_def=source_partitions,
+    description="Per source: deduplicated_prompts -> sft_records, cot_records, preference_records.")
+#: Global: the Hugging Face export.
+export_job = dg.define_asset_job(
+    "export_job", selection=dg.AssetSelection.assets("hf_parquet"),
+    description="Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).")
 
-PIPELINE = [ingest_job, dedup_job, records_job]  # the order the demo runs them in
+PIPELINE = [ingest_job, dedup_job, records_job, export_job]  # the order the demo runs them in
 
 
 def build_resources() -> dict:
@@ -37,6 +45,9 @@ def build_resources() -> dict:
         "io_manager": ParquetIOManager(storage=storage),
         "registry": SourceRegistryResource(),
         "embeddings": EmbeddingClient(),
+        # the token only ever comes from the environment
+        "hub": HubResource(repo_id=os.environ.get("POSTTRAIN_HF_REPO", ""),
+                           token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None),
     }
 
 

@@ -57,6 +57,9 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
             r["dedup_kept"] = _meta(ev, "rows_out")
         elif name == "dedup_summary":
             global_stats["dedup_summary"] = _meta(ev, "summary")
+        elif name == "hf_parquet":
+            global_stats["export"] = {k: _meta(ev, k) for k in ("rows_sft", "rows_cot", "rows_preference",
+                                                                "ties_excluded", "export_dir", "hub_status")}
         elif name == "dedup_clusters":
             global_stats["dedup"] = {k: _meta(ev, k) for k in ("method", "search", "threshold",
                                                                "distinct_prompts", "clusters_multi")}
@@ -138,6 +141,11 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
     for key, r in results.items():
         if r.get("error"):
             print(f"\n{key} FAILED: {r['error']}")
+    if global_stats.get("export"):
+        e = global_stats["export"]
+        print(f"\nHugging Face export: sft {e['rows_sft']}, cot {e['rows_cot']}, preference "
+              f"{e['rows_preference']} rows (ties excluded: {e['ties_excluded']}) -> {e['export_dir']}")
+        print(f"  hub: {e['hub_status']}")
     if global_stats.get("error"):
         print(f"\nglobal step FAILED: {global_stats['error']}")
     print()

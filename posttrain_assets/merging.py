@@ -34,6 +34,7 @@ MERGED_SCHEMA = pa.schema([
     ("reference_answer", pa.string()),  # e.g. GSM8K final answer after '####'
     ("rank", pa.int64()),  # OASST reply rank (0 = best)
     ("labels", pa.string()),  # JSON: human attribute labels of the reply
+    ("preference_score", pa.float64()),  # e.g. HelpSteer3 overall_preference (-3..3; 0 = tie)
     ("prompt_norm_hash", pa.string()),  # blake2b-64 of the normalised prompt (cross-source exact dedup)
     ("metadata", pa.string()),  # JSON: the original row (OASST: the two messages, without replies)
 ])
