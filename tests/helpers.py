@@ -6,6 +6,8 @@ import dagster as dg
 import yaml
 
 from posttrain_assets.ingest import merged_prompts, raw_records
+from resources.embeddings import EmbeddingClient
+from resources.hub import HubResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
@@ -21,7 +23,8 @@ def write_registry(path: Path, sources: list[dict]) -> Path:
 def resources_for(storage_root: str, registry_path) -> dict:
     storage = StorageResource(root=storage_root)
     return {"storage": storage, "io_manager": ParquetIOManager(storage=storage),
-            "registry": SourceRegistryResource(path=str(registry_path))}
+            "registry": SourceRegistryResource(path=str(registry_path)),
+            "embeddings": EmbeddingClient(), "hub": HubResource()}
 
 
 def materialize_source(key: str, instance, storage_root: str, registry_path,
