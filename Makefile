@@ -4,16 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.posttrain-installed
+TORCH_VERSION ?= 2.13.0
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test ui venv clean
+.PHONY: demo test ui venv clean bench
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU build of torch first, so no multi-GB CUDA build is pulled in as a dependency
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -28,6 +31,11 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 ## the tests (what CI runs)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## benchmarks (not tests): bench/README.md
+bench: $(STAMP)
+	$(PY) -m bench.dedup
+	$(PY) -m bench.embeddings
 
 ## the Dagster UI on http://127.0.0.1:3000 (same instance and storage as the demo)
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

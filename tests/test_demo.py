@@ -18,12 +18,32 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     table = {ln.split()[0]: ln.split() for ln in lines if re.match(r"^[a-z0-9_]+\s+(cot|sft|prompt|preference|attributes)\s", ln)}
-    assert table["gsm8k"][2:8] == ["300", "0", "300", "300", "0", "0"]
-    assert table["hh_rlhf_harmless_base"][2:9] == ["300", "0", "300", "299", "0", "1", "empty_response=1"]
-    assert table["awesome_chatgpt_prompts"][2:9] == ["211", "1", "210", "210", "0", "0", "csv_extra_columns=1"]
-    assert table["oasst2_labelled"][2:9] == ["60", "0", "130", "129", "1", "0", "exact_duplicate=1"]
+    # raw rows, raw rejected, records in, kept, removed, rejected, reasons, after global dedup
+    assert table["gsm8k"][2:10] == ["300", "0", "300", "300", "0", "0", "-", "300"]
+    assert table["hh_rlhf_harmless_base"][2:10] == ["300", "0", "300", "299", "0", "1", "empty_response=1", "299"]
+    assert table["awesome_chatgpt_prompts"][2:10] == ["211", "1", "210", "210", "0", "0", "csv_extra_columns=1", "208"]
+    assert table["oasst2_labelled"][2:10] == ["60", "0", "130", "129", "1", "0", "exact_duplicate=1", "127"]
     assert len(table) == 6
     assert "6 sources, 1,450 merged prompts" in out.stdout
+    assert "| awesome_chatgpt_prompts | 210 | 208 | 1 | 1 | 0 | 2 |" in out.stdout  # dedup summary
+    assert "Hugging Face export: sft 305, cot 300, preference 394 rows (ties excluded: 0)" in out.stdout
+    import duckdb
+    import datasets
+
+    con = duckdb.connect(str(tmp_path / "storage" / "catalog.duckdb"), read_only=True)
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert {"raw_records", "merged_prompts", "prompt_embeddings", "dedup_clusters", "dedup_summary",
+            "dedup_cluster_report", "deduplicated_prompts", "sft_records", "cot_records",
+            "preference_records", "hf_parquet", "rejects"} == views
+    assert con.execute("SELECT after, removed_other_source FROM dedup_summary WHERE source = "
+                       "'awesome_chatgpt_prompts'").fetchall() == [(208, 1)]
+    # the advertiser prompt of awesome-chatgpt-prompts also opens an OASST conversation
+    assert con.execute("SELECT representative_source, match FROM dedup_clusters WHERE all_prompt_id = "
+                       "'awesome_chatgpt_prompts:prompts_act_prompt_2025-02-03:12'").fetchall() == [("oasst_en", "semantic")]
+    con.close()
+    export = tmp_path / "storage" / "hf_export"
+    assert datasets.load_dataset(str(export), "cot", split="train").num_rows == 300
+    assert datasets.load_dataset(str(export), "preference", split="train").num_rows == 394
     assert f"DuckDB:    {tmp_path / 'storage' / 'catalog.duckdb'}" in out.stdout
     # the runs and materialisations are in the instance the UI reads
     assert (tmp_path / "home" / "dagster.yaml").read_text().startswith("# Instance config")

@@ -1,0 +1,171 @@
+"""Record schemas (SFT / CoT / preference incl. the HelpSteer3 rule) and the Hugging Face export."""
+
+import json
+
+import dagster as dg
+import datasets
+import pyarrow as pa
+import pytest
+import yaml
+
+from partitions.registry import parse_registry
+from posttrain_assets.adapters import helpsteer3_choice
+from posttrain_assets.export import dataset_card, hf_parquet, split_of, write_dataset
+from posttrain_assets.loaders import load_rows, rows_to_table
+from posttrain_assets.merging import merge_prompts
+from posttrain_assets.unify import PREFERENCE_SCHEMA, cot_from, preference_from, sft_from, split_reasoning
+from resources.hub import HubResource, RemoteFile, git_blob_sha1, plan_upload, sha256_file
+from resources.storage import ParquetStore
+
+from .conftest import REPO
+from .helpers import mat_metadata, resources_for
+
+HS3 = REPO / "tests" / "data" / "helpsteer3_format.jsonl"
+
+
+def merged_of(registry_entry: dict):
+    spec = parse_registry({"sources": [{"licence": "x", **registry_entry}]}).sources[0]
+    return merge_prompts(rows_to_table(load_rows(spec)), spec)
+
+
+def test_split_reasoning_rules():
+    assert split_reasoning("Add 2 and 3.\n#### 5") == ("Add 2 and 3.", "5", "gsm8k_marker")
+    assert split_reasoning("<think>2+3 is 5</think> The answer is 5.") == ("2+3 is 5", "The answer is 5.", "think_tags")
+    assert split_reasoning("So x = \\frac{1}{2}, i.e. \\boxed{\\frac{1}{2}}.") == \
+        ("So x = \\frac{1}{2}, i.e. \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}", "boxed")
+    assert split_reasoning("We try cases and the claim follows.") == ("We try cases and the claim follows.", "", "unsplit")
+
+
+@pytest.mark.parametrize("score, expected", [(-3, ("r1", "r2", False)), (-2, ("r1", "r2", False)),
+                                             (-1, ("r1", "r2", False)), (0, ("", "", True)),
+                                             (1, ("r2", "r1", False)), (2, ("r2", "r1", False)),
+                                             (3, ("r2", "r1", False))])
+def test_helpsteer3_rule(score, expected):
+    assert helpsteer3_choice(score, "r1", "r2") == expected
+
+
+def test_helpsteer3_source_to_preference_records():
+    res = merged_of({"key": "hs3", "kind": "preference", "adapter": "helpsteer3", "loader": {"path": str(HS3)}})
+    assert (res.accounting.rows_in, res.accounting.rows_out) == (8, 7)
+    (bad,) = res.issues
+    assert (bad.reason, bad.source_row, bad.field) == ("bad_preference_score", 7, "overall_preference")
+    table, issues = preference_from(res.table, "preference")
+    rows = table.to_pylist()
+    assert issues == [] and len(rows) == 7
+    assert rows[0]["chosen"].startswith("Draw a fake tattoo") and rows[0]["rejected"].startswith("I'd rather")
+    assert rows[6]["chosen"] == "Lima." and rows[6]["rejected"] == "Cusco."
+    assert [r["tie"] for r in rows] == [False, False, False, True, False, False, False]
+    assert rows[3]["chosen"] == rows[3]["rejected"] == ""
+    assert [m["role"] for m in rows[4]["messages"]] == ["user", "assistant", "user"]  # multi-turn kept
+
+
+def test_sft_best_reply_and_ranked_preference_pairs(bundled):
+    spec = bundled.get("oasst_en")
+    merged = merge_prompts(rows_to_table(load_rows(spec)), spec).table
+    sft, sft_issues = sft_from(merged)
+    reasons = {}
+    for i in sft_issues:
+        reasons[i.reason] = reasons.get(i.reason, 0) + 1
+    assert sft.num_rows + len(sft_issues) == merged.num_rows
+    assert set(reasons) == {"no_response", "not_best_reply"}
+    first = [r for r in sft.to_pylist() if r["prompt"] == "How can I find the best 401k plan for my needs?"]
+    assert len(first) == 1 and first[0]["answer"].startswith("The first step is to research your options.")
+    assert first[0]["messages"][-1]["role"] == "assistant"
+    pref, pref_issues = preference_from(merged, "sft")
+    assert pref.num_rows + len(pref_issues) == merged.num_rows
+    p = [r for r in pref.to_pylist() if r["prompt"] == "How can I find the best 401k plan for my needs?"][0]
+    assert p["chosen"].startswith("The first step is to research your options.")  # rank 0
+    assert p["rejected_id"] != p["all_prompt_id"]
+
+
+def test_gsm8k_cot_records(bundled):
+    spec = bundled.get("gsm8k")
+    cot, issues = cot_from(merge_prompts(rows_to_table(load_rows(spec)), spec).table)
+    assert cot.num_rows == 300 and issues == []
+    r = cot.to_pylist()[0]
+    assert r["answer"] == "72" and r["thinking"].startswith("Natalia sold 48/2 = <<48/2=24>>24 clips in May.")
+    assert set(cot["split_rule"].to_pylist()) == {"gsm8k_marker"}
+
+
+def _sft_table(n):
+    return pa.table({"all_prompt_id": [f"s:{i}" for i in range(n)], "prompt": [f"question {i} " * 20 for i in range(n)],
+                     "answer": [f"answer {i}" for i in range(n)], "source": ["s"] * n})
+
+
+def test_export_shards_load_with_datasets(tmp_path):
+    manifest = write_dataset({"sft": _sft_table(500)}, str(tmp_path), max_shard_bytes=20_000, test_fraction=0.2)
+    train = [m for m in manifest if m["split"] == "train"]
+    test = [m for m in manifest if m["split"] == "test"]
+    assert len(train) > 1 and train[0]["path"] == f"data/sft/train-00000-of-{len(train):05d}.parquet"
+    n_test = sum(s == "test" for s in split_of([f"s:{i}" for i in range(500)], 0.2))
+    assert sum(m["rows"] for m in test) == n_test and 60 < n_test < 140
+    card = dataset_card(manifest, [{"key": "s", "kind": "sft", "licence": "MIT", "sft": 500}], {"x": 1},
+                        title="t", body="## Original README\nkept as is")
+    (tmp_path / "README.md").write_text(card)
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["configs"] == [{"config_name": "sft", "data_files": [
+        {"split": "train", "path": "data/sft/train-*"}, {"split": "test", "path": "data/sft/test-*"}]}]
+    assert card.rstrip().endswith("## Original README\nkept as is")
+    ds = datasets.load_dataset(str(tmp_path), "sft", split="train")
+    assert ds.num_rows == 500 - n_test
+    assert datasets.load_dataset(str(tmp_path), "sft", split="test").num_rows == n_test
+    # a re-export with fewer rows leaves no stale shards behind
+    write_dataset({"sft": _sft_table(10)}, str(tmp_path), max_shard_bytes=10**9)
+    assert sorted(p.name for p in (tmp_path / "data" / "sft").iterdir()) == ["train-00000-of-00001.parquet"]
+
+
+def test_upload_plan_without_network(tmp_path):
+    (tmp_path / "data" / "sft").mkdir(parents=True)
+    (tmp_path / "data" / "sft" / "train-00000-of-00002.parquet").write_bytes(b"same shard")
+    (tmp_path / "data" / "sft" / "train-00001-of-00002.parquet").write_bytes(b"new shard")
+    (tmp_path / "README.md").write_text("card v2")
+    remote = [RemoteFile("data/sft/train-00000-of-00002.parquet",
+                         sha256=sha256_file(tmp_path / "data/sft/train-00000-of-00002.parquet")),
+              RemoteFile("data/sft/train-00001-of-00002.parquet", sha256="0" * 64),
+              RemoteFile("data/sft/train-00000-of-00001.parquet", sha256="1" * 64),  # from an older export
+              RemoteFile("README.md", blob_id=git_blob_sha1(b"card v1")),
+              RemoteFile(".gitattributes", blob_id="abc")]
+    local = ["data/sft/train-00000-of-00002.parquet", "data/sft/train-00001-of-00002.parquet", "README.md"]
+    plan = plan_upload(str(tmp_path), local, remote)
+    assert plan.as_dict() == {"upload": ["README.md", "data/sft/train-00001-of-00002.parquet"],
+                              "skip": ["data/sft/train-00000-of-00002.parquet"],
+                              "delete": ["data/sft/train-00000-of-00001.parquet"]}
+    same_card = [RemoteFile("README.md", blob_id=git_blob_sha1(b"card v2"))]
+    assert plan_upload(str(tmp_path), ["README.md"], same_card).skip == ["README.md"]
+    assert HubResource().ready() == (False, "local export only: set the hub resource's repo_id (and HF_TOKEN) to upload")
+    assert HubResource(repo_id="me/ds").ready()[1] == "local export only: HF_TOKEN is not set in the environment (repo me/ds)"
+
+
+def test_hf_parquet_asset_excludes_ties_by_default(tmp_path, instance, monkeypatch):
+    """The asset over real upstream files (HelpSteer3-format preference rows with one tie)."""
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    res = merged_of({"key": "hs3", "kind": "preference", "adapter": "helpsteer3", "loader": {"path": str(HS3)}})
+    pref, _ = preference_from(res.table, "preference")
+    from posttrain_assets.unify import COT_SCHEMA, SFT_SCHEMA
+
+    store.write(pref, store.path("preference_records", "hs3"))
+    store.write(SFT_SCHEMA.empty_table(), store.path("sft_records", "hs3"))
+    store.write(COT_SCHEMA.empty_table(), store.path("cot_records", "hs3"))
+    reg = tmp_path / "s.yaml"
+    reg.write_text(yaml.safe_dump({"sources": [{"key": "hs3", "kind": "preference", "adapter": "helpsteer3",
+                                                "licence": "CC0", "loader": {"path": str(HS3)}}]}))
+    instance.add_dynamic_partitions("source", ["hs3"])
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_never_logged")
+    upstream = [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source"))
+                for k in ("sft_records", "cot_records", "preference_records")]
+    hub = HubResource(token=dg.EnvVar("HF_TOKEN"))  # token set, no repo: local only, never shown
+    run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
+                         resources={**resources_for(root, reg), "hub": hub})
+    md = mat_metadata(run, "hf_parquet")
+    logs = [e.message for e in instance.all_logs(run.run_id)]
+    assert not any("hf_secret" in (m or "") for m in logs)
+    assert (md["rows_preference"], md["ties_total"], md["ties_excluded"]) == (6, 1, 1)
+    assert md["hub"] == "local only" and md["hub_status"].startswith("local export only")
+    assert "hf_secret" not in json.dumps({k: str(v) for k, v in md.items()})
+    ds = datasets.load_dataset(str(tmp_path / "storage" / "hf_export"), "preference", split="train")
+    assert ds.num_rows == 6 and "tie" not in ds.column_names
+    run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
+                         resources=resources_for(root, reg),
+                         run_config={"ops": {"hf_parquet": {"config": {"include_ties": True}}}})
+    assert mat_metadata(run, "hf_parquet")["rows_preference"] == 7
