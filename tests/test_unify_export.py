@@ -169,3 +169,39 @@ def test_hf_parquet_asset_excludes_ties_by_default(tmp_path, instance, monkeypat
                          resources=resources_for(root, reg),
                          run_config={"ops": {"hf_parquet": {"config": {"include_ties": True}}}})
     assert mat_metadata(run, "hf_parquet")["rows_preference"] == 7
+
+
+def test_hub_upload_request_without_network(tmp_path, monkeypatch):
+    """The Hub cannot be reached here: a recording stand-in for HfApi checks the requests we build
+    (repo creation, the commit's add / delete operations, the token passed, never printed)."""
+    import huggingface_hub
+    from huggingface_hub.hf_api import RepoFile
+
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def list_repo_tree(self, repo_id, **kw):
+            return [RepoFile(path="README.md", size=3, blob_id=git_blob_sha1(b"old"), lfs=None, oid="x")]
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw["repo_type"], kw["private"], kw["exist_ok"]))
+
+        def create_commit(self, repo_id, operations, **kw):
+            calls.append(("commit", repo_id, sorted((type(o).__name__, o.path_in_repo) for o in operations)))
+            return type("Info", (), {"commit_url": "https://hub/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    (tmp_path / "data" / "sft").mkdir(parents=True)
+    (tmp_path / "data" / "sft" / "train-00000-of-00001.parquet").write_bytes(b"shard")
+    (tmp_path / "README.md").write_text("new")
+    hub = HubResource(repo_id="me/ds", token="hf_x")
+    assert hub.ready() == (True, "")
+    plan = plan_upload(str(tmp_path), ["data/sft/train-00000-of-00001.parquet", "README.md"], hub.remote_files())
+    assert hub.upload(str(tmp_path), plan, "msg") == "https://hub/commit/1"
+    assert calls[-2:] == [("create_repo", "me/ds", "dataset", True, True),
+                          ("commit", "me/ds", [("CommitOperationAdd", "README.md"),
+                                               ("CommitOperationAdd", "data/sft/train-00000-of-00001.parquet")])]
+    assert ("init", "hf_x") in calls
