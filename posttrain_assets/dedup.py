@@ -184,7 +184,7 @@ class DedupConfig(dg.Config):
     scope: str = "global"  # global | kind (only compare prompts of the same registry kind)
     exact_max_n: int = 100_000  # faiss_graph: exact all-pairs up to here, IVF above
     nlist: int = 0  # IVF cells (0 = ~sqrt(n))
-    nprobe: int = 4  # IVF cells probed per vector
+    nprobe: int = 3  # IVF cells probed per vector
     max_neighbors: int = 0  # keep at most this many links per vector (0 = all)
     minhash_threshold: float = 0.8  # Jaccard over word n-grams (minhash)
     minhash_ngram: int = 3
