@@ -7,13 +7,14 @@ import dagster as dg
 from partitions import source_partitions
 from resources.embeddings import EmbeddingClient
 from resources.hub import HubResource
+from resources.llm import LLMResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
-from . import dedup, export, ingest, unify
+from . import dedup, export, ingest, scoring, selection, unify
 from .sensors import sources_registry_sensor
 
-STAGE_MODULES = [ingest, dedup, unify, export]
+STAGE_MODULES = [ingest, dedup, unify, scoring, selection, export]
 all_assets = dg.load_assets_from_modules(STAGE_MODULES)
 all_checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
 
@@ -30,12 +31,16 @@ records_job = dg.define_asset_job(
     "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts") | dg.AssetSelection.groups(unify.GROUP),
     partitions_def=source_partitions,
     description="Per source: deduplicated_prompts -> sft_records, cot_records, preference_records.")
+#: Per source: LLM difficulty scores, then seed selection.
+scoring_job = dg.define_asset_job(
+    "scoring_job", selection=dg.AssetSelection.assets("difficulty_scores", "selected_seeds"),
+    partitions_def=source_partitions, description="Per source: difficulty_scores -> selected_seeds.")
 #: Global: the Hugging Face export.
 export_job = dg.define_asset_job(
     "export_job", selection=dg.AssetSelection.assets("hf_parquet"),
     description="Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).")
 
-PIPELINE = [ingest_job, dedup_job, records_job, export_job]  # the order the demo runs them in
+PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, export_job]  # the order the demo runs them in
 
 
 def build_resources() -> dict:
@@ -45,6 +50,8 @@ def build_resources() -> dict:
         "io_manager": ParquetIOManager(storage=storage),
         "registry": SourceRegistryResource(),
         "embeddings": EmbeddingClient(),
+        "llm": LLMResource(config_file=os.environ.get("POSTTRAIN_LLM_CONFIG", ""),
+                           api_key=dg.EnvVar("LLM_API_KEY") if os.environ.get("LLM_API_KEY") else None),
         # the token only ever comes from the environment
         "hub": HubResource(repo_id=os.environ.get("POSTTRAIN_HF_REPO", ""),
                            token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None),

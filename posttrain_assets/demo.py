@@ -21,6 +21,10 @@ from resources.storage import StorageResource
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+#: demo-sized LLM work on 2 CPU cores: 12 items per source, 2 samples, short answers (README)
+DEMO_RUN_CONFIG = {"scoring_job": {"ops": {
+    "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 96}},
+    "selected_seeds": {"config": {"total_samples": 60}}}}}
 
 
 def ensure_instance() -> dg.DagsterInstance:
@@ -57,6 +61,11 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
             r["dedup_kept"] = _meta(ev, "rows_out")
         elif name == "dedup_summary":
             global_stats["dedup_summary"] = _meta(ev, "summary")
+        elif name == "difficulty_scores":
+            r["scored"] = _meta(ev, "rows_out")
+            r["llm_calls"] = _meta(ev, "llm_calls")
+        elif name == "selected_seeds":
+            r["selected"] = _meta(ev, "rows_out")
         elif name == "hf_parquet":
             global_stats["export"] = {k: _meta(ev, k) for k in ("rows_sft", "rows_cot", "rows_preference",
                                                                 "ties_excluded", "export_dir", "hub_status")}
@@ -67,7 +76,7 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
 
 def summarise(results: dict[str, dict]) -> str:
     head = ["source", "kind", "raw rows", "raw rejected", "records in", "kept", "removed",
-            "rejected", "reasons", "after dedup", "seconds"]
+            "rejected", "reasons", "after dedup", "scored", "seeds", "seconds"]
     rows = []
     for key, r in results.items():
         reasons = {**r.get("raw_rejected_by", {}), **r.get("rejected_by", {}), **r.get("removed_by", {})}
@@ -75,7 +84,8 @@ def summarise(results: dict[str, dict]) -> str:
                      r.get("rows_in", "-"), r.get("rows_out", "-"), r.get("removed", "-"),
                      r.get("rejected", "-"),
                      ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "-",
-                     r.get("dedup_kept", "-"), f"{r['seconds']:.1f}" if "seconds" in r else "-"])
+                     r.get("dedup_kept", "-"), r.get("scored", "-"), r.get("selected", "-"),
+                     f"{r['seconds']:.1f}" if "seconds" in r else "-"])
         if r.get("error"):
             rows[-1][8] = "FAILED (see below)"
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
@@ -103,7 +113,8 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
         partitioned = job.partitions_def is not None
         for key in (keys if partitioned else [None]):
             t0 = time.monotonic()
-            res = job.execute_in_process(partition_key=key, instance=instance, run_config=QUIET,
+            res = job.execute_in_process(partition_key=key, instance=instance,
+                                         run_config={**QUIET, **DEMO_RUN_CONFIG.get(job.name, {})},
                                          raise_on_error=False, tags={"posttrain/launched_by": "demo"})
             dt = time.monotonic() - t0
             if key:

@@ -8,6 +8,7 @@ import yaml
 from posttrain_assets.ingest import merged_prompts, raw_records
 from resources.embeddings import EmbeddingClient
 from resources.hub import HubResource
+from resources.llm import LLMResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
@@ -24,7 +25,12 @@ def resources_for(storage_root: str, registry_path) -> dict:
     storage = StorageResource(root=storage_root)
     return {"storage": storage, "io_manager": ParquetIOManager(storage=storage),
             "registry": SourceRegistryResource(path=str(registry_path)),
-            "embeddings": EmbeddingClient(), "hub": HubResource()}
+            "embeddings": EmbeddingClient(), "hub": HubResource(), "llm": LLMResource()}
+
+
+def upstream_specs(*keys: str) -> list:
+    """Partitioned upstream assets whose Parquet files a test wrote itself."""
+    return [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source")) for k in keys]
 
 
 def materialize_source(key: str, instance, storage_root: str, registry_path,

@@ -1,0 +1,133 @@
+"""Content-addressed cache of LLM answers (SQLite, WAL), committed chunk by chunk.
+
+Key = sha256 of (model identity, operation, decoding parameters, input, sample index, seed). A run
+killed with SIGKILL loses at most the chunk in flight; the re-run asks the model only for what is
+not cached. Failed requests are never cached (they are retried on the next run)."""
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .llm import Completion, LLMError
+
+
+def cache_key(identity: str, op: str, params: dict, payload: Any, sample: int, seed: int) -> str:
+    blob = json.dumps({"model": identity, "op": op, "params": params, "input": payload,
+                       "sample": sample, "seed": seed}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class LLMCache:
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.con = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        self.con.execute("PRAGMA journal_mode=WAL")
+        self.con.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, op TEXT, model TEXT, "
+                         "value TEXT, created REAL)")
+        self.con.commit()
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        out = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            q = f"SELECT key, value FROM answers WHERE key IN ({','.join('?' * len(part))})"
+            out.update((k, json.loads(v)) for k, v in self.con.execute(q, part))
+        return out
+
+    def put_many(self, rows: list[tuple[str, str, str, Any]]) -> None:
+        """(key, op, model, value) rows in one transaction."""
+        now = time.time()
+        with self.con:
+            self.con.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                                 [(k, op, m, json.dumps(v, ensure_ascii=False), now) for k, op, m, v in rows])
+
+    def count(self) -> int:
+        return self.con.execute("SELECT count(*) FROM answers").fetchone()[0]
+
+    def close(self) -> None:
+        self.con.close()
+
+
+@dataclass
+class CallStats:
+    requests: int = 0
+    cache_hits: int = 0
+    calls: int = 0  # requests sent to the model
+    failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+    errors: list = field(default_factory=list)
+
+    def as_metadata(self) -> dict:
+        return {"llm_requests": self.requests, "llm_calls": self.calls, "llm_cache_hits": self.cache_hits,
+                "llm_failures": self.failures, "llm_tokens_in": self.tokens_in,
+                "llm_tokens_out": self.tokens_out,
+                "llm_tokens_per_s": round(self.tokens_out / self.seconds, 1) if self.seconds else 0.0}
+
+
+def cached_calls(cache: LLMCache, *, identity: str, op: str, params: dict, payloads: list[Any],
+                 n: int, seed: int, run: Callable[[list[Any]], list], chunk: int = 16,
+                 stats: Optional[CallStats] = None,
+                 log: Optional[Callable[[str], None]] = None) -> list[list[Any]]:
+    """Answers for every payload x sample (n per payload): cached ones from the cache, the rest from
+    `run` in chunks of `chunk` payloads, each chunk committed before the next. `run(payloads)`
+    returns, per payload, a list of n answers (Completion / (avg, tokens) / LLMError)."""
+    stats = stats or CallStats()
+    keys = [[cache_key(identity, op, params, p, s, seed) for s in range(n)] for p in payloads]
+    hit = cache.get_many([k for ks in keys for k in ks])
+    results: list[list[Any]] = [[None] * n for _ in payloads]
+    todo = []
+    for i, ks in enumerate(keys):
+        for s, k in enumerate(ks):
+            if k in hit:
+                results[i][s] = _decode(hit[k])
+        if any(k not in hit for k in ks):
+            todo.append(i)
+    stats.requests += len(payloads) * n
+    stats.cache_hits += sum(1 for ks in keys for k in ks if k in hit)
+    t0 = time.monotonic()
+    for c in range(0, len(todo), chunk):
+        idx = todo[c:c + chunk]
+        t1 = time.monotonic()
+        answers = run([payloads[i] for i in idx])
+        stats.seconds += time.monotonic() - t1
+        rows = []
+        for i, per_sample in zip(idx, answers):
+            for s, ans in enumerate(per_sample):
+                if results[i][s] is not None:
+                    continue
+                stats.calls += 1
+                results[i][s] = ans
+                if isinstance(ans, LLMError):
+                    stats.failures += 1
+                    stats.errors.append(str(ans))
+                    continue
+                if isinstance(ans, Completion):
+                    stats.tokens_in += ans.tokens_in
+                    stats.tokens_out += ans.tokens_out
+                rows.append((keys[i][s], op, identity, _encode(ans)))
+        cache.put_many(rows)
+        if log:
+            done = min(c + chunk, len(todo))
+            log(f"{op}: {done}/{len(todo)} uncached prompts ({done / max(time.monotonic() - t0, 1e-9):.2f} prompts/s), "
+                f"{stats.cache_hits} cache hits")
+    return results
+
+
+def _encode(ans: Any) -> Any:
+    if isinstance(ans, Completion):
+        return {"completion": [ans.text, ans.tokens_in, ans.tokens_out, ans.finish_reason]}
+    return {"value": list(ans) if isinstance(ans, tuple) else ans}
+
+
+def _decode(v: dict) -> Any:
+    if "completion" in v:
+        return Completion(*v["completion"])
+    value = v["value"]
+    return tuple(value) if isinstance(value, list) else value
