@@ -34,8 +34,9 @@ test: $(STAMP)
 
 ## benchmarks (not tests): bench/README.md
 bench: $(STAMP)
-	$(PY) -m bench.dedup
-	$(PY) -m bench.embeddings
+	$(PY) -m bench.dedup --million
+	$(PY) -m bench.embeddings --rows 7473
+	$(PY) -m bench.llm
 
 ## the Dagster UI on http://127.0.0.1:3000 (same instance and storage as the demo)
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

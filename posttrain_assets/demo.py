@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 #: demo-sized LLM work on 2 CPU cores: 12 items per source, 2 samples, short answers (README)
 DEMO_RUN_CONFIG = {"scoring_job": {"ops": {
-    "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 96}},
+    "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 96,
+                                     "max_input_chars": 1500, "max_gold_chars": 1000}},
     "selected_seeds": {"config": {"total_samples": 60}}}}}
 
 

@@ -139,7 +139,9 @@ class HFBackend:
         self.tok.padding_side = "left"
         out: list[list[Completion]] = [[] for _ in texts]
         bs = max(1, self.spec.batch_size)
-        flat = [(i, s) for i in range(len(texts)) for s in range(n)]
+        # length-sorted batches: little padding (answers go back to their prompt by index)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        flat = [(i, s) for i in order for s in range(n)]
         for start in range(0, len(flat), bs):
             chunk = flat[start:start + bs]
             enc = self.tok([texts[i] for i, _ in chunk], return_tensors="pt", padding=True,
@@ -192,13 +194,14 @@ class HFBackend:
         """(mean log-probability of the continuation tokens given the prompt, number of tokens)."""
         import torch
 
-        out = []
+        out: list = [None] * len(prompts)
         bs = max(1, self.spec.batch_size)
         self.tok.padding_side = "right"
-        for start in range(0, len(prompts), bs):
-            ps, cs = prompts[start:start + bs], continuations[start:start + bs]
-            p_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in ps]
-            c_ids = [self.tok(c, add_special_tokens=False)["input_ids"] for c in cs]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            p_ids = [self.tok(prompts[i], add_special_tokens=False)["input_ids"] for i in idx]
+            c_ids = [self.tok(continuations[i], add_special_tokens=False)["input_ids"] for i in idx]
             seqs = [a + b for a, b in zip(p_ids, c_ids)]
             if self.spec.max_model_len:
                 seqs = [s[: self.spec.max_model_len] for s in seqs]
@@ -214,11 +217,11 @@ class HFBackend:
             for r, s in enumerate(seqs):
                 lo, hi = len(p_ids[r]), len(s)
                 if hi <= lo:
-                    out.append((float("nan"), 0))
+                    out[idx[r]] = (float("nan"), 0)
                     continue
                 target = torch.tensor(s[lo:hi], device=logp.device)
                 vals = logp[r, lo - 1:hi - 1].gather(1, target[:, None]).squeeze(1)
-                out.append((float(vals.mean()), hi - lo))
+                out[idx[r]] = (float(vals.mean()), hi - lo)
         return out
 
 
