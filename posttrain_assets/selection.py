@@ -43,9 +43,9 @@ def bin_targets(total: int, num_bins: int, curve_sharpness: float) -> list[int]:
 
 def length_select(lengths: np.ndarray, *, total_samples: int, num_bins: int = 6, curve_sharpness: float = 2.0,
                   sample_size_for_stats: int = 10_000, seed: int = 42, shuffle: bool = True) -> tuple[np.ndarray, dict]:
-    """Indices of the selected rows and the per-bin report. One vectorised pass: every row draws a
-    random key; the `target` smallest keys of each bin are kept (the same distribution as per-bin
-    reservoir sampling in a streaming pass)."""
+    """Indices of the selected rows and the per-bin report. Vectorised: bin lookup for all rows at
+    once, then per bin a uniform sample without replacement of `target` rows (the distribution
+    per-bin reservoir sampling in a streaming pass produces)."""
     rng = np.random.default_rng(seed)
     n = len(lengths)
     targets = bin_targets(total_samples, num_bins, curve_sharpness)
@@ -57,17 +57,17 @@ def length_select(lengths: np.ndarray, *, total_samples: int, num_bins: int = 6,
     stats_idx = rng.choice(n, min(n, sample_size_for_stats), replace=False) if n else np.zeros(0, int)
     edges = bin_edges(lengths[stats_idx], num_bins)
     bins = np.searchsorted(edges, lengths, side="right")
-    keys = rng.random(n)
-    order = np.lexsort((keys, bins))
-    sorted_bins = bins[order]
-    starts = np.searchsorted(sorted_bins, np.arange(num_bins))
-    ends = np.searchsorted(sorted_bins, np.arange(num_bins), side="right")
-    chosen = [order[s:min(e, s + t)] for s, e, t in zip(starts, ends, targets)]
-    picked = np.concatenate(chosen) if chosen else np.zeros(0, int)
+    chosen, available = [], []
+    for b, t in enumerate(targets):  # per bin: a uniform sample of `target` rows (what reservoir sampling keeps)
+        members = np.flatnonzero(bins == b)
+        available.append(len(members))
+        k = min(t, len(members))
+        chosen.append(np.sort(members[rng.choice(len(members), size=k, replace=False)]) if k else members[:0])
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
     picked = rng.permutation(picked) if shuffle else np.sort(picked)
     lows = [-math.inf] + edges.tolist()
     highs = edges.tolist() + [math.inf]
-    report = {"bins": [{"bin": b, "low": lows[b], "high": highs[b], "available": int(ends[b] - starts[b]),
+    report = {"bins": [{"bin": b, "low": lows[b], "high": highs[b], "available": int(available[b]),
                         "target": targets[b], "actual": int(len(chosen[b]))} for b in range(num_bins)]}
     return picked, report
 

@@ -34,7 +34,15 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     assert {"raw_records", "merged_prompts", "prompt_embeddings", "dedup_clusters", "dedup_summary",
             "dedup_cluster_report", "deduplicated_prompts", "sft_records", "cot_records",
-            "preference_records", "hf_parquet", "rejects"} == views
+            "preference_records", "difficulty_scores", "selected_seeds", "hf_parquet", "rejects"} == views
+    # scoring and selection at demo size: 12 scored items and 60 length-selected seeds per source
+    # with gold answers; none for the prompt-only and preference sources
+    scored = dict(con.execute("SELECT source, count(*) FROM difficulty_scores GROUP BY 1").fetchall())
+    assert scored == {"gsm8k": 12, "self_instruct": 12, "oasst_en": 12, "oasst2_labelled": 12}
+    seeds = dict(con.execute("SELECT source, count(*) FROM selected_seeds GROUP BY 1").fetchall())
+    # oasst2_labelled has 33 SFT rows: its longer bins hold fewer rows than their targets
+    assert seeds == {"gsm8k": 60, "self_instruct": 60, "oasst_en": 60, "oasst2_labelled": 29}
+    assert table["hh_rlhf_harmless_base"][10:12] == ["0", "0"] and table["gsm8k"][10:12] == ["12", "60"]
     assert con.execute("SELECT after, removed_other_source FROM dedup_summary WHERE source = "
                        "'awesome_chatgpt_prompts'").fetchall() == [(208, 1)]
     # the advertiser prompt of awesome-chatgpt-prompts also opens an OASST conversation
