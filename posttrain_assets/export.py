@@ -144,14 +144,12 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     out_dir = config.export_dir or (os.path.join(store.base, "hf_export") if store.is_local
                                     else os.path.abspath("hf_export"))
     ties = 0
-    if "tie" in preference_records.column_names and preference_records.num_rows:
+    if "tie" in preference_records.column_names:
         tie_mask = pc.fill_null(preference_records["tie"], False)
         ties = int(pc.sum(tie_mask).as_py() or 0)
-        if not config.include_ties:
-            preference_records = preference_records.filter(pc.invert(tie_mask))
+        if not config.include_ties:  # ties left out: the flag column is then constant, dropped
+            preference_records = preference_records.filter(pc.invert(tie_mask)).drop_columns(["tie"])
     tables = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
-    tables = {k: (t.drop_columns(["tie"]) if k == "preference" and "tie" in t.column_names and not config.include_ties
-                  else t) for k, t in tables.items()}
     manifest = write_dataset(tables, out_dir, max_shard_bytes=config.max_shard_bytes,
                              test_fraction=config.test_fraction)
     reg = registry.load()

@@ -196,8 +196,8 @@ def score_items(items: list[dict], llm: LLMResource, cache: LLMCache, cfg: Diffi
         if isinstance(lp_val, LLMError):
             errs.insert(0, str(lp_val))
         if errs:
-            issues.append(RowIssue(reason="llm_failed", detail=errs[0][:500], raw=it["prompt"][:2000],
-                                   outcome="rejected", field=it["id"]))
+            issues.append(RowIssue(reason="llm_failed", detail=f"{it['id']}: {errs[0][:500]}",
+                                   raw=it["prompt"][:2000], outcome="rejected"))
         else:
             ok.append(i)
     n_resp = len(cfg.ensemble) * cfg.samples
@@ -250,14 +250,13 @@ def llm_cache_for(storage: StorageResource, llm: LLMResource) -> LLMCache:
 def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfig, llm: LLMResource,
                       storage: StorageResource, cot_records: pa.Table, sft_records: pa.Table):
     key = context.partition_key
-    items = sample_items(gold_items(cot_records, sft_records), config.max_items, config.seed)
+    available = gold_items(cot_records, sft_records)
+    items = sample_items(available, config.max_items, config.seed)
     cache = llm_cache_for(storage, llm)
     try:
         table, issues, stats, truncated = score_items(items, llm, cache, config, log=context.log.info)
     finally:
         cache.close()
-    for it in issues:
-        it.source_file = None
     storage.write_rejects(context.asset_key, key, rejects_table(key, "difficulty_scores", issues))
     acc = Accounting.from_issues(len(items), table.num_rows, issues)
     rate = len(issues) / max(len(items), 1)
@@ -267,7 +266,7 @@ def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfi
                                      f"{issues[0].detail}", allow_retries=True)
     yield dg.Output(table, metadata=stage_metadata(
         table, acc, preview_columns=["all_prompt_id", "avg_logprob", "ensemble_acc", "irt_beta", "difficulty_z"],
-        extra={**stats.as_metadata(), "truncated": truncated, "items_available": len(gold_items(cot_records, sft_records)),
+        extra={**stats.as_metadata(), "truncated": truncated, "items_available": len(available),
                "ensemble": dg.MetadataValue.json(list(config.ensemble)), "samples": config.samples}))
     yield accounting_check(acc)
     yield unique_check(table, "all_prompt_id")
