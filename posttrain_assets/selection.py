@@ -124,11 +124,20 @@ class SelectionConfig(dg.Config):
     top_k: int = 0  # the k hardest
 
 
-SEED_COLUMNS = ["all_prompt_id", "source", "prompt", "answer"]
+SEED_COLUMNS = ["all_prompt_id", "source", "prompt", "answer", "solution"]
 
 
 def seed_rows(cot: pa.Table, sft: pa.Table) -> pa.Table:
-    parts = [t.select(SEED_COLUMNS) for t in (cot, sft) if t.num_rows]
+    """Candidate seeds: CoT and SFT records with `solution` = the whole answer text (CoT: reasoning
+    and final answer; SFT: the answer), whose length the `length` method measures."""
+    parts = []
+    if cot.num_rows:
+        sol = pc.binary_join_element_wise(cot["thinking"], cot["answer"], "\n")
+        parts.append(pa.table({"all_prompt_id": cot["all_prompt_id"], "source": cot["source"],
+                               "prompt": cot["prompt"], "answer": cot["answer"], "solution": sol}))
+    if sft.num_rows:
+        parts.append(pa.table({"all_prompt_id": sft["all_prompt_id"], "source": sft["source"],
+                               "prompt": sft["prompt"], "answer": sft["answer"], "solution": sft["answer"]}))
     if not parts:
         return pa.table({c: pa.array([], pa.string()) for c in SEED_COLUMNS})
     return pa.concat_tables(parts)
@@ -155,7 +164,7 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
     rows = seed_rows(cot_records, sft_records)
     extra: dict = {"method": config.method}
     if config.method == "length":
-        lengths = answer_lengths(rows["answer"].to_pylist(), config.length_unit, config.tokenizer)
+        lengths = answer_lengths(rows["solution"].to_pylist(), config.length_unit, config.tokenizer)
         idx, report = length_select(lengths, total_samples=config.total_samples, num_bins=config.num_bins,
                                     curve_sharpness=config.curve_sharpness,
                                     sample_size_for_stats=config.sample_size_for_stats, seed=config.seed,
