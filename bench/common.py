@@ -1,8 +1,5 @@
 """Real prompt texts for the benchmarks: the bundled sources plus ../shared/data when present."""
 
-import gzip
-import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,6 @@ import tempfile
 import time
 
 import dagster as dg
-import pyarrow as pa
 
 from partitions.registry import load_registry
 from posttrain_assets.dedup import prompt_embeddings

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from partitions import source_partitions, sync_partitions
+from partitions import sync_partitions
 from partitions.registry import RegistryError, load_registry
 from resources.storage import StorageResource
 

@@ -2,7 +2,6 @@
 weights, openai against a real `transformers serve` on loopback); the cache and failure accounting."""
 
 import json
-import os
 import socket
 import subprocess
 import sys

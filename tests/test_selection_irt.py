@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from posttrain_assets.scoring import answers_match, difficulty_z, extract_final_answer, rasch_fit
 from posttrain_assets.selection import bin_targets, length_select, seed_loop_reference

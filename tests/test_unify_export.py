@@ -13,7 +13,7 @@ from posttrain_assets.adapters import helpsteer3_choice
 from posttrain_assets.export import dataset_card, hf_parquet, split_of, write_dataset
 from posttrain_assets.loaders import load_rows, rows_to_table
 from posttrain_assets.merging import merge_prompts
-from posttrain_assets.unify import PREFERENCE_SCHEMA, cot_from, preference_from, sft_from, split_reasoning
+from posttrain_assets.unify import cot_from, preference_from, sft_from, split_reasoning
 from resources.hub import HubResource, RemoteFile, git_blob_sha1, plan_upload, sha256_file
 from resources.storage import ParquetStore
 
