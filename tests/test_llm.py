@@ -32,12 +32,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served_model():
+def served_model(tmp_path_factory):
     """`transformers serve` on loopback with the bundled SmolLM2 weights (a real OpenAI-compatible server)."""
     folder = embedded_model_dir()
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
-    log = open(Path(folder).parent / f"serve-{port}.log", "w")
+    log = open(tmp_path_factory.mktemp("serve") / "transformers-serve.log", "w")
     proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), folder],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
