@@ -196,18 +196,22 @@ def _checks(name: str) -> list:
             dg.AssetCheckSpec("all_prompt_id_unique", asset=name)]
 
 
+def _records(context, registry: SourceRegistryResource, storage: StorageResource, prompts: pa.Table,
+             kinds: tuple, build, schema: pa.Schema):
+    """Build one record schema for this source, or an empty table when its kind does not apply."""
+    spec = registry.get(context.partition_key)
+    applies = spec.kind in kinds
+    table, issues = build(prompts) if applies else (schema.empty_table(), [])
+    yield from _emit(context, storage, spec, table, issues, applies, prompts.num_rows)
+
+
 @dg.asset(partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},
           check_specs=_checks("sft_records"),
           description="SFT schema: all_prompt_id, source_prompt_id, prompt, answer, metadata (+ messages).")
 def sft_records(context: dg.AssetExecutionContext, config: SftConfig, registry: SourceRegistryResource,
                 storage: StorageResource, deduplicated_prompts: pa.Table):
-    spec = registry.get(context.partition_key)
-    if spec.kind in SFT_KINDS:
-        table, issues = sft_from(deduplicated_prompts, config.best_reply_only)
-    else:
-        table, issues = SFT_SCHEMA.empty_table(), []  # not this schema's kind: takes no rows
-    yield from _emit(context, storage, spec, table, issues, spec.kind in SFT_KINDS,
-                     deduplicated_prompts.num_rows)
+    yield from _records(context, registry, storage, deduplicated_prompts, SFT_KINDS,
+                        lambda t: sft_from(t, config.best_reply_only), SFT_SCHEMA)
 
 
 @dg.asset(partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},
@@ -215,13 +219,7 @@ def sft_records(context: dg.AssetExecutionContext, config: SftConfig, registry: 
           description="CoT schema: all_prompt_id, source_prompt_id, prompt, thinking, answer, metadata.")
 def cot_records(context: dg.AssetExecutionContext, registry: SourceRegistryResource,
                 storage: StorageResource, deduplicated_prompts: pa.Table):
-    spec = registry.get(context.partition_key)
-    if spec.kind in COT_KINDS:
-        table, issues = cot_from(deduplicated_prompts)
-    else:
-        table, issues = COT_SCHEMA.empty_table(), []  # not this schema's kind: takes no rows
-    yield from _emit(context, storage, spec, table, issues, spec.kind in COT_KINDS,
-                     deduplicated_prompts.num_rows)
+    yield from _records(context, registry, storage, deduplicated_prompts, COT_KINDS, cot_from, COT_SCHEMA)
 
 
 @dg.asset(partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},

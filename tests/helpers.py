@@ -1,5 +1,7 @@
 """Shared test helpers: write registries, materialise assets in process."""
 
+import socket
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -57,3 +59,26 @@ def step_error(result) -> str:
                 return data.user_failure_data.description
             return data.error.message
     return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(proc, url: str, timeout_s: float, log_path) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if it exits or never answers."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited:\n{Path(log_path).read_text()}")
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout_s:.0f} s:\n{Path(log_path).read_text()}")

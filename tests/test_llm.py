@@ -2,20 +2,19 @@
 weights, openai against a real `transformers serve` on loopback); the cache and failure accounting."""
 
 import json
-import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 
 from resources.llm import (LLMError, LLMResource, LogprobsUnsupported, ModelSpec, embedded_model_dir,
                            vllm_engine_kwargs, vllm_sampling_kwargs)
 from resources.llm_cache import CallStats, LLMCache, cached_calls
+
+from .helpers import free_port, wait_until_up
 
 Q = [{"role": "user", "content": "What is 2+3?"}]
 
@@ -25,32 +24,19 @@ def embedded():
     return LLMResource().backend("generator")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_model(tmp_path_factory):
     """`transformers serve` on loopback with the bundled SmolLM2 weights (a real OpenAI-compatible server)."""
     folder = embedded_model_dir()
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
-    log = open(tmp_path_factory.mktemp("serve") / "transformers-serve.log", "w")
+    log_path = tmp_path_factory.mktemp("serve") / "transformers-serve.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), folder],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                raise AssertionError("transformers serve exited")
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
+        wait_until_up(proc, f"{url}/health", 120, log_path)
         yield f"{url}/v1", folder
     finally:
         proc.terminate()

@@ -3,7 +3,6 @@ UI drives it: the assets, their `source` partitions and lineage edge, then a bac
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 import requests
 
 from .conftest import REPO
+from .helpers import free_port, wait_until_up
 
 QUERY = """
 {
@@ -27,12 +27,6 @@ QUERY = """
   sensorsOrError(repositorySelector: {repositoryName: "__repository__", repositoryLocationName: "posttrain"}) { ... on Sensors { results { name sensorState { status } } } }
 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +46,7 @@ def webserver(tmp_path_factory):
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError("webserver exited:\n" + (tmp_path / "webserver.log").read_text())
-            try:
-                if requests.get(f"{url}/server_info", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("webserver did not answer in 120 s")
+        wait_until_up(proc, f"{url}/server_info", 120, tmp_path / "webserver.log")
         yield url, tmp_path / "storage"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
