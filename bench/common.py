@@ -12,8 +12,8 @@ RESULTS = REPO / "bench" / "results"
 def real_prompts() -> list[str]:
     """Distinct real prompts (first user turn), from ../shared/data when present, else the bundled slices."""
     from partitions.registry import load_registry, parse_registry
-    from posttrain_assets.loaders import load_rows, rows_to_table
-    from posttrain_assets.merging import merge_prompts
+    from posttrain_assets.ingest.loaders import load_rows, rows_to_table
+    from posttrain_assets.ingest.merging import merge_prompts
 
     specs = list(load_registry().sources)
     if SHARED.is_dir():

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from posttrain_assets.clustering import dbscan_labels, faiss_graph
+from posttrain_assets.dedup.clustering import dbscan_labels, faiss_graph
 
 from .common import cached_embeddings, real_prompts, table
 

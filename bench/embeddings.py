@@ -11,10 +11,10 @@ import time
 import dagster as dg
 
 from partitions.registry import load_registry
-from posttrain_assets.dedup import prompt_embeddings
-from posttrain_assets.ingest import merged_prompts
-from posttrain_assets.loaders import load_rows, rows_to_table
-from posttrain_assets.merging import merge_prompts
+from posttrain_assets.dedup.assets import prompt_embeddings
+from posttrain_assets.ingest.assets import merged_prompts
+from posttrain_assets.ingest.loaders import load_rows, rows_to_table
+from posttrain_assets.ingest.merging import merge_prompts
 from resources.embeddings import EmbeddingClient, bundled_model_path
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, ParquetStore, StorageResource

@@ -1,6 +1,9 @@
-"""The posttrain code location: every asset, check, job, sensor and resource."""
+"""The posttrain code location: every stage package's assets and checks, the jobs, the sensor and
+the resources. A stage is a subpackage with an `assets` module; its asset group is its name."""
 
+import importlib
 import os
+import pkgutil
 
 import dagster as dg
 
@@ -11,16 +14,26 @@ from resources.llm import LLMResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
-from . import dedup, export, ingest, scoring, selection, unify
 from .sensors import sources_registry_sensor
 
-STAGE_MODULES = [ingest, dedup, unify, scoring, selection, export]
-all_assets = dg.load_assets_from_modules(STAGE_MODULES)
-all_checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
+
+def stage_packages() -> dict[str, object]:
+    """{stage name: its `assets` module} for every subpackage of posttrain_assets that has one."""
+    pkg = importlib.import_module(__package__)
+    found = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.ispkg and importlib.util.find_spec(f"{__package__}.{info.name}.assets") is not None:
+            found[info.name] = importlib.import_module(f"{__package__}.{info.name}.assets")
+    return found
+
+
+STAGES = stage_packages()
+all_assets = dg.load_assets_from_modules(list(STAGES.values()))
+all_checks = dg.load_asset_checks_from_modules(list(STAGES.values()))
 
 #: Per source: load, merge, embed (one run per `source` partition).
 ingest_job = dg.define_asset_job(
-    "ingest_job", selection=dg.AssetSelection.assets("raw_records", "merged_prompts", "prompt_embeddings"),
+    "ingest_job", selection=dg.AssetSelection.groups("ingest") | dg.AssetSelection.assets("prompt_embeddings"),
     partitions_def=source_partitions, description="Per source: raw_records -> merged_prompts -> prompt_embeddings.")
 #: Global: every source's prompts at once.
 dedup_job = dg.define_asset_job(
@@ -28,16 +41,16 @@ dedup_job = dg.define_asset_job(
     description="Global (fan-in) near-duplicate clustering over every source.")
 #: Per source again: survivors, then the three record schemas.
 records_job = dg.define_asset_job(
-    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts") | dg.AssetSelection.groups(unify.GROUP),
+    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts") | dg.AssetSelection.groups("records"),
     partitions_def=source_partitions,
     description="Per source: deduplicated_prompts -> sft_records, cot_records, preference_records.")
 #: Per source: LLM difficulty scores, then seed selection.
 scoring_job = dg.define_asset_job(
-    "scoring_job", selection=dg.AssetSelection.assets("difficulty_scores", "selected_seeds"),
+    "scoring_job", selection=dg.AssetSelection.groups("scoring", "selection"),
     partitions_def=source_partitions, description="Per source: difficulty_scores -> selected_seeds.")
 #: Global: the Hugging Face export.
 export_job = dg.define_asset_job(
-    "export_job", selection=dg.AssetSelection.assets("hf_parquet"),
+    "export_job", selection=dg.AssetSelection.groups("export"),
     description="Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).")
 
 PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, export_job]  # the order the demo runs them in

@@ -7,8 +7,8 @@ import sys
 
 import dagster as dg
 
-from posttrain_assets.dedup import prompt_embeddings
-from posttrain_assets.ingest import merged_prompts
+from posttrain_assets.dedup.assets import prompt_embeddings
+from posttrain_assets.ingest.assets import merged_prompts
 from resources.embeddings import EmbeddingClient
 
 from .helpers import resources_for

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from posttrain_assets.ingest import merged_prompts, raw_records
+from posttrain_assets.ingest.assets import merged_prompts, raw_records
 from resources.embeddings import EmbeddingClient
 from resources.hub import HubResource
 from resources.llm import LLMResource

@@ -8,7 +8,7 @@ import sys
 
 import dagster as dg
 
-from posttrain_assets.scoring import difficulty_scores
+from posttrain_assets.scoring.assets import difficulty_scores
 
 from .helpers import resources_for, upstream_specs
 

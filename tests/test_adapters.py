@@ -6,9 +6,9 @@ from collections import Counter
 import pytest
 
 from partitions.registry import parse_registry
-from posttrain_assets.adapters import parse_hh_transcript, render_conversation, split_gsm8k_answer
-from posttrain_assets.loaders import load_rows, rows_to_table
-from posttrain_assets.merging import merge_prompts
+from posttrain_assets.ingest.adapters import parse_hh_transcript, render_conversation, split_gsm8k_answer
+from posttrain_assets.ingest.loaders import load_rows, rows_to_table
+from posttrain_assets.ingest.merging import merge_prompts
 
 from .conftest import SHARED_DATA, needs_shared
 

@@ -12,7 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from posttrain_assets.ingest import raw_records
+from posttrain_assets.ingest.assets import raw_records
 
 from .helpers import SAMPLE, mat_metadata, materialize_source, step_error, write_registry
 

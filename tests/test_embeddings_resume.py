@@ -11,8 +11,9 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 
-from posttrain_assets.dedup import prompt_embeddings, vectors_of
-from posttrain_assets.ingest import merged_prompts, raw_records
+from posttrain_assets.dedup.assets import prompt_embeddings
+from posttrain_assets.dedup.embedding import vectors_of
+from posttrain_assets.ingest.assets import merged_prompts, raw_records
 from resources.embeddings import EmbeddingClient
 
 from .conftest import BUNDLED_REGISTRY, REPO

@@ -1,5 +1,6 @@
-"""The LLM client: every backend that can run here really runs (embedded, transformers on the same
-weights, openai against a real `transformers serve` on loopback); the cache and failure accounting."""
+"""The LLM layer: every backend that can run here really runs (embedded CTranslate2, transformers on
+the same weights, openai against a real `transformers serve` on loopback); sessions, the cache key,
+batch independence, JSON-schema tasks, engine ownership and failure accounting."""
 
 import json
 import subprocess
@@ -10,18 +11,35 @@ from pathlib import Path
 
 import pytest
 
-from resources.llm import (LLMError, LLMResource, LogprobsUnsupported, ModelSpec, embedded_model_dir,
-                           vllm_engine_kwargs, vllm_sampling_kwargs)
-from resources.llm_cache import CallStats, LLMCache, cached_calls
+from resources.llm import (Decoding, LLMCache, LLMError, LLMResource, LogprobsUnsupported, ModelSpec, Task,
+                           cache_key, embedded_model_dir, parse_json_answer)
+from resources.llm.openai_backend import request_body, response_format
+from resources.llm.vllm_backend import vllm_engine_kwargs, vllm_sampling_kwargs
 
 from .helpers import free_port, wait_until_up
 
 Q = [{"role": "user", "content": "What is 2+3?"}]
+QUESTIONS = ["What is 2+3?", "Name a fruit.", "What is the capital of France?", "Write a haiku about rain.",
+             "Who wrote Hamlet?", "Explain gravity in one sentence.", "What is 7*8?", "Translate 'cat' to French."]
 
 
 @pytest.fixture(scope="module")
-def embedded():
-    return LLMResource().backend("generator")
+def llm():
+    res = LLMResource()
+    yield res
+    res.close()
+
+
+@pytest.fixture(scope="module")
+def embedded(llm):
+    return llm.backend("generator")
+
+
+@pytest.fixture(scope="module")
+def tf_backend():
+    res = LLMResource(models={"tf": ModelSpec(backend="transformers", model=embedded_model_dir())})
+    yield res.backend("tf")
+    res.close()
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +63,16 @@ def served_model(tmp_path_factory):
 
 
 def test_embedded_chat_complete_and_logprob(embedded):
-    (greedy,) = embedded.chat([Q], max_tokens=24)
+    (greedy,) = embedded.chat([Q], Decoding(max_tokens=24))
     assert "5" in greedy[0].text and greedy[0].tokens_out > 0 and greedy[0].tokens_in > 20
-    (two,) = embedded.chat([Q], n=2, temperature=0.9, max_tokens=12, seed=3)
-    assert len(two) == 2
-    ((paris,),) = embedded.complete(["The capital of France is"], max_tokens=8, stop=["."])
-    assert paris.text.strip() == "Paris" and "." not in paris.text
+    (two,) = embedded.chat([Q], Decoding(n=2, temperature=0.9, max_tokens=12, seed=3))
+    assert len(two) == 2 and two[0].text != two[1].text  # two samples of one seeded stream
+    ((paris,),) = embedded.complete(["The capital of France is"], Decoding(max_tokens=8, stop=(".",)))
+    assert paris.text.strip() == "Paris" and "." not in paris.text and paris.finish_reason == "stop"
     prompt = embedded.chat_prompt(Q)
     right, wrong = embedded.avg_logprob([prompt, prompt], ["2 + 3 = 5", "The answer is 7 bananas"])
     assert right[0] > wrong[0] and right[1] > 0
+    assert embedded.settings()["quantization"] == "int8" and embedded.settings()["backend"] == "embedded"
 
 
 def test_batched_logprob_equals_unbatched():
@@ -64,28 +83,152 @@ def test_batched_logprob_equals_unbatched():
     a, b = be1.avg_logprob(ps, cs), be4.avg_logprob(ps, cs)
     assert [x[1] for x in a] == [x[1] for x in b]
     assert all(abs(x[0] - y[0]) < 1e-4 for x, y in zip(a, b))
+    # past CTranslate2's default 1024-token scoring window: every continuation token is scored
+    long_prompt = be1.chat_prompt([{"role": "user", "content": "Объясни, пожалуйста. " * 150}])
+    ((_, n_tokens),) = be4.avg_logprob([long_prompt], ["Ответ: да. " * 100])
+    assert n_tokens == len(be4.tok("Ответ: да. " * 100, add_special_tokens=False)["input_ids"])
 
 
-def test_transformers_backend_same_weights_same_answers(embedded):
-    tf = LLMResource(models={"tf": ModelSpec(backend="transformers", model=embedded_model_dir())}).backend("tf")
-    assert tf.chat([Q], max_tokens=24)[0][0].text == embedded.chat([Q], max_tokens=24)[0][0].text
+@pytest.mark.parametrize("decoding", [Decoding(n=2, temperature=0.9, top_p=0.95, max_tokens=16, seed=11),
+                                      Decoding(max_tokens=16)], ids=["sampled", "greedy"])
+def test_same_request_same_answer_alone_and_in_a_batch_of_8(embedded, decoding):
+    batch = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    alone = embedded.chat([batch[5]], decoding)[0]
+    inside = embedded.chat(batch, decoding)[5]
+    assert [c.text for c in alone] == [c.text for c in inside]
+    again = embedded.chat(batch[::-1], decoding)[2]  # the same request at another position
+    assert [c.text for c in again] == [c.text for c in alone]
+
+
+def test_transformers_backend_sampled_request_is_batch_independent(tf_backend):
+    d = Decoding(n=2, temperature=0.9, max_tokens=10, seed=5)
+    batch = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    assert [c.text for c in tf_backend.chat([batch[3]], d)[0]] == [c.text for c in tf_backend.chat(batch, d)[3]]
+
+
+def test_embedded_int8_tracks_the_fp32_reference(embedded, tf_backend):
+    """Same weights: the int8 engine's log-probabilities stay close to transformers fp32 (the
+    bench reports the per-token mean absolute difference on GSM8K)."""
     p = embedded.chat_prompt(Q)
-    assert abs(tf.avg_logprob([p], ["2 + 3 = 5"])[0][0] - embedded.avg_logprob([p], ["2 + 3 = 5"])[0][0]) < 1e-5
+    conts = ["2 + 3 = 5", "The answer is 7 bananas", "Five."]
+    for (a, na), (b, nb) in zip(embedded.avg_logprob([p] * 3, conts), tf_backend.avg_logprob([p] * 3, conts)):
+        assert na == nb and abs(a - b) < 0.25
+    assert tf_backend.chat([Q], Decoding(max_tokens=24))[0][0].text == "2 + 3 = 5"
 
 
-def test_openai_backend_against_transformers_serve(served_model, embedded):
+def test_openai_backend_against_transformers_serve(served_model, tf_backend):
     url, folder = served_model
     llm = LLMResource(models={"srv": ModelSpec(backend="openai", model=folder, base_url=url, max_tokens=24)})
     be = llm.backend("srv")
-    (answers,) = be.chat([Q])
+    (answers,) = be.chat([Q], Decoding(max_tokens=24))
     assert not isinstance(answers[0], LLMError), answers[0]
-    assert answers[0].text == embedded.chat([Q], max_tokens=24)[0][0].text  # same weights, greedy
+    assert answers[0].text == tf_backend.chat([Q], Decoding(max_tokens=24))[0][0].text  # same weights, greedy
     assert answers[0].tokens_in > 0 and answers[0].tokens_out > 0
-    ((paris,),) = be.complete(["The capital of France is"], max_tokens=3)
+    ((paris,),) = be.complete(["The capital of France is"], Decoding(max_tokens=3))
     assert "Paris" in paris.text
     # transformers serve ignores echo/logprobs: a clear, counted error rather than a made-up number
     (lp,) = be.avg_logprob(["The capital of France is"], [" Paris"])
     assert isinstance(lp, LogprobsUnsupported) and "no prompt logprobs" in str(lp)
+
+
+# ------------------------------------------------------------------------------ sessions and the cache
+
+ANSWER_TASK = Task(name="t", version="1", templates={"en": {"user": "{q}"}, "ja": {"user": "質問: {q}"}})
+
+
+def _key(**changes) -> str:
+    settings = {"backend": "embedded", "model": "m", "revision": "r1", "dtype": "int8", "quantization": "int8",
+                "max_model_len": None, "trust_remote_code": False}
+    decoding = Decoding(temperature=0.7, top_p=1.0, max_tokens=32, stop=(), n=2, seed=0)
+    task = {"task": "t", "version": "1", "json_schema": None}
+    for k, v in changes.items():
+        if k in settings:
+            settings[k] = v
+        elif k == "version":
+            task["version"] = v
+        else:
+            decoding = Decoding(**{**decoding.__dict__, k: v})
+    return cache_key(settings, "chat", decoding.key(), task, [{"role": "user", "content": "q"}], 0)
+
+
+@pytest.mark.parametrize("change", [
+    {"temperature": 0.8}, {"top_p": 0.9}, {"max_tokens": 33}, {"stop": ("\n",)}, {"n": 3}, {"seed": 1},
+    {"backend": "vllm"}, {"model": "m2"}, {"revision": "r2"}, {"dtype": "bfloat16"}, {"quantization": "awq"},
+    {"max_model_len": 4096}, {"trust_remote_code": True}, {"version": "2"}], ids=lambda c: next(iter(c)))
+def test_every_setting_is_in_the_cache_key(change):
+    assert _key(**change) != _key()
+
+
+@pytest.mark.parametrize("field,value", [("quantization", "awq"), ("max_model_len", 512), ("revision", "abc"),
+                                         ("dtype", "bfloat16"), ("trust_remote_code", True), ("model", "other")])
+def test_backend_settings_follow_the_spec(field, value):
+    from resources.llm.openai_backend import OpenAIBackend
+
+    spec = ModelSpec(backend="openai", model="m")
+    a = OpenAIBackend(spec, None, 1, 1, 1).settings()
+    b = OpenAIBackend(spec.model_copy(update={field: value}), None, 1, 1, 1).settings()
+    assert a[field] != b[field]
+
+
+def test_session_caches_and_a_changed_setting_misses(llm, tmp_path):
+    cache = LLMCache(str(tmp_path / "c.sqlite"))
+    rows = [{"q": "What is 2+3?"}, {"q": "富士山の高さは？", "language": "ja"}]
+    s = llm.session(name="generator", cache=cache)
+    first = s.run(ANSWER_TASK, rows, max_tokens=12)
+    assert first[1].messages == [{"role": "user", "content": "質問: 富士山の高さは？"}] and first[1].language == "ja"
+    assert (s.stats.calls, s.stats.cache_hits) == (2, 0)
+    again = s.run(ANSWER_TASK, rows, max_tokens=12)
+    assert (s.stats.calls, s.stats.cache_hits) == (2, 2) and [r.values for r in again] == [r.values for r in first]
+    s.run(ANSWER_TASK, rows, max_tokens=13)  # one decoding parameter changed: asked again
+    assert s.stats.calls == 4
+    bumped = Task(name="t", version="2", templates=ANSWER_TASK.templates)
+    s.run(bumped, rows, max_tokens=12)  # a new template version: asked again
+    assert s.stats.calls == 6
+    s.close()
+
+
+VERDICT = {"type": "object", "properties": {"answer": {"type": "string"}, "confident": {"type": "boolean"}},
+           "required": ["answer", "confident"]}
+
+
+def test_json_schema_task_parsed_on_the_embedded_model(llm, tmp_path):
+    task = Task.from_file(_task_file(tmp_path))
+    with llm.session(name="generator", storage=None, cache=LLMCache(str(tmp_path / "c.sqlite"))) as s:
+        (res,) = s.run(task, [{"question": "What is the capital of France?"}])
+    assert res.ok, res.failures
+    (value,) = res.values
+    assert value["answer"] == "Paris" and value["confident"] is True
+    assert res.completions[0].text.startswith("{")  # prefilled, stopped at the closing brace
+
+
+def _task_file(tmp_path) -> Path:
+    f = tmp_path / "verdict.yaml"
+    f.write_text(json.dumps({"task": "verdict", "version": "1", "json_schema": VERDICT, "defaults": {"max_tokens": 40},
+                             "templates": {"en": {"user": "{question} Answer in JSON with keys \"answer\" (string) "
+                                                          "and \"confident\" (true or false)."}}}))
+    return f
+
+
+def test_unparseable_answer_is_a_counted_failure_with_its_raw_text(llm, tmp_path):
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    strict = Task(name="number", version="1", templates={"en": {"user": "{q}"}}, json_schema=schema,
+                  parse=lambda text, row: parse_json_answer(text, schema))
+    with llm.session(cache=LLMCache(str(tmp_path / "c.sqlite"))) as s:
+        (res,) = s.run(strict, [{"q": "Write one word about the sea, not JSON."}], max_tokens=12)
+        assert not res.ok and res.values == []
+        (fail,) = res.failures
+        assert fail.reason == "parse_failed" and fail.raw.startswith("{") and s.stats.parse_failures == 1
+
+
+def test_engines_are_owned_and_shared_by_identity():
+    res = LLMResource(models={"generator": ModelSpec(temperature=0.7), "judge": ModelSpec(temperature=0.0),
+                              "other": ModelSpec(batch_size=2)})
+    gen, judge = res.backend("generator"), res.backend("judge")
+    assert gen is judge  # decoding defaults differ only: one engine
+    assert res.backend("other") is not gen
+    assert len(res._engines) == 2
+    res.close()
+    assert res._engines == {} and gen.gen is None
 
 
 class _Broken(BaseHTTPRequestHandler):
@@ -102,6 +245,9 @@ class _Broken(BaseHTTPRequestHandler):
             self.send_response(200); self.end_headers(); self.wfile.write(b"<html>not json")  # noqa: E702
         elif text.startswith("empty"):
             self.send_response(200); self.end_headers(); self.wfile.write(b'{"choices": []}')  # noqa: E702
+        elif "response_format" in body:
+            self.send_response(400); self.end_headers()  # noqa: E702
+            self.wfile.write(b'{"error": "response_format is not supported"}')
         else:
             self.send_response(200); self.end_headers()  # noqa: E702
             self.wfile.write(json.dumps({"choices": [{"message": {"content": "ok " + text}, "finish_reason": "stop"}],
@@ -111,47 +257,81 @@ class _Broken(BaseHTTPRequestHandler):
         pass
 
 
-def test_errors_and_garbage_become_counted_failed_rows(tmp_path):
+@pytest.fixture
+def broken_server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        llm = LLMResource(models={"b": ModelSpec(backend="openai", model="m",
-                                                 base_url=f"http://127.0.0.1:{srv.server_port}/v1")},
-                          max_retries=3)
-        be = llm.backend("b")
-        cache = LLMCache(str(tmp_path / "c.sqlite"))
-        payloads = [[{"role": "user", "content": t}] for t in ("fine 1", "500 please", "garbage", "empty", "fine 2")]
-        stats = CallStats()
-        out = cached_calls(cache, identity=be.identity, op="chat", params={}, payloads=payloads, n=1, seed=0,
-                           run=lambda ps: be.chat(ps), stats=stats)
-        texts = [o[0].text if not isinstance(o[0], LLMError) else None for o in out]
-        assert texts == ["ok fine 1", None, None, None, "ok fine 2"]
-        assert "HTTP 500" in str(out[1][0]) and "not JSON" in str(out[2][0]) and "unexpected answer" in str(out[3][0])
-        assert (stats.calls, stats.failures, stats.cache_hits) == (5, 3, 0)
-        assert _Broken.hits == 5 + 2  # the 500 was retried (3 attempts), the rest sent once
-        assert cache.count() == 2  # failures are not cached: the next run asks again
-        again = CallStats()
-        cached_calls(cache, identity=be.identity, op="chat", params={}, payloads=payloads, n=1, seed=0,
-                     run=lambda ps: be.chat(ps), stats=again)
-        assert (again.cache_hits, again.calls, again.failures) == (2, 3, 3)
-    finally:
-        srv.shutdown()
+    yield f"http://127.0.0.1:{srv.server_port}/v1"
+    srv.shutdown()
 
 
-def test_vllm_request_mapping_without_vllm():
+def test_errors_and_garbage_become_counted_failed_rows(tmp_path, broken_server):
+    _Broken.hits = 0
+    llm = LLMResource(models={"b": ModelSpec(backend="openai", model="m", base_url=broken_server)}, max_retries=3)
+    cache = LLMCache(str(tmp_path / "c.sqlite"))
+    payloads = [[{"role": "user", "content": t}] for t in ("fine 1", "500 please", "garbage", "empty", "fine 2")]
+    s = llm.session(name="b", cache=cache)
+    out = s.chat(payloads)
+    texts = [o[0].text if not isinstance(o[0], LLMError) else None for o in out]
+    assert texts == ["ok fine 1", None, None, None, "ok fine 2"]
+    assert "HTTP 500" in str(out[1][0]) and "not JSON" in str(out[2][0]) and "unexpected answer" in str(out[3][0])
+    assert (s.stats.calls, s.stats.failures, s.stats.cache_hits) == (5, 3, 0)
+    assert _Broken.hits == 5 + 2  # the 500 was retried (3 attempts), the rest sent once
+    assert cache.count() == 2  # failures are not cached: the next run asks again
+    again = llm.session(name="b", cache=cache)
+    again.chat(payloads)
+    assert (again.stats.cache_hits, again.stats.calls, again.stats.failures) == (2, 3, 3)
+
+
+def test_openai_schema_sent_then_dropped_when_the_server_refuses_it(tmp_path, broken_server):
+    llm = LLMResource(models={"b": ModelSpec(backend="openai", model="m", base_url=broken_server)})
+    with llm.session(name="b", cache=LLMCache(str(tmp_path / "c.sqlite"))) as s:
+        (res,) = s.run(Task(name="v", version="1", templates={"en": {"user": "say {x}"}}, json_schema=VERDICT,
+                            parse=lambda text, row: text), [{"x": "hi"}])
+    assert res.values == ["ok say hi"] and llm.backend("b").schema_supported is False
+    assert response_format(VERDICT)["json_schema"]["schema"] == VERDICT
+
+
+def test_request_mapping_vllm_and_openai():
     spec = ModelSpec(backend="vllm", model="Qwen/Qwen2.5-7B-Instruct", quantization="awq", max_model_len=8192,
-                     gpu_memory_utilization=0.85, tensor_parallel_size=2, dtype="bfloat16")
-    assert vllm_engine_kwargs(spec) == {"model": "Qwen/Qwen2.5-7B-Instruct", "dtype": "bfloat16",
-                                        "trust_remote_code": False, "gpu_memory_utilization": 0.85,
+                     gpu_memory_utilization=0.85, tensor_parallel_size=2, dtype="bfloat16", revision="main")
+    assert vllm_engine_kwargs(spec) == {"model": "Qwen/Qwen2.5-7B-Instruct", "dtype": "bfloat16", "seed": 0,
+                                        "trust_remote_code": False, "gpu_memory_utilization": 0.85, "revision": "main",
                                         "tensor_parallel_size": 2, "quantization": "awq", "max_model_len": 8192}
-    assert vllm_sampling_kwargs(n=4, temperature=0.7, top_p=0.95, max_tokens=512, stop=["</s>"], seed=1) == \
-        {"n": 4, "temperature": 0.7, "top_p": 0.95, "max_tokens": 512, "stop": ["</s>"], "seed": 1}
+    # two distinct vLLM engines and no explicit share: 0.9 split between them
+    auto = spec.model_copy(update={"gpu_memory_utilization": None})
+    assert vllm_engine_kwargs(auto, engines_sharing_gpu=2)["gpu_memory_utilization"] == 0.45
+    d = Decoding(n=4, temperature=0.7, top_p=0.95, max_tokens=512, stop=("</s>",), seed=1)
+    assert vllm_sampling_kwargs(d) == {"n": 4, "temperature": 0.7, "top_p": 0.95, "max_tokens": 512,
+                                       "stop": ["</s>"], "seed": 1}
+    assert vllm_sampling_kwargs(d, VERDICT)["structured_outputs"] == {"json": VERDICT}
+    assert request_body("m", d, 2) == {"model": "m", "temperature": 0.7, "top_p": 0.95, "max_tokens": 512,
+                                       "seed": 3, "stop": ["</s>"]}
+
+
+def test_vllm_engine_runs_where_vllm_is_installed():
     try:
-        import vllm  # noqa: F401
+        import vllm  # noqa: F401, F811
     except ImportError:
         with pytest.raises(LLMError, match="backend 'vllm' needs vllm"):
-            LLMResource(models={"v": spec}).backend("v")
+            LLMResource(models={"v": ModelSpec(backend="vllm", model="x")}).backend("v")
         pytest.skip("vllm is not installed (GPU-only `gpu` extra): the engine itself is not run here")
+    model = embedded_model_dir()
+    llm = LLMResource(models={"v": ModelSpec(backend="vllm", model=model, max_model_len=2048, max_tokens=24),
+                              "w": ModelSpec(backend="vllm", model=model, max_model_len=2048, temperature=0.8)})
+    be = llm.backend("v")
+    assert llm.backend("w") is be  # same weights: one engine
+    (ans,) = be.chat([Q], Decoding(max_tokens=24))
+    assert "5" in ans[0].text
+    d = Decoding(n=2, temperature=0.9, max_tokens=12, seed=3)
+    batch = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    assert [c.text for c in be.chat([batch[4]], d)[0]] == [c.text for c in be.chat(batch, d)[4]]
+    (v,) = be.chat([[{"role": "user", "content": "Capital of France? JSON."}]], Decoding(max_tokens=40), VERDICT)
+    assert set(json.loads(v[0].text)) >= {"answer", "confident"}
+    p = be.chat_prompt(Q)
+    right, wrong = be.avg_logprob([p, p], ["2 + 3 = 5", "The answer is 7 bananas"])
+    assert right[0] > wrong[0]
+    llm.close()
 
 
 def test_models_from_yaml_file(tmp_path):

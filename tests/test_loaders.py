@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from partitions.registry import parse_registry
-from posttrain_assets.loaders import load_rows, rows_to_table, table_to_rows
+from posttrain_assets.ingest.loaders import load_rows, rows_to_table, table_to_rows
 
 from .helpers import SAMPLE
 
@@ -59,7 +59,7 @@ def test_hub_loader_is_datasets_load_dataset(tmp_path):
 def test_raw_table_round_trip_keeps_nested_and_mixed_values():
     rows = [{"a": 1, "b": {"x": [1, 2]}, "c": "t", "d": 1, "source_row": "clash"},
             {"a": 2, "b": None, "c": None, "d": "one", "e": True}]
-    from posttrain_assets.loaders import LoadedRows
+    from posttrain_assets.ingest.loaders import LoadedRows
 
     loaded = LoadedRows(rows=rows, source_files=["f", "f"], source_rows=[0, 1])
     t = rows_to_table(loaded)

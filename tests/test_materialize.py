@@ -6,8 +6,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from posttrain_assets import ingest
-from posttrain_assets.loaders import LoadedRows
+from posttrain_assets.ingest import assets as ingest
+from posttrain_assets.ingest.loaders import LoadedRows
 from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY

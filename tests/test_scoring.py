@@ -7,16 +7,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from posttrain_assets.loaders import load_rows, rows_to_table
-from posttrain_assets.merging import merge_prompts
-from posttrain_assets.scoring import difficulty_scores
-from posttrain_assets.unify import SFT_SCHEMA, cot_from
+from posttrain_assets.ingest.loaders import load_rows, rows_to_table
+from posttrain_assets.ingest.merging import merge_prompts
+from posttrain_assets.scoring.assets import difficulty_scores
+from posttrain_assets.records.unify import SFT_SCHEMA, cot_from
 from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY, REPO
@@ -59,34 +58,22 @@ def test_second_materialisation_makes_no_model_calls(gsm_records, instance):
 
 
 def test_sigkill_resume_loses_and_repeats_nothing(gsm_records, instance):
+    """The worker SIGKILLs itself right after its 8th committed cache chunk (chunk = 1 item): the 6
+    avg_logprob answers and 2 items x 2 samples are cached, nothing else. The re-run asks only for
+    the rest."""
     cache_file = os.path.join(gsm_records, "_llm_cache", "llm_cache.sqlite")
     run = json.loads(json.dumps(RUN))
     run["ops"]["difficulty_scores"]["config"].update(max_items=6, max_new_tokens=48)
-    proc = subprocess.Popen([sys.executable, "-m", "tests.score_worker", gsm_records, str(BUNDLED_REGISTRY),
-                             "gsm8k", json.dumps(run)], cwd=REPO, env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def cached() -> int:
-        if not os.path.exists(cache_file):
-            return 0
-        try:
-            con = sqlite3.connect(cache_file, timeout=5)
-            n = con.execute("SELECT count(*) FROM answers WHERE op = 'chat'").fetchone()[0]
-            con.close()
-            return n
-        except sqlite3.OperationalError:
-            return 0
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and cached() < 4:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = {**os.environ, "POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS": "8"}
+    proc = subprocess.run([sys.executable, "-m", "tests.score_worker", gsm_records, str(BUNDLED_REGISTRY),
+                           "gsm8k", json.dumps(run)], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.returncode == -signal.SIGKILL
     con = sqlite3.connect(cache_file)
     before = con.execute("SELECT count(*) FROM answers").fetchone()[0]
     con.close()
     total = 6 + 6 * 2  # logprob per item + 2 samples per item
-    assert 6 < before < total, before  # killed half-way through the answers
+    assert before == 6 + 2 * 2
     md = mat_metadata(score(instance, gsm_records, run), "difficulty_scores")
     assert md["llm_calls"] == total - before and md["llm_cache_hits"] == before
     con = sqlite3.connect(cache_file)

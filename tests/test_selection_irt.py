@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 
-from posttrain_assets.scoring import answers_match, difficulty_z, extract_final_answer, rasch_fit
-from posttrain_assets.selection import bin_targets, length_select, seed_loop_reference
+from posttrain_assets.common.answers import answers_match, extract_final_answer
+from posttrain_assets.scoring.difficulty import difficulty_z, rasch_fit
+from posttrain_assets.selection.length import bin_targets, length_select, seed_loop_reference
 
 from .conftest import SHARED_DATA, needs_shared
 from .helpers import SAMPLE

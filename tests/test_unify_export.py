@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 from partitions.registry import parse_registry
-from posttrain_assets.adapters import helpsteer3_choice
-from posttrain_assets.export import dataset_card, hf_parquet, split_of, write_dataset
-from posttrain_assets.loaders import load_rows, rows_to_table
-from posttrain_assets.merging import merge_prompts
-from posttrain_assets.unify import cot_from, preference_from, sft_from, split_reasoning
+from posttrain_assets.ingest.adapters import helpsteer3_choice
+from posttrain_assets.export.assets import hf_parquet
+from posttrain_assets.export.hf_dataset import dataset_card, split_of, write_dataset
+from posttrain_assets.ingest.loaders import load_rows, rows_to_table
+from posttrain_assets.ingest.merging import merge_prompts
+from posttrain_assets.records.unify import cot_from, preference_from, sft_from, split_reasoning
 from resources.hub import HubResource, RemoteFile, git_blob_sha1, plan_upload, sha256_file
 from resources.storage import ParquetStore
 
@@ -142,7 +143,7 @@ def test_hf_parquet_asset_excludes_ties_by_default(tmp_path, instance, monkeypat
     store = ParquetStore(root)
     res = merged_of({"key": "hs3", "kind": "preference", "adapter": "helpsteer3", "loader": {"path": str(HS3)}})
     pref, _ = preference_from(res.table, "preference")
-    from posttrain_assets.unify import COT_SCHEMA, SFT_SCHEMA
+    from posttrain_assets.records.unify import COT_SCHEMA, SFT_SCHEMA
 
     store.write(pref, store.path("preference_records", "hs3"))
     store.write(SFT_SCHEMA.empty_table(), store.path("sft_records", "hs3"))

@@ -9,20 +9,20 @@ naming the source.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 import gzip
 import io
 import json
+from pathlib import Path
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
 from partitions.registry import RegistryError, SourceSpec
 
-from .accounting import RowIssue, raw_preview
+from ..common.accounting import RowIssue, raw_preview
 
 JSON_FIELD_META = b"posttrain.json"
 RESERVED = ("source_file", "source_row")

@@ -8,11 +8,13 @@ its output list for a single bad record of a row that yields several (OASST tree
 from __future__ import annotations
 
 import json
-import re
 from pathlib import PurePath
+import re
 from typing import Any, Callable
 
 from partitions.registry import SourceSpec
+
+from ..common.answers import GSM8K_FINAL
 
 RECORD_KEYS = ("source_prompt_id", "prompt", "messages", "response", "chosen", "rejected",
                "reference_answer", "rank", "labels", "preference_score", "metadata")
@@ -100,7 +102,6 @@ def adapt_generic(row: dict, spec: SourceSpec, source_file: str, source_row: int
         reference_answer=_text(row, spec, "reference_answer", required=False), metadata=_meta(row))]
 
 
-GSM8K_FINAL = "####"
 
 
 def split_gsm8k_answer(answer: str) -> tuple[str, str | None]:

@@ -119,3 +119,14 @@ def required_check(table: pa.Table, columns: list[str], nonblank: list[str]) -> 
         metadata={"null_counts": dg.MetadataValue.json(nulls),
                   "blank_counts": dg.MetadataValue.json(blank)},
     )
+
+
+SHOW_ISSUES = 5
+
+
+def report_issues(context: dg.AssetExecutionContext, source: str, issues: list) -> None:
+    """The first few issues (RowIssue) as run warnings; the rest are in the `rejects` view."""
+    for it in issues[:SHOW_ISSUES]:
+        context.log.warning(it.describe(source))
+    if len(issues) > SHOW_ISSUES:
+        context.log.warning(f"... and {len(issues) - SHOW_ISSUES} more; see the `rejects` view")

@@ -1,23 +1,26 @@
 """Content-addressed cache of LLM answers (SQLite, WAL), committed chunk by chunk.
 
-Key = sha256 of (model identity, operation, decoding parameters, input, sample index, seed). A run
-killed with SIGKILL loses at most the chunk in flight; the re-run asks the model only for what is
-not cached. Failed requests are never cached (they are retried on the next run)."""
+Key = sha256 of (the backend's effective settings, the operation, every decoding parameter, the
+task template's name / version / JSON schema, the input, the sample index): `cache_key`. Only the
+session (`session.LLMSession`) computes keys; assets never do. A run killed with SIGKILL loses at
+most the chunk in flight; the re-run asks the model only for what is not cached. Failed requests
+are never cached (they are retried on the next run)."""
 
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .llm import Completion, LLMError
+from .base import Completion, LLMError
 
 
-def cache_key(identity: str, op: str, params: dict, payload: Any, sample: int, seed: int) -> str:
-    blob = json.dumps({"model": identity, "op": op, "params": params, "input": payload,
-                       "sample": sample, "seed": seed}, sort_keys=True, ensure_ascii=False)
+def cache_key(settings: dict, op: str, decoding: dict, task: Optional[dict], payload: Any, sample: int) -> str:
+    blob = json.dumps({"backend": settings, "op": op, "decoding": decoding, "task": task, "input": payload,
+                       "sample": sample}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -59,6 +62,7 @@ class CallStats:
     cache_hits: int = 0
     calls: int = 0  # requests sent to the model
     failures: int = 0
+    parse_failures: int = 0  # answers that came back but did not have the task's shape
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
@@ -66,20 +70,21 @@ class CallStats:
 
     def as_metadata(self) -> dict:
         return {"llm_requests": self.requests, "llm_calls": self.calls, "llm_cache_hits": self.cache_hits,
-                "llm_failures": self.failures, "llm_tokens_in": self.tokens_in,
+                "llm_failures": self.failures, "llm_parse_failures": self.parse_failures, "llm_tokens_in": self.tokens_in,
                 "llm_tokens_out": self.tokens_out,
                 "llm_tokens_per_s": round(self.tokens_out / self.seconds, 1) if self.seconds else 0.0}
 
 
-def cached_calls(cache: LLMCache, *, identity: str, op: str, params: dict, payloads: list[Any],
-                 n: int, seed: int, run: Callable[[list[Any]], list], chunk: int = 16,
+def cached_calls(cache: LLMCache, *, settings: dict, op: str, decoding: dict, task: Optional[dict],
+                 payloads: list[Any], n: int, run: Callable[[list[Any]], list], chunk: int = 16,
                  stats: Optional[CallStats] = None,
                  log: Optional[Callable[[str], None]] = None) -> list[list[Any]]:
     """Answers for every payload x sample (n per payload): cached ones from the cache, the rest from
     `run` in chunks of `chunk` payloads, each chunk committed before the next. `run(payloads)`
     returns, per payload, a list of n answers (Completion / (avg, tokens) / LLMError)."""
     stats = stats or CallStats()
-    keys = [[cache_key(identity, op, params, p, s, seed) for s in range(n)] for p in payloads]
+    keys = [[cache_key(settings, op, decoding, task, p, s) for s in range(n)] for p in payloads]
+    model = str(settings.get("model", ""))
     hit = cache.get_many([k for ks in keys for k in ks])
     results: list[list[Any]] = [[None] * n for _ in payloads]
     todo = []
@@ -111,8 +116,9 @@ def cached_calls(cache: LLMCache, *, identity: str, op: str, params: dict, paylo
                 if isinstance(ans, Completion):
                     stats.tokens_in += ans.tokens_in
                     stats.tokens_out += ans.tokens_out
-                rows.append((keys[i][s], op, identity, _encode(ans)))
+                rows.append((keys[i][s], op, model, _encode(ans)))
         cache.put_many(rows)
+        _test_kill_point()
         if log:
             done = min(c + chunk, len(todo))
             log(f"{op}: {done}/{len(todo)} uncached prompts ({done / max(time.monotonic() - t0, 1e-9):.2f} prompts/s), "
@@ -131,3 +137,16 @@ def _decode(v: dict) -> Any:
         return Completion(*v["completion"])
     value = v["value"]
     return tuple(value) if isinstance(value, list) else value
+
+
+_CHUNKS_COMMITTED = 0
+
+
+def _test_kill_point() -> None:
+    """Tests only: with POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS=k the process SIGKILLs itself right after
+    its k-th committed chunk, so a resume test knows exactly what the cache holds."""
+    global _CHUNKS_COMMITTED
+    _CHUNKS_COMMITTED += 1
+    after = os.environ.get("POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS")
+    if after and _CHUNKS_COMMITTED >= int(after):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -16,8 +16,8 @@ agreement with the exact result (adjusted Rand index).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+import time
 from typing import Callable, Optional
 
 import numpy as np

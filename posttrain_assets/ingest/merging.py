@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import dataclass
 import json
 import time
-import unicodedata
-from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
 
 from partitions.registry import SourceSpec
 
-from .accounting import Accounting, RowIssue, raw_preview
+from ..common.accounting import Accounting, RowIssue, raw_preview
+from ..common.schemas import MESSAGE_TYPE
+from ..common.text import normalize_text, text_hash
 from .adapters import ADAPTERS, RowReject
 from .loaders import RESERVED, table_to_rows
-
-MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 MERGED_SCHEMA = pa.schema([
     ("all_prompt_id", pa.string()),  # '<source>:<source_prompt_id>', stable across runs and sources
@@ -43,14 +41,6 @@ MERGED_SCHEMA = pa.schema([
 class FieldMappingError(ValueError):
     """A registry field mapping names a column that the source's rows do not have."""
 
-
-def normalize_text(text: str) -> str:
-    """The exact-duplicate form: Unicode NFKC, case-folded, whitespace runs collapsed to one space."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-def text_hash(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def _record_key(rec: dict, mode: str) -> str:

@@ -7,9 +7,9 @@ removed (by policy, e.g. exact duplicates) are written, with a reason, to the st
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+import json
 from typing import Any
 
 import pyarrow as pa

@@ -1,6 +1,5 @@
 """Ingest stage: `raw_records` (rows as loaded) -> `merged_prompts` (unified prompt schema)."""
 
-
 from typing import Optional
 
 import dagster as dg
@@ -11,13 +10,12 @@ from partitions.registry import RegistryError, SourceSpec
 from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
-from .accounting import Accounting, RowIssue, rejects_table
+from ..common.accounting import Accounting, RowIssue, rejects_table
+from ..common.metadata import accounting_check, report_issues, required_check, stage_metadata, unique_check
 from .loaders import SourceLoadError, load_rows, rows_to_table
 from .merging import FieldMappingError, merge_prompts
-from .metadata import accounting_check, required_check, stage_metadata, unique_check
 
 GROUP = "ingest"
-SHOW_ISSUES = 5
 
 
 class RawRecordsConfig(dg.Config):
@@ -34,13 +32,6 @@ def source_spec(registry: SourceRegistryResource, key: str) -> SourceSpec:
         return registry.get(key)
     except RegistryError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-
-
-def report_issues(context: dg.AssetExecutionContext, source: str, issues: list[RowIssue]) -> None:
-    for it in issues[:SHOW_ISSUES]:
-        context.log.warning(it.describe(source))
-    if len(issues) > SHOW_ISSUES:
-        context.log.warning(f"... and {len(issues) - SHOW_ISSUES} more; see the `rejects` view")
 
 
 def _save_rejects(context, storage: StorageResource, source: str, issues: list[RowIssue]) -> str:

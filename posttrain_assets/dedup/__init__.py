@@ -1,0 +1,1 @@
+"""Stage `dedup`: `prompt_embeddings` -> global `dedup_clusters` (+ report, summary) -> `deduplicated_prompts`. Pure modules: embedding, clustering, duplicates."""

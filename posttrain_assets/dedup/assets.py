@@ -1,0 +1,138 @@
+"""Dedup stage: `prompt_embeddings` (per source) -> `dedup_clusters` + reports (global fan-in)
+-> `deduplicated_prompts` (per source).
+
+The dedup unit is a *prompt group*: the records of one source that share a normalised prompt
+(several ranked OASST replies to one prompt stay together). Groups whose prompts are identical
+after normalisation (exact) or whose embeddings have cosine similarity >= threshold (semantic) form
+a cluster; the cluster keeps its representative group and removes the others.
+
+Representative rule (deterministic): lowest registry `priority`, then the richer group (more of
+response / chosen / rejected / reference_answer filled, then more records), then the smallest
+all_prompt_id."""
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from partitions import source_partitions
+from resources.embeddings import EmbeddingClient
+from resources.sources import SourceRegistryResource
+from resources.storage import StorageResource
+
+from ..common.accounting import Accounting, rejects_table
+from ..common.metadata import accounting_check, markdown_preview, report_issues, stage_metadata, unique_check
+from ..common.pools import GPU_POOL
+from .duplicates import cluster_prompts, select_survivors, summary_markdown
+from .embedding import embed_in_chunks, embedding_fingerprint, embedding_parts
+
+GROUP = "dedup"
+
+
+CHUNKS_DIR = "_chunks"
+
+
+class PromptEmbeddingsConfig(dg.Config):
+    chunk_rows: int = 2048  # rows per saved chunk (a killed run resumes from finished chunks)
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
+    description="all_prompt_id + float32 embedding of the prompt: [final user turn ; earlier turns] / "
+                "sqrt(2) (length-sorted batches, chunked and resumable). Model and dimension in metadata.",
+    op_tags={"dagster-k8s/config": {"container_config": {"resources": {
+        "limits": {"nvidia.com/gpu": "1"}}}}},
+    pool=GPU_POOL,
+)
+def prompt_embeddings(context: dg.AssetExecutionContext, config: PromptEmbeddingsConfig,
+                      embeddings: EmbeddingClient, storage: StorageResource,
+                      merged_prompts: pa.Table) -> dg.Output:
+    ids = merged_prompts["all_prompt_id"].to_pylist()
+    parts = embedding_parts(merged_prompts)
+    fp = embedding_fingerprint(embeddings.model_name, embeddings.normalize, embeddings.max_seq_length, ids, parts)
+    store = storage.store()
+    chunk_dir = f"{store.base}/{CHUNKS_DIR}/prompt_embeddings/source={context.partition_key}"
+    run = embed_in_chunks(ids, parts, embeddings.encode, fingerprint=fp, chunk_rows=config.chunk_rows,
+                          store=store, chunk_dir=chunk_dir, log=context.log.info)
+    store.delete_dir(chunk_dir)
+    table = run.table
+    dim = table.schema.field("embedding").type.list_size if table.num_rows else 0
+    acc = Accounting(rows_in=len(ids), rows_out=table.num_rows)
+    yield dg.Output(table, metadata=stage_metadata(table, acc, preview_columns=["all_prompt_id"], extra={
+        "model": embeddings.model_name, "backend": embeddings.backend, "dim": dim,
+        "normalized": embeddings.normalize, "chunks_total": run.chunks_total,
+        "chunks_resumed": run.chunks_resumed, "rows_encoded_now": run.encoded_rows,
+        "rows_per_s": round(run.encoded_rows / max(run.seconds, 1e-9), 1)}))
+
+
+class DedupConfig(dg.Config):
+    method: str = "faiss_graph"  # faiss_graph | dbscan | minhash
+    threshold: float = 0.9  # cosine similarity (faiss_graph, dbscan: eps = 1 - threshold)
+    scope: str = "global"  # global | kind (only compare prompts of the same registry kind)
+    exact_max_n: int = 100_000  # faiss_graph: exact all-pairs up to here, IVF above
+    nlist: int = 0  # IVF cells (0 = ~sqrt(n))
+    nprobe: int = 3  # IVF cells probed per vector
+    max_neighbors: int = 0  # keep at most this many links per vector (0 = all)
+    minhash_threshold: float = 0.8  # Jaccard over word n-grams (minhash)
+    minhash_ngram: int = 3
+    minhash_num_perm: int = 128
+    top_n: int = 500  # clusters in the report
+    seed: int = 0
+
+
+@dg.multi_asset(
+    outs={
+        "dedup_clusters": dg.AssetOut(description="Per record: cluster id, representative, "
+                                      "similarity to it, match (unique/representative/exact/semantic), keep."),
+        "dedup_cluster_report": dg.AssetOut(description="The top-N largest clusters with example members."),
+        "dedup_summary": dg.AssetOut(description="Per source: before, after, removed within source, "
+                                     "removed as duplicate of another source."),
+    },
+    ins={"merged_prompts": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+         "prompt_embeddings": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+    group_name=GROUP, can_subset=False,
+)
+def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig,
+                   registry: SourceRegistryResource, merged_prompts: pa.Table, prompt_embeddings: pa.Table):
+    reg = registry.load()
+    priorities = {s.key: s.priority for s in reg.sources}
+    kinds = {s.key: s.kind for s in reg.sources}
+    res = cluster_prompts(merged_prompts, prompt_embeddings, priorities, kinds, config, log=context.log.info)
+    c = res.clusters
+    removed = int(c.num_rows - pc.sum(c["keep"]).as_py()) if c.num_rows else 0
+    # accounting of what survives: rows_in = kept + removed (the table itself labels every row)
+    acc = Accounting(rows_in=c.num_rows, rows_out=c.num_rows - removed)
+    acc.removed_by_reason.update(r for r in c["removed_reason"].to_pylist() if r)
+    md_summary = summary_markdown(res.summary)
+    context.log.info("dedup summary:\n" + md_summary)
+    yield dg.Output(c, output_name="dedup_clusters", metadata=stage_metadata(
+        c, acc, preview_columns=["all_prompt_id", "cluster_id", "representative_id", "similarity", "match"],
+        extra={**{k: v for k, v in res.stats.items()}, "summary": dg.MetadataValue.md(md_summary),
+               "sources": dg.MetadataValue.json(sorted(set(c["source"].to_pylist())))}))
+    yield dg.Output(res.report, output_name="dedup_cluster_report", metadata={
+        "dagster/row_count": res.report.num_rows,
+        "top_clusters": dg.MetadataValue.md(markdown_preview(
+            res.report, n=20, columns=["cluster_id", "size", "sources", "min_similarity", "representative_prompt"]))})
+    yield dg.Output(res.summary, output_name="dedup_summary", metadata={
+        "dagster/row_count": res.summary.num_rows, "summary": dg.MetadataValue.md(md_summary)})
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},
+    ins={"merged_prompts": dg.AssetIn(), "dedup_clusters": dg.AssetIn()},
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="deduplicated_prompts", blocking=True),
+                 dg.AssetCheckSpec("all_prompt_id_unique", asset="deduplicated_prompts")],
+    description="The source's merged prompts that survive the global dedup.",
+)
+def deduplicated_prompts(context: dg.AssetExecutionContext, storage: StorageResource,
+                         merged_prompts: pa.Table, dedup_clusters: pa.Table):
+    key = context.partition_key
+    try:
+        kept, issues, acc = select_survivors(merged_prompts, dedup_clusters, key)
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    report_issues(context, key, issues)
+    storage.write_rejects(context.asset_key, key, rejects_table(key, "deduplicated_prompts", issues))
+    yield dg.Output(kept, metadata=stage_metadata(
+        kept, acc, text_column="prompt", preview_columns=["all_prompt_id", "prompt", "response"]))
+    yield accounting_check(acc)
+    yield unique_check(kept, "all_prompt_id")

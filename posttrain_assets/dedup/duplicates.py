@@ -1,0 +1,234 @@
+"""Global near-duplicate clusters over every source, their report and summary, and each source's survivors."""
+
+from dataclasses import dataclass, field
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..common.accounting import Accounting, RowIssue
+from ..common.metadata import markdown_preview
+from .clustering import components, dbscan_labels, faiss_graph, minhash_labels
+from .embedding import vectors_of
+
+CLUSTERS_SCHEMA = pa.schema([
+    ("all_prompt_id", pa.string()), ("source", pa.string()), ("cluster_id", pa.int64()),
+    ("representative_id", pa.string()), ("representative_source", pa.string()),
+    ("similarity", pa.float32()), ("match", pa.string()), ("cluster_size", pa.int64()),
+    ("keep", pa.bool_()), ("removed_reason", pa.string()),
+])
+
+
+@dataclass
+class DedupResult:
+    clusters: pa.Table
+    report: pa.Table
+    summary: pa.Table
+    stats: dict = field(default_factory=dict)
+
+
+def _richness(t: pa.Table) -> np.ndarray:
+    score = np.zeros(t.num_rows, np.int64)
+    for col in ("response", "chosen", "rejected", "reference_answer"):
+        if col in t.column_names:
+            filled = pc.fill_null(pc.greater(pc.utf8_length(t[col]), 0), False)
+            score += np.asarray(filled, dtype=np.int64)
+    return score
+
+
+def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str, int],
+                    kinds: dict[str, str], cfg,
+                    log: Optional[Callable[[str], None]] = None) -> DedupResult:
+    """Pure: every source's merged prompts + embeddings -> per-record clusters, report, summary.
+    `cfg`: the fields of `DedupConfig` (method, threshold, scope, ...)."""
+    t0 = time.monotonic()
+    n = merged.num_rows
+    ids = merged["all_prompt_id"].to_pylist()
+    sources = merged["source"].to_pylist()
+    hashes = merged["prompt_norm_hash"].to_pylist()
+    pos = {pid: i for i, pid in enumerate(embeddings["all_prompt_id"].to_pylist())}
+    missing = [pid for pid in ids if pid not in pos]
+    if missing:
+        raise ValueError(f"{len(missing)} merged prompts have no embedding (e.g. {missing[0]!r}); "
+                         "re-materialise prompt_embeddings for their sources")
+    X = vectors_of(embeddings)[np.fromiter((pos[p] for p in ids), np.int64, n)] if n else np.zeros((0, 0), np.float32)
+
+    # prompt groups: (source, normalised prompt)
+    group_of: dict[tuple, int] = {}
+    g_idx = np.empty(n, np.int64)
+    for i, key in enumerate(zip(sources, hashes)):
+        g_idx[i] = group_of.setdefault(key, len(group_of))
+    n_groups = len(group_of)
+    rich = _richness(merged)
+    prio = np.array([priorities.get(s, 100) for s in sources], np.int64)
+    # rank order: the first record of a cluster in this order is its representative
+    order = sorted(range(n), key=lambda i: (prio[i], -rich[i], ids[i]))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    g_lead = np.full(n_groups, -1, np.int64)  # best-ranked record of each group
+    for i in order:
+        if g_lead[g_idx[i]] < 0:
+            g_lead[g_idx[i]] = i
+    g_hash = [hashes[i] for i in g_lead]
+    g_kind = [kinds.get(sources[i], "") for i in g_lead]
+
+    # exact: groups with the same normalised prompt (across sources)
+    scope_key = (lambda g: (g_kind[g], g_hash[g])) if cfg.scope == "kind" else (lambda g: g_hash[g])
+    first_with: dict = {}
+    ex_src, ex_dst = [], []
+    for g in range(n_groups):
+        f = first_with.setdefault(scope_key(g), g)
+        if f != g:
+            ex_src.append(g)
+            ex_dst.append(f)
+    # semantic: one vector per distinct normalised prompt
+    uniq = np.array(sorted(set(first_with.values())), np.int64)
+    sem_src, sem_dst = [], []
+    stats: dict = {"records": n, "prompt_groups": n_groups, "distinct_prompts": len(uniq),
+                   "method": cfg.method, "threshold": cfg.threshold}
+    buckets = ([uniq] if cfg.scope != "kind" else
+               [uniq[[g_kind[g] == k for g in uniq]] for k in sorted(set(g_kind))])
+    for bucket in buckets:
+        if len(bucket) < 2:
+            continue
+        if cfg.method == "faiss_graph":
+            lab, gs = faiss_graph(X[g_lead[bucket]], cfg.threshold, exact_max_n=cfg.exact_max_n,
+                                  nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed,
+                                  max_neighbors=cfg.max_neighbors, log=log)
+            stats.update(search=gs.method, nlist=gs.nlist, nprobe=gs.nprobe,
+                         edges=stats.get("edges", 0) + gs.edges)
+        elif cfg.method == "dbscan":
+            lab = dbscan_labels(X[g_lead[bucket]], cfg.threshold)
+        elif cfg.method == "minhash":
+            texts = merged["prompt"].take(pa.array(g_lead[bucket])).to_pylist()
+            lab = minhash_labels(texts, cfg.minhash_threshold, cfg.minhash_num_perm, cfg.minhash_ngram,
+                                 seed=cfg.seed + 1)
+        else:
+            raise ValueError(f"dedup method must be faiss_graph, dbscan or minhash, got {cfg.method!r}")
+        sem_src.extend(bucket.tolist())
+        sem_dst.extend(bucket[lab].tolist())
+    g_label = components(n_groups, np.asarray(ex_src + sem_src, np.int64), np.asarray(ex_dst + sem_dst, np.int64))
+
+    # representative group per cluster = the group holding the best-ranked record
+    rep_group: dict[int, int] = {}
+    for g in sorted(range(n_groups), key=lambda g: rank[g_lead[g]]):
+        rep_group.setdefault(int(g_label[g]), g)
+    cluster_sizes = np.bincount(g_label, minlength=n_groups)
+    rep_of_group = np.array([rep_group[int(g_label[g])] for g in range(n_groups)], np.int64)
+    # dense cluster ids in representative order
+    cid_of_rep = {g: k for k, g in enumerate(sorted(set(rep_of_group.tolist()), key=lambda g: rank[g_lead[g]]))}
+
+    rep_rec = g_lead[rep_of_group[g_idx]]  # representative record per record
+    sim = np.einsum("ij,ij->i", X, X[rep_rec]).astype(np.float32) if n else np.zeros(0, np.float32)
+    keep = rep_of_group[g_idx] == g_idx
+    same_hash = np.array([g_hash[rep_of_group[g]] == g_hash[g] for g in g_idx.tolist()], bool) if n else np.zeros(0, bool)
+    match, reason = [], []
+    for i in range(n):
+        g = g_idx[i]
+        if cluster_sizes[g_label[g]] == 1:
+            match.append("unique")
+        elif keep[i]:
+            match.append("representative")
+        else:
+            match.append("exact" if same_hash[i] else "semantic")
+        if keep[i]:
+            reason.append(None)
+        else:
+            reason.append("duplicate_within_source" if sources[rep_rec[i]] == sources[i]
+                          else "duplicate_of_other_source")
+    clusters = pa.Table.from_pydict({
+        "all_prompt_id": ids, "source": sources,
+        "cluster_id": [cid_of_rep[int(rep_of_group[g])] for g in g_idx.tolist()],
+        "representative_id": [ids[r] for r in rep_rec.tolist()],
+        "representative_source": [sources[r] for r in rep_rec.tolist()],
+        "similarity": sim, "match": match,
+        "cluster_size": cluster_sizes[g_label[g_idx]].astype(np.int64) if n else [],
+        "keep": keep, "removed_reason": reason,
+    }, schema=CLUSTERS_SCHEMA)
+    stats["clusters_multi"] = int((cluster_sizes > 1).sum())
+    stats["seconds"] = round(time.monotonic() - t0, 3)
+    return DedupResult(clusters, cluster_report(clusters, merged, cfg.top_n), dedup_summary(clusters), stats)
+
+
+REPORT_SCHEMA = pa.schema([
+    ("cluster_id", pa.int64()), ("size", pa.int64()), ("records", pa.int64()),
+    ("representative_id", pa.string()), ("representative_prompt", pa.string()),
+    ("sources", pa.list_(pa.string())), ("min_similarity", pa.float32()),
+    ("example_ids", pa.list_(pa.string())), ("example_prompts", pa.list_(pa.string())),
+])
+
+
+def cluster_report(clusters: pa.Table, merged: pa.Table, top_n: int, examples: int = 5) -> pa.Table:
+    """The top-N largest clusters (size = prompt groups) with example members."""
+    multi = clusters.filter(pc.greater(clusters["cluster_size"], 1))
+    if multi.num_rows == 0:
+        return REPORT_SCHEMA.empty_table()
+    prompt_of = dict(zip(merged["all_prompt_id"].to_pylist(), merged["prompt"].to_pylist()))
+    rows: dict[int, dict] = {}
+    for r in multi.to_pylist():
+        c = rows.setdefault(r["cluster_id"], {"cluster_id": r["cluster_id"], "size": r["cluster_size"],
+                                              "records": 0, "representative_id": r["representative_id"],
+                                              "sources": set(), "min_similarity": 1.0, "ex": []})
+        c["records"] += 1
+        c["sources"].add(r["source"])
+        c["min_similarity"] = min(c["min_similarity"], r["similarity"])
+        if r["all_prompt_id"] != r["representative_id"] and len(c["ex"]) < examples:
+            c["ex"].append(r["all_prompt_id"])
+    top = sorted(rows.values(), key=lambda c: (-c["size"], -c["records"], c["cluster_id"]))[:top_n]
+    cut = lambda s, k: s if len(s) <= k else s[:k - 1] + "…"  # noqa: E731
+    return pa.Table.from_pylist([{
+        "cluster_id": c["cluster_id"], "size": c["size"], "records": c["records"],
+        "representative_id": c["representative_id"],
+        "representative_prompt": cut(prompt_of[c["representative_id"]], 300),
+        "sources": sorted(c["sources"]), "min_similarity": c["min_similarity"],
+        "example_ids": c["ex"], "example_prompts": [cut(prompt_of[x], 200) for x in c["ex"]],
+    } for c in top], schema=REPORT_SCHEMA)
+
+
+SUMMARY_SCHEMA = pa.schema([
+    ("source", pa.string()), ("before", pa.int64()), ("after", pa.int64()),
+    ("removed_within_source", pa.int64()), ("removed_other_source", pa.int64()),
+    ("removed_exact", pa.int64()), ("removed_semantic", pa.int64()),
+])
+
+
+def dedup_summary(clusters: pa.Table) -> pa.Table:
+    """Per source: before, after, removed within the source, removed as a duplicate of another."""
+    out = {}
+    for s, keep, reason, match in zip(*(clusters[c].to_pylist() for c in ("source", "keep", "removed_reason", "match"))):
+        r = out.setdefault(s, {"source": s, "before": 0, "after": 0, "removed_within_source": 0,
+                               "removed_other_source": 0, "removed_exact": 0, "removed_semantic": 0})
+        r["before"] += 1
+        if keep:
+            r["after"] += 1
+        else:
+            r["removed_within_source" if reason == "duplicate_within_source" else "removed_other_source"] += 1
+            r["removed_exact" if match == "exact" else "removed_semantic"] += 1
+    return pa.Table.from_pylist(sorted(out.values(), key=lambda r: r["source"]), schema=SUMMARY_SCHEMA)
+
+
+def summary_markdown(summary: pa.Table) -> str:
+    return markdown_preview(summary, n=summary.num_rows or 1)
+
+
+def select_survivors(merged: pa.Table, clusters: pa.Table, source: str) -> tuple[pa.Table, list[RowIssue], Accounting]:
+    """This source's records kept by the global dedup; removed ones become issues with duplicate_of."""
+    mine = clusters.filter(pc.equal(clusters["source"], source))
+    info = {r["all_prompt_id"]: r for r in mine.to_pylist()}
+    ids = merged["all_prompt_id"].to_pylist()
+    missing = [i for i in ids if i not in info]
+    if missing:
+        raise ValueError(f"source {source!r}: {len(missing)} prompts are not in dedup_clusters "
+                         f"(e.g. {missing[0]!r}); re-materialise dedup_clusters")
+    keep_mask = [info[i]["keep"] for i in ids]
+    issues = [RowIssue(reason=info[i]["removed_reason"], outcome="removed", source_row=row,
+                       source_file=f, duplicate_of=info[i]["representative_id"],
+                       detail=f"{info[i]['match']} duplicate, similarity {info[i]['similarity']:.3f}",
+                       raw=p[:2000])
+              for i, k, row, f, p in zip(ids, keep_mask, merged["source_row"].to_pylist(),
+                                         merged["source_file"].to_pylist(), merged["prompt"].to_pylist())
+              if not k]
+    kept = merged.filter(pa.array(keep_mask, pa.bool_())) if ids else merged
+    return kept, issues, Accounting.from_issues(len(ids), kept.num_rows, issues)

@@ -1,0 +1,1 @@
+"""Stage `export`: `hf_parquet` (+ Hub upload). Pure module: hf_dataset."""

@@ -1,0 +1,107 @@
+"""The Hugging Face Parquet layout: deterministic splits, shards, the dataset card."""
+
+import hashlib
+import os
+import shutil
+from typing import Optional
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from resources.hub import sha256_file
+
+CONFIGS = ("sft", "cot", "preference")
+
+
+MANIFEST_SCHEMA = pa.schema([
+    ("path", pa.string()), ("config", pa.string()), ("split", pa.string()), ("rows", pa.int64()),
+    ("bytes", pa.int64()), ("sha256", pa.string()), ("upload", pa.string()),
+])
+
+
+def split_of(ids: list[str], test_fraction: float, seed: str = "posttrain") -> list[str]:
+    """Deterministic train/test assignment by a hash of the id (stable when rows are added)."""
+    if test_fraction <= 0:
+        return ["train"] * len(ids)
+    cut = int(test_fraction * 2**32)
+    return ["test" if int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=4).digest(), "big") < cut
+            else "train" for i in ids]
+
+
+def shard(table: pa.Table, max_shard_bytes: int) -> list[pa.Table]:
+    """Consecutive slices of at most ~max_shard_bytes (in-memory Arrow size) each."""
+    if table.num_rows == 0:
+        return []
+    per_row = max(1, table.nbytes // table.num_rows)
+    rows = max(1, max_shard_bytes // per_row)
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+
+
+def write_dataset(tables: dict[str, pa.Table], out_dir: str, *, max_shard_bytes: int,
+                  test_fraction: float = 0.0) -> list[dict]:
+    """Write data/<config>/<split>-*.parquet into a fresh staging folder, then swap it in (no stale
+    shards survive a re-export). Returns one manifest row per file."""
+    os.makedirs(out_dir, exist_ok=True)
+    staging = os.path.join(out_dir, f".staging-{uuid.uuid4().hex[:8]}")
+    manifest = []
+    try:
+        for config in CONFIGS:
+            t = tables.get(config)
+            if t is None or t.num_rows == 0:
+                continue
+            splits = pa.array(split_of(t["all_prompt_id"].to_pylist(), test_fraction))
+            for split in ("train", "test"):
+                part = t.filter(pc.equal(splits, split))
+                shards = shard(part, max_shard_bytes)
+                for i, s in enumerate(shards):
+                    rel = f"data/{config}/{split}-{i:05d}-of-{len(shards):05d}.parquet"
+                    full = os.path.join(staging, rel)
+                    os.makedirs(os.path.dirname(full), exist_ok=True)
+                    pq.write_table(s, full, compression="zstd")
+                    manifest.append({"path": rel, "config": config, "split": split, "rows": s.num_rows,
+                                     "bytes": os.path.getsize(full), "sha256": sha256_file(full)})
+        old = os.path.join(out_dir, "data")
+        if os.path.isdir(old):
+            shutil.rmtree(old)
+        if os.path.isdir(os.path.join(staging, "data")):
+            os.replace(os.path.join(staging, "data"), old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *,
+                 title: str, body: Optional[str] = None) -> str:
+    """README.md with the YAML `configs` block `datasets` reads, counts, sources and provenance.
+    A user-supplied `body` is kept verbatim after the generated header."""
+    configs = []
+    for config in CONFIGS:
+        splits = sorted({m["split"] for m in manifest if m["config"] == config}, key=["train", "test"].index)
+        if splits:
+            configs.append({"config_name": config,
+                            "data_files": [{"split": s, "path": f"data/{config}/{s}-*"} for s in splits]})
+    licences = sorted({s["licence"] for s in sources})
+    front = {"configs": configs, "license": "other", "license_name": "mixed (see Sources)",
+             "tags": ["posttrain", "sft", "preference"]}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
+    lines += ["| config | split | rows | files |", "|---|---|---|---|"]
+    for c in configs:
+        for df in c["data_files"]:
+            files = [m for m in manifest if m["config"] == c["config_name"] and m["split"] == df["split"]]
+            lines.append(f"| {c['config_name']} | {df['split']} | {sum(m['rows'] for m in files):,} | {len(files)} |")
+    lines += ["", "## Sources", "", "| source | kind | licence | sft | cot | preference |", "|---|---|---|---|---|---|"]
+    for s in sources:
+        lines.append(f"| {s['key']} | {s['kind']} | {s['licence']} | {s.get('sft', 0)} | {s.get('cot', 0)} | "
+                     f"{s.get('preference', 0)} |")
+    lines += ["", f"Licences involved: {', '.join(licences)}. Each row keeps its `source`; respect the "
+              "licence of the source it came from.", "", "## How it was produced", "",
+              "Materialised by the posttrain Dagster asset graph: raw_records -> merged_prompts -> "
+              "prompt_embeddings -> dedup_clusters -> deduplicated_prompts -> sft_records / cot_records / "
+              "preference_records -> hf_parquet.", "", "```yaml",
+              yaml.safe_dump(produced_by, sort_keys=True).strip(), "```", ""]
+    if body:
+        lines += ["", body.strip(), ""]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Scoring stage: `difficulty_scores` per source over SFT / CoT records with a gold answer.
+
+- `avg_logprob`: mean log-probability of the gold answer after the prompt under the primary model.
+- `ensemble_acc`: share of ensemble answers (models x samples) equal to the gold answer (math
+  answers compared with math-verify, others by normalised string).
+- `irt_beta`: item difficulty of a one-parameter (Rasch) IRT fit over items x respondents.
+- `difficulty_z`: mean of the sign-aligned z-scores (hard = high)."""
+
+import dagster as dg
+import pyarrow as pa
+
+from partitions import source_partitions
+from resources.llm import LLMResource
+from resources.storage import StorageResource
+
+from ..common.accounting import Accounting, rejects_table
+from ..common.metadata import accounting_check, stage_metadata, unique_check
+from ..common.pools import GPU_POOL
+from .difficulty import gold_items, sample_items, score_items
+
+GROUP = "scoring"
+
+
+class DifficultyConfig(dg.Config):
+    primary: str = "generator"  # the model whose avg_logprob is used
+    ensemble: list[str] = ["generator"]  # respondents: every model x `samples` answers
+    samples: int = 2
+    temperature: float = 0.7
+    max_new_tokens: int = 256
+    max_items: int = 0  # score at most this many items (a deterministic sample; 0 = all)
+    max_input_chars: int = 4000  # OOM guards (the seed's): longer prompts / golds are truncated, counted
+    max_gold_chars: int = 2000
+    chunk: int = 8  # prompts per committed cache chunk
+    seed: int = 0
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="difficulty_scores", blocking=True),
+                 dg.AssetCheckSpec("all_prompt_id_unique", asset="difficulty_scores")],
+    description="avg_logprob, ensemble_acc, irt_beta, difficulty_z per SFT / CoT record with a gold answer.",
+    op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
+    pool=GPU_POOL,
+)
+def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfig, llm: LLMResource,
+                      storage: StorageResource, cot_records: pa.Table, sft_records: pa.Table):
+    key = context.partition_key
+    available = gold_items(cot_records, sft_records)
+    items = sample_items(available, config.max_items, config.seed)
+    with llm.sessions(context, [config.primary, *config.ensemble], storage=storage, chunk=config.chunk) as sessions:
+        table, issues, truncated = score_items(items, sessions, config)
+    storage.write_rejects(context.asset_key, key, rejects_table(key, "difficulty_scores", issues))
+    acc = Accounting.from_issues(len(items), table.num_rows, issues)
+    rate = len(issues) / max(len(items), 1)
+    if rate > llm.max_failure_rate:
+        raise dg.Failure(description=f"source {key!r}: {len(issues)}/{len(items)} items failed "
+                                     f"({rate:.0%} > max_failure_rate {llm.max_failure_rate:.0%}); first: "
+                                     f"{issues[0].detail}", allow_retries=True)
+    yield dg.Output(table, metadata=stage_metadata(
+        table, acc, preview_columns=["all_prompt_id", "avg_logprob", "ensemble_acc", "irt_beta", "difficulty_z"],
+        extra={**sessions.metadata(), "truncated": truncated, "items_available": len(available),
+               "ensemble": dg.MetadataValue.json(list(config.ensemble)), "samples": config.samples}))
+    yield accounting_check(acc)
+    yield unique_check(table, "all_prompt_id")

@@ -1,0 +1,1 @@
+"""Stage `selection`: `selected_seeds`. Pure module: length."""

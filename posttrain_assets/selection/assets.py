@@ -1,0 +1,78 @@
+"""Selection stage: `selected_seeds` per source — the seeds for synthesis, chosen by
+
+- `length`: the seed's half-Gaussian selection by answer length (bins from quantiles of a sample,
+  weights rising toward the longest bin, per-bin reservoir sampling in one pass);
+- `pass_rate`: rows whose pass rate (default `ensemble_acc`) is <= a threshold;
+- `difficulty`: `difficulty_z` >= a threshold, or the top-k hardest."""
+
+from typing import Optional
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from partitions import source_partitions
+
+from ..common.accounting import Accounting
+from ..common.metadata import accounting_check, stage_metadata
+from .length import answer_lengths, histogram_markdown, length_select, seed_rows
+
+GROUP = "selection"
+
+
+class SelectionConfig(dg.Config):
+    method: str = "length"  # length | pass_rate | difficulty
+    total_samples: int = 100  # length
+    num_bins: int = 6
+    curve_sharpness: float = 2.0
+    sample_size_for_stats: int = 10_000
+    length_unit: str = "chars"  # chars | tokens (tokenizer of `tokenizer`, "" = the embedded SmolLM2)
+    tokenizer: str = ""
+    seed: int = 42
+    shuffle: bool = True
+    pass_rate_column: str = "ensemble_acc"  # pass_rate
+    max_pass_rate: float = 0.5
+    min_difficulty_z: Optional[float] = None  # difficulty: threshold, or
+    top_k: int = 0  # the k hardest
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="selected_seeds", blocking=True)],
+    description="Seeds for synthesis: length (half-Gaussian), pass_rate or difficulty selection.",
+)
+def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, cot_records: pa.Table,
+                   sft_records: pa.Table, difficulty_scores: pa.Table):
+    rows = seed_rows(cot_records, sft_records)
+    extra: dict = {"method": config.method}
+    if config.method == "length":
+        lengths = answer_lengths(rows["solution"].to_pylist(), config.length_unit, config.tokenizer)
+        idx, report = length_select(lengths, total_samples=config.total_samples, num_bins=config.num_bins,
+                                    curve_sharpness=config.curve_sharpness,
+                                    sample_size_for_stats=config.sample_size_for_stats, seed=config.seed,
+                                    shuffle=config.shuffle)
+        out = rows.take(pa.array(idx, pa.int64())).append_column("length", pa.array(lengths[idx]))
+        bin_table = ["| bin | length range | available | target | actual |", "|---|---|---|---|---|"]
+        bin_table += [f"| {b['bin']} | {b['low']:.0f} – {b['high']:.0f} | {b['available']} | {b['target']} | "
+                      f"{b['actual']} |" for b in report["bins"]]
+        extra.update(bins=dg.MetadataValue.md("\n".join(bin_table)),
+                     length_histogram=dg.MetadataValue.md(histogram_markdown(lengths[idx])),
+                     bins_json=dg.MetadataValue.json(report["bins"]))
+    else:
+        joined = rows.join(difficulty_scores.drop_columns(["source"]), "all_prompt_id", join_type="inner")
+        if config.method == "pass_rate":
+            mask = pc.less_equal(joined[config.pass_rate_column], config.max_pass_rate)
+            out = joined.filter(mask)
+        elif config.method == "difficulty":
+            if config.top_k:
+                out = joined.sort_by([("difficulty_z", "descending")]).slice(0, config.top_k)
+            else:
+                out = joined.filter(pc.greater_equal(joined["difficulty_z"], config.min_difficulty_z or 0.0))
+        else:
+            raise dg.Failure(description=f"selection method must be length, pass_rate or difficulty, got {config.method!r}")
+        extra["scored_rows"] = joined.num_rows
+    acc = Accounting(rows_in=rows.num_rows, rows_out=out.num_rows)
+    acc.removed_by_reason["not_selected"] = rows.num_rows - out.num_rows
+    yield dg.Output(out, metadata=stage_metadata(out, acc, text_column="prompt",
+                                                 preview_columns=["all_prompt_id", "prompt", "answer"], extra=extra))
+    yield accounting_check(acc)

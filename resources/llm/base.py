@@ -1,0 +1,119 @@
+"""The one interface every LLM backend implements, and the values that cross it.
+
+A backend answers batches of requests. Each request's answer depends only on the request itself
+(its input and its `Decoding`, seed included), never on the batch it came in: the cache key is a
+function of the request, so the answer must be too (tested: alone == inside a batch of 8).
+Failures are values (`LLMError`), one per failed request or sample, never a lost batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Optional, Union
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    finish_reason: str = ""
+
+
+class LLMError(RuntimeError):
+    """A request that failed (after retries) or whose answer could not be used."""
+
+
+class LogprobsUnsupported(LLMError):
+    pass
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Every decoding parameter of a request; all of them are in the cache key."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int = 0
+
+    def key(self) -> dict:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+Answer = Union[Completion, LLMError]
+LogprobAnswer = Union[tuple[float, int], LLMError]
+
+
+class Backend(ABC):
+    """One model engine. `settings()` is its identity for the cache key: what changes its answers
+    besides the request (backend, model, revision, dtype, quantization, max_model_len,
+    trust_remote_code)."""
+
+    kind: str = ""
+
+    @abstractmethod
+    def settings(self) -> dict: ...
+
+    @abstractmethod
+    def chat(self, batch: list[list[dict]], decoding: Decoding,
+             json_schema: Optional[dict] = None) -> list[list[Answer]]:
+        """Per conversation, `decoding.n` answers. With `json_schema` the answer is a JSON object:
+        constrained by the engine where it can (vLLM guided decoding, OpenAI `response_format`),
+        else prefilled with '{' (see `json_prefill`)."""
+
+    @abstractmethod
+    def complete(self, prompts: list[str], decoding: Decoding) -> list[list[Answer]]:
+        """Raw text continuation (no chat template)."""
+
+    @abstractmethod
+    def avg_logprob(self, prompts: list[str], continuations: list[str]) -> list[LogprobAnswer]:
+        """(mean log-probability of the continuation's tokens given the prompt, number of tokens)."""
+
+    @abstractmethod
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The text a chat request is rendered to (for teacher forcing after a chat prompt)."""
+
+    def close(self) -> None:
+        """Free the engine (memory, threads, GPU)."""
+
+
+def flat_schema(schema: Optional[dict]) -> bool:
+    """A JSON object whose properties hold no object: its first '}' closes it (Magpie's tagger
+    stops there)."""
+    if not schema or schema.get("type") != "object":
+        return False
+    for prop in (schema.get("properties") or {}).values():
+        t = prop.get("type")
+        if t == "object" or (t == "array" and (prop.get("items") or {}).get("type") == "object"):
+            return False
+    return True
+
+
+def json_prefill(decoding: Decoding, schema: Optional[dict]) -> tuple[str, Decoding]:
+    """For engines without constrained decoding: the answer starts with '{' (prefilled after the
+    chat prompt) and, for a flat schema, stops at the first '}' (which is put back)."""
+    if schema is None:
+        return "", decoding
+    if flat_schema(schema):
+        stop = tuple(dict.fromkeys((*decoding.stop, "}")))
+        return "{", Decoding(**{**decoding.__dict__, "stop": stop})
+    return "{", decoding
+
+
+def close_prefilled(prefill: str, c: Completion, schema: Optional[dict]) -> Completion:
+    if not prefill:
+        return c
+    text = prefill + c.text
+    if flat_schema(schema) and c.finish_reason == "stop" and not text.rstrip().endswith("}"):
+        text += "}"
+    return Completion(text, c.tokens_in, c.tokens_out, c.finish_reason)

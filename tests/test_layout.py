@@ -1,0 +1,106 @@
+"""The house rules, enforced: a package per stage (`assets.py` = Dagster only, beside pure modules
+that import no dagster), no stage imports another stage, the asset group is the package, model
+work only through sessions, GPU steps in the gpu pool, every task template versioned with en + ja."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from posttrain_assets.common.pools import GPU_POOL
+from posttrain_assets.definitions import STAGES, defs
+
+PKG = Path(__file__).resolve().parents[1] / "posttrain_assets"
+SHARED = "common"
+
+
+def _imports(path: Path) -> list[str]:
+    """Absolute module names a file imports (relative imports resolved)."""
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(parts[:-node.level])
+                mod = ".".join(base + ([node.module] if node.module else []))
+                out += [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
+            else:
+                out.append(node.module)
+    return out
+
+
+def _stage_files():
+    for stage in sorted(p for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        for f in sorted(stage.glob("*.py")):
+            yield stage.name, f
+
+
+def test_every_stage_is_a_package_with_assets():
+    stages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "assets.py").exists()}
+    assert stages == set(STAGES) == {"ingest", "dedup", "records", "scoring", "selection", "export"}
+    assert not (PKG / SHARED / "assets.py").exists()
+
+
+def test_pure_modules_import_no_dagster():
+    offenders = []
+    for stage, f in _stage_files():
+        if f.name in ("assets.py", "__init__.py") or (stage, f.name) == (SHARED, "metadata.py"):
+            continue  # assets.py is the Dagster module; common/metadata.py builds Dagster metadata
+        if any(m == "dagster" or m.startswith("dagster.") for m in _imports(f)):
+            offenders.append(f"{stage}/{f.name}")
+    assert offenders == []
+
+
+def test_no_stage_imports_another_stage():
+    offenders = []
+    for stage, f in _stage_files():
+        for m in _imports(f):
+            parts = m.split(".")
+            if parts[0] == "posttrain_assets" and len(parts) > 1 and parts[1] in STAGES and parts[1] != stage:
+                offenders.append(f"{stage}/{f.name} imports {m}")
+    assert offenders == []
+
+
+def test_asset_group_is_the_package():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        module = STAGES[node.group_name]
+        assert key.to_user_string() in {a.key.to_user_string() for a in _assets_of(module)}, key
+
+
+def _assets_of(module):
+    import dagster as dg
+
+    return [k for a in dg.load_assets_from_modules([module]) for k in a.specs]
+
+
+def test_model_work_only_through_sessions():
+    """No asset module builds a backend, opens the LLM cache or imports a backend module."""
+    for stage, f in _stage_files():
+        tree = ast.parse(f.read_text())
+        calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        assert "backend" not in calls, f"{stage}/{f.name} calls .backend(): use llm.session(...)"
+        banned = [m for m in _imports(f) if m.startswith("resources.llm.") and m not in ("resources.llm.tasks",)]
+        assert banned == [], f"{stage}/{f.name} imports {banned}"
+
+
+def test_model_steps_run_in_the_gpu_pool():
+    graph = defs.resolve_asset_graph()
+    using_models = {k.to_user_string(): graph.get(k).pools for k in graph.get_all_asset_keys()
+                    if {"llm", "embeddings"} & set(graph.get(k).assets_def.required_resource_keys)}
+    assert set(using_models) == {"prompt_embeddings", "difficulty_scores"}
+    assert all(pools == {GPU_POOL} for pools in using_models.values()), using_models
+    cfg = yaml.safe_load((PKG.parent / "deploy" / "dagster.yaml").read_text())
+    assert cfg["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
+
+
+def test_task_templates_are_versioned_with_en_and_ja():
+    files = sorted(PKG.glob("*/templates/*.yaml"))
+    assert files
+    for f in files:
+        data = yaml.safe_load(f.read_text(encoding="utf-8"))
+        assert data["task"] == f.stem and str(data["version"])
+        assert {"en", "ja"} <= set(data["templates"]), f
