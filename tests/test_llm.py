@@ -231,6 +231,23 @@ def test_engines_are_owned_and_shared_by_identity():
     assert res._engines == {} and gen.gen is None
 
 
+def test_engines_live_for_the_step_and_are_closed_after_it(tmp_path):
+    import dagster as dg
+
+    seen = {}
+
+    @dg.asset
+    def uses_a_model(llm: LLMResource):
+        with llm.session(name="generator") as s:
+            seen["answer"] = s.chat([Q], max_tokens=4)[0][0].text
+        seen["resource"], seen["engines_during"] = llm, dict(llm._engines)
+
+    assert dg.materialize([uses_a_model], resources={"llm": LLMResource(cache_dir=str(tmp_path))}).success
+    assert seen["answer"] and len(seen["engines_during"]) == 1
+    assert seen["resource"]._engines == {}  # torn down with the step's resources
+    assert next(iter(seen["engines_during"].values())).gen is None
+
+
 class _Broken(BaseHTTPRequestHandler):
     """A deliberately broken server (errors and garbage cannot be provoked from a real one)."""
     hits = 0

@@ -26,8 +26,6 @@ from .duplicates import cluster_prompts, select_survivors, summary_markdown
 from .embedding import embed_in_chunks, embedding_fingerprint, embedding_parts
 
 GROUP = "dedup"
-
-
 CHUNKS_DIR = "_chunks"
 
 

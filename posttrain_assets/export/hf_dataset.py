@@ -14,8 +14,6 @@ import yaml
 from resources.hub import sha256_file
 
 CONFIGS = ("sft", "cot", "preference")
-
-
 MANIFEST_SCHEMA = pa.schema([
     ("path", pa.string()), ("config", pa.string()), ("split", pa.string()), ("rows", pa.int64()),
     ("bytes", pa.int64()), ("sha256", pa.string()), ("upload", pa.string()),

@@ -1,4 +1,4 @@
-"""Unify stage: the deduplicated prompts of each source -> the seed's three record schemas.
+"""Records stage: the deduplicated prompts of each source -> the seed's three record schemas.
 
 - `sft_records`  (kinds sft, attributes): prompt -> answer; OASST: the best-ranked reply per prompt.
 - `cot_records`  (kind cot): prompt -> thinking + answer (GSM8K '####', <think>…</think>, \boxed{}).
@@ -15,16 +15,8 @@ from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, RowIssue, rejects_table
 from ..common.metadata import accounting_check, stage_metadata, unique_check
-from .unify import (
-    COT_KINDS,
-    COT_SCHEMA,
-    PREFERENCE_SCHEMA,
-    SFT_KINDS,
-    SFT_SCHEMA,
-    cot_from,
-    preference_from,
-    sft_from,
-)
+from .unify import (COT_KINDS, COT_SCHEMA, PREFERENCE_SCHEMA, SFT_KINDS, SFT_SCHEMA, cot_from,
+                    preference_from, sft_from)
 
 GROUP = "records"
 

@@ -12,25 +12,17 @@ from ..common.answers import GSM8K_FINAL, last_boxed
 from ..common.schemas import MESSAGE_TYPE
 
 SFT_KINDS = ("sft", "attributes")
-
-
 COT_KINDS = ("cot",)
-
-
 SFT_SCHEMA = pa.schema([
     ("all_prompt_id", pa.string()), ("source_prompt_id", pa.string()), ("prompt", pa.string()),
     ("answer", pa.string()), ("metadata", pa.string()), ("source", pa.string()),
     ("messages", MESSAGE_TYPE),  # the whole conversation, answer included
 ])
-
-
 COT_SCHEMA = pa.schema([
     ("all_prompt_id", pa.string()), ("source_prompt_id", pa.string()), ("prompt", pa.string()),
     ("thinking", pa.string()), ("answer", pa.string()), ("metadata", pa.string()),
     ("source", pa.string()), ("split_rule", pa.string()),
 ])
-
-
 PREFERENCE_SCHEMA = pa.schema([
     ("all_prompt_id", pa.string()), ("source_prompt_id", pa.string()), ("prompt", pa.string()),
     ("chosen", pa.string()), ("rejected", pa.string()), ("metadata", pa.string()),
