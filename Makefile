@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test ui venv clean bench
+.PHONY: demo test test-fast ui venv clean bench
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 ## the tests (what CI runs)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## the inner loop: pure functions and in-process materialisation (no servers, no subprocess runs, no demo)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 ## benchmarks (not tests): bench/README.md
 bench: $(STAMP)

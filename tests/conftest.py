@@ -30,3 +30,14 @@ def instance():
 @pytest.fixture
 def storage_root(tmp_path):
     return str(tmp_path / "storage")
+
+
+#: what `make test-fast` leaves out: servers, subprocess kill/resume runs, the whole demo
+SLOW_MODULES = {"test_demo.py", "test_webserver.py", "test_pool.py", "test_embeddings_resume.py"}
+SLOW_TESTS = {"test_openai_backend_against_transformers_serve", "test_sigkill_resume_loses_and_repeats_nothing"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

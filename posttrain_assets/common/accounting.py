@@ -110,3 +110,22 @@ class Accounting:
             "removed_by_reason": dict(sorted(self.removed_by_reason.items())),
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
         }
+
+
+def all_rejected_message(source: str, acc: Accounting, issues: list[RowIssue], top: int = 3) -> str | None:
+    """One line when a source's rows all failed this stage, naming the source and the top reasons:
+    "all 80 rows of 'mtbench' rejected: not_text on field 'turns' (expected a string, got list)"."""
+    if acc.rows_in == 0 or acc.rows_out > 0:
+        return None
+    groups: dict[tuple, list[RowIssue]] = {}
+    for it in issues:
+        groups.setdefault((it.reason, it.field), []).append(it)
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))[:top]
+    parts = []
+    for (reason, fld), members in ranked:
+        text = reason + (f" on field {fld!r}" if fld else "")
+        if members[0].detail:
+            text += f" ({members[0].detail})"
+        parts.append(text + (f" x{len(members)}" if len(ranked) > 1 else ""))
+    verb = "rejected" if acc.removed == 0 else ("removed" if acc.rejected == 0 else "rejected or removed")
+    return f"all {acc.rows_in} rows of {source!r} {verb}: " + "; ".join(parts)

@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .accounting import Accounting
+from .accounting import Accounting, all_rejected_message
 
 PREVIEW_ROWS = 5
 PREVIEW_CELL_CHARS = 80
@@ -130,3 +130,13 @@ def report_issues(context: dg.AssetExecutionContext, source: str, issues: list) 
         context.log.warning(it.describe(source))
     if len(issues) > SHOW_ISSUES:
         context.log.warning(f"... and {len(issues) - SHOW_ISSUES} more; see the `rejects` view")
+
+
+def all_rejected_metadata(context: dg.AssetExecutionContext, source: str, acc: Accounting, issues: list) -> dict:
+    """When every row of the source failed this stage: one warning line in the run and in metadata
+    (`all_rejected`); the run goes on (the downstream steps get an empty table)."""
+    line = all_rejected_message(source, acc, issues)
+    if line is None:
+        return {}
+    context.log.warning(line)
+    return {"all_rejected": line}

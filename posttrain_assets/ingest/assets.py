@@ -11,9 +11,10 @@ from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, RowIssue, rejects_table
-from ..common.metadata import accounting_check, report_issues, required_check, stage_metadata, unique_check
+from ..common.metadata import (accounting_check, all_rejected_metadata, report_issues, required_check,
+                               stage_metadata, unique_check)
 from .loaders import SourceLoadError, load_rows, rows_to_table
-from .merging import FieldMappingError, merge_prompts
+from .merging import FieldMappingError, language_counts, merge_prompts
 
 GROUP = "ingest"
 
@@ -63,7 +64,8 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
         table, acc, preview_columns=table.column_names[:6],
         extra={"files": dg.MetadataValue.json(loaded.files), "blank_lines": loaded.blank_lines,
                "kind": spec.kind, "adapter": spec.adapter, "licence": spec.licence,
-               "rejects_path": dg.MetadataValue.path(rejects_uri)}))
+               "rejects_path": dg.MetadataValue.path(rejects_uri),
+               **all_rejected_metadata(context, key, acc, loaded.issues)}))
     yield accounting_check(acc)
 
 
@@ -91,13 +93,16 @@ def merged_prompts(context: dg.AssetExecutionContext, config: MergedPromptsConfi
     except FieldMappingError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     table, acc = result.table, result.accounting
+    acc.rows_out = table.num_rows  # counted from what is written, not from the merge's own tally
     report_issues(context, key, result.issues)
     rejects_uri = _save_rejects(context, storage, key, result.issues)
     yield dg.Output(table, metadata=stage_metadata(
         table, acc, text_column="prompt",
         preview_columns=["all_prompt_id", "prompt", "response", "chosen", "reference_answer"],
         extra={"raw_rows": result.raw_rows, "kind": spec.kind,
-               "rejects_path": dg.MetadataValue.path(rejects_uri)}))
+               "languages": dg.MetadataValue.json(language_counts(table)),
+               "rejects_path": dg.MetadataValue.path(rejects_uri),
+               **all_rejected_metadata(context, key, acc, result.issues)}))
     yield accounting_check(acc)
     yield unique_check(table, "all_prompt_id")
     yield required_check(table, ["all_prompt_id", "source_prompt_id", "prompt", "metadata"],

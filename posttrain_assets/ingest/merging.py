@@ -12,6 +12,7 @@ import pyarrow as pa
 from partitions.registry import SourceSpec
 
 from ..common.accounting import Accounting, RowIssue, raw_preview
+from ..common.language import detect_language
 from ..common.schemas import MESSAGE_TYPE
 from ..common.text import normalize_text, text_hash
 from .adapters import ADAPTERS, RowReject
@@ -24,6 +25,7 @@ MERGED_SCHEMA = pa.schema([
     ("source_file", pa.string()),
     ("source_row", pa.int64()),
     ("kind", pa.string()),
+    ("language", pa.string()),  # ISO 639-1 of the prompt's turns (py3langid; kana -> ja; 'und' without letters)
     ("prompt", pa.string()),
     ("messages", MESSAGE_TYPE),  # the prompt as a conversation (one user turn for single-turn)
     ("response", pa.string()),  # sft/cot answer or OASST reply
@@ -140,9 +142,19 @@ def merge_prompts(raw: pa.Table, spec: SourceSpec, *, max_prompt_chars: int = 20
             seen_id.add(all_id)
             rec.update(all_prompt_id=all_id, source=spec.key, source_file=source_file,
                        source_row=source_row, kind=spec.kind,
+                       language=detect_language(" ".join(m["content"] for m in rec["messages"] or [])
+                                                or prompt),
                        prompt_norm_hash=text_hash(normalize_text(prompt)),
                        labels=None if rec["labels"] is None else json.dumps(rec["labels"], ensure_ascii=False))
             out.append(rec)
     table = pa.Table.from_pylist(out, schema=MERGED_SCHEMA)
     acc = Accounting.from_issues(candidates, table.num_rows, issues)
     return MergeResult(table=table, issues=issues, accounting=acc, raw_rows=raw_rows)
+
+
+def language_counts(table: pa.Table) -> dict[str, int]:
+    """Rows per `language`, most frequent first."""
+    if table.num_rows == 0:
+        return {}
+    counts = table.group_by("language").aggregate([("language", "count")]).to_pylist()
+    return dict(sorted(((r["language"], r["language_count"]) for r in counts), key=lambda kv: (-kv[1], kv[0])))

@@ -14,7 +14,7 @@ from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, RowIssue, rejects_table
-from ..common.metadata import accounting_check, stage_metadata, unique_check
+from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
 from .unify import (COT_KINDS, COT_SCHEMA, PREFERENCE_SCHEMA, SFT_KINDS, SFT_SCHEMA, cot_from,
                     preference_from, sft_from)
 
@@ -31,14 +31,16 @@ class PreferenceConfig(dg.Config):
 
 def _emit(context, storage: StorageResource, spec, table: pa.Table, issues: list[RowIssue],
           applies: bool, upstream_rows: int, text_column: str = "prompt"):
-    """Rows of a source whose kind the schema does not take are not counted in (`applies: false`)."""
+    """rows_in = the upstream rows as loaded (each ends as a record or an issue with its reason);
+    rows of a source whose kind the schema does not take are not counted in (`applies: false`)."""
     key = context.partition_key
     storage.write_rejects(context.asset_key, key, rejects_table(key, context.asset_key.to_user_string(), issues))
-    acc = Accounting.from_issues(table.num_rows + len(issues), table.num_rows, issues)
+    acc = Accounting.from_issues(upstream_rows if applies else 0, table.num_rows, issues)
     md = stage_metadata(table, acc, text_column=text_column,
                         preview_columns=[c for c in table.column_names if c not in ("metadata", "messages")][:6],
                         extra={"applies": applies, "kind": spec.kind,
-                               "not_applicable_rows": 0 if applies else upstream_rows})
+                               "not_applicable_rows": 0 if applies else upstream_rows,
+                               **all_rejected_metadata(context, key, acc, issues)})
     yield dg.Output(table, metadata=md)
     yield accounting_check(acc)
     yield unique_check(table, "all_prompt_id")

@@ -14,9 +14,9 @@ from resources.llm import LLMResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import accounting_check, stage_metadata, unique_check
+from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
 from ..common.pools import GPU_POOL
-from .difficulty import gold_items, sample_items, score_items
+from .difficulty import SCORES_SCHEMA, gold_items, sample_items, score_items
 
 GROUP = "scoring"
 
@@ -45,12 +45,22 @@ class DifficultyConfig(dg.Config):
 def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfig, llm: LLMResource,
                       storage: StorageResource, cot_records: pa.Table, sft_records: pa.Table):
     key = context.partition_key
-    available = gold_items(cot_records, sft_records)
+    rows_in = cot_records.num_rows + sft_records.num_rows
+    available, no_gold = gold_items(cot_records, sft_records)
     items = sample_items(available, config.max_items, config.seed)
-    with llm.sessions(context, [config.primary, *config.ensemble], storage=storage, chunk=config.chunk) as sessions:
-        table, issues, truncated = score_items(items, sessions, config)
-    storage.write_rejects(context.asset_key, key, rejects_table(key, "difficulty_scores", issues))
-    acc = Accounting.from_issues(len(items), table.num_rows, issues)
+    not_sampled = max(0, len(available) - config.max_items) if config.max_items else 0
+    llm_md: dict = {}
+    if items:  # no model is loaded for an empty partition
+        with llm.sessions(context, [config.primary, *config.ensemble], storage=storage,
+                          chunk=config.chunk) as sessions:
+            table, issues, truncated = score_items(items, sessions, config)
+        llm_md = sessions.metadata()
+    else:
+        table, issues, truncated = SCORES_SCHEMA.empty_table(), [], 0
+    storage.write_rejects(context.asset_key, key, rejects_table(key, "difficulty_scores", no_gold + issues))
+    acc = Accounting.from_issues(rows_in, table.num_rows, no_gold + issues)
+    if not_sampled:
+        acc.removed_by_reason["not_sampled"] += not_sampled  # max_items: counted, not written as rejects
     rate = len(issues) / max(len(items), 1)
     if rate > llm.max_failure_rate:
         raise dg.Failure(description=f"source {key!r}: {len(issues)}/{len(items)} items failed "
@@ -58,7 +68,8 @@ def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfi
                                      f"{issues[0].detail}", allow_retries=True)
     yield dg.Output(table, metadata=stage_metadata(
         table, acc, preview_columns=["all_prompt_id", "avg_logprob", "ensemble_acc", "irt_beta", "difficulty_z"],
-        extra={**sessions.metadata(), "truncated": truncated, "items_available": len(available),
+        extra={**llm_md, "truncated": truncated, "items_available": len(available),
+               **all_rejected_metadata(context, key, acc, no_gold + issues),
                "ensemble": dg.MetadataValue.json(list(config.ensemble)), "samples": config.samples}))
     yield accounting_check(acc)
     yield unique_check(table, "all_prompt_id")

@@ -10,6 +10,7 @@ from resources.llm import LLMError, TaskFailure
 
 from ..common.accounting import RowIssue
 from ..common.answers import answers_match
+from ..common.language import detect_language
 from .tasks import ANSWER, SOLVE_MATH
 
 
@@ -59,20 +60,29 @@ SCORES_SCHEMA = pa.schema([
 ])
 
 
-def gold_items(cot: pa.Table, sft: pa.Table) -> list[dict]:
+def gold_items(cot: pa.Table, sft: pa.Table) -> tuple[list[dict], list[RowIssue]]:
     """Scorable items: CoT rows (gold = final answer, continuation = the worked solution) and SFT
-    rows (gold = continuation = the answer)."""
-    items = []
+    rows (gold = continuation = the answer), in the prompt's language; a row without a gold answer
+    is a `no_gold_answer` issue (removed)."""
+    items, issues = [], []
     for r in cot.to_pylist():
         if r["answer"]:
             solution = r["thinking"] + ("\n#### " + r["answer"] if r["split_rule"] == "gsm8k_marker" else "")
             items.append({"id": r["all_prompt_id"], "source": r["source"], "prompt": r["prompt"],
-                          "gold": r["answer"], "continuation": solution or r["answer"], "math": True})
+                          "gold": r["answer"], "continuation": solution or r["answer"], "math": True,
+                          "language": detect_language(r["prompt"])})
+        else:
+            issues.append(RowIssue(reason="no_gold_answer", outcome="removed", detail=r["all_prompt_id"],
+                                   raw=r["prompt"][:2000]))
     for r in sft.to_pylist():
         if r["answer"]:
             items.append({"id": r["all_prompt_id"], "source": r["source"], "prompt": r["prompt"],
-                          "gold": r["answer"], "continuation": r["answer"], "math": False})
-    return items
+                          "gold": r["answer"], "continuation": r["answer"], "math": False,
+                          "language": detect_language(r["prompt"])})
+        else:
+            issues.append(RowIssue(reason="no_gold_answer", outcome="removed", detail=r["all_prompt_id"],
+                                   raw=r["prompt"][:2000]))
+    return items, issues
 
 
 def sample_items(items: list[dict], k: int, seed: int) -> list[dict]:

@@ -44,6 +44,7 @@ class SelectionConfig(dg.Config):
 def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, cot_records: pa.Table,
                    sft_records: pa.Table, difficulty_scores: pa.Table):
     rows = seed_rows(cot_records, sft_records)
+    acc = Accounting(rows_in=cot_records.num_rows + sft_records.num_rows)
     extra: dict = {"method": config.method}
     if config.method == "length":
         lengths = answer_lengths(rows["solution"].to_pylist(), config.length_unit, config.tokenizer)
@@ -52,6 +53,8 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
                                     sample_size_for_stats=config.sample_size_for_stats, seed=config.seed,
                                     shuffle=config.shuffle)
         out = rows.take(pa.array(idx, pa.int64())).append_column("length", pa.array(lengths[idx]))
+        # counted from the selector's own per-bin report, not from the table it returns
+        acc.removed_by_reason["not_selected"] = sum(b["available"] - b["actual"] for b in report["bins"])
         bin_table = ["| bin | length range | available | target | actual |", "|---|---|---|---|---|"]
         bin_table += [f"| {b['bin']} | {b['low']:.0f} – {b['high']:.0f} | {b['available']} | {b['target']} | "
                       f"{b['actual']} |" for b in report["bins"]]
@@ -59,20 +62,29 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
                      length_histogram=dg.MetadataValue.md(histogram_markdown(lengths[idx])),
                      bins_json=dg.MetadataValue.json(report["bins"]))
     else:
+        scored = pc.is_in(rows["all_prompt_id"], value_set=difficulty_scores["all_prompt_id"])
+        acc.removed_by_reason["not_scored"] = rows.num_rows - pc.sum(scored).as_py() if rows.num_rows else 0
         joined = rows.join(difficulty_scores.drop_columns(["source"]), "all_prompt_id", join_type="inner")
         if config.method == "pass_rate":
-            mask = pc.less_equal(joined[config.pass_rate_column], config.max_pass_rate)
-            out = joined.filter(mask)
+            values = joined[config.pass_rate_column]
+            out = joined.filter(pc.less_equal(values, config.max_pass_rate))
+            acc.removed_by_reason["above_max_pass_rate"] = pc.sum(pc.greater(values, config.max_pass_rate)).as_py() or 0
+            acc.removed_by_reason["no_pass_rate"] = values.null_count
         elif config.method == "difficulty":
+            dz = joined["difficulty_z"]
             if config.top_k:
                 out = joined.sort_by([("difficulty_z", "descending")]).slice(0, config.top_k)
+                acc.removed_by_reason["below_top_k"] = max(0, joined.num_rows - config.top_k)
             else:
-                out = joined.filter(pc.greater_equal(joined["difficulty_z"], config.min_difficulty_z or 0.0))
+                threshold = config.min_difficulty_z or 0.0
+                out = joined.filter(pc.greater_equal(dz, threshold))
+                acc.removed_by_reason["below_min_difficulty"] = pc.sum(pc.less(dz, threshold)).as_py() or 0
+                acc.removed_by_reason["no_difficulty"] = dz.null_count
         else:
             raise dg.Failure(description=f"selection method must be length, pass_rate or difficulty, got {config.method!r}")
         extra["scored_rows"] = joined.num_rows
-    acc = Accounting(rows_in=rows.num_rows, rows_out=out.num_rows)
-    acc.removed_by_reason["not_selected"] = rows.num_rows - out.num_rows
+    acc.rows_out = out.num_rows
+    acc.removed_by_reason = +acc.removed_by_reason  # drop zero counts
     yield dg.Output(out, metadata=stage_metadata(out, acc, text_column="prompt",
                                                  preview_columns=["all_prompt_id", "prompt", "answer"], extra=extra))
     yield accounting_check(acc)
