@@ -20,6 +20,9 @@ KINDS = ("prompt", "sft", "cot", "preference", "attributes")
 FORMATS = ("jsonl", "json", "csv", "parquet")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 DEDUP_KEYS = ("record", "prompt")
+#: how the generic adapter reads a `prompt` column holding a list of strings (MT-Bench `turns`):
+#: 'all' = every string is one user turn of a multi-turn prompt, 'first' = the first string only
+TURNS = ("all", "first")
 
 #: Logical fields each adapter understands, with the raw column it reads by default.
 #: `None` means the field is optional and unmapped unless the registry maps it.
@@ -39,6 +42,18 @@ ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
     # HelpSteer3 preference rows: context (messages or text), two responses, overall_preference -3..3
     "helpsteer3": {"context": "context", "response1": "response1", "response2": "response2",
                    "overall_preference": "overall_preference", "id": None},
+    # Alpaca rows: instruction (+ input, after a blank line) -> prompt; output -> response;
+    # optional system prompt and history ([[user, assistant], ...] turns before the instruction)
+    "alpaca": {"prompt": "instruction", "input": "input", "response": "output", "system": None,
+               "history": None, "id": None},
+    # ShareGPT rows: conversations [{from, value}] (human/gpt/system/tool/function_call/observation);
+    # prompt = the turns before the final assistant turn, response = that turn; map `system`
+    # (a system prompt column) and `tools` (a list or JSON text of tool schemas) when the file has them
+    "sharegpt": {"conversations": "conversations", "system": None, "tools": None, "id": None},
+    # OpenAI chat rows: messages [{role, content}] (system/developer/user/assistant/tool); prompt =
+    # the turns before the final assistant turn, response = that turn; `label` = an optional boolean
+    # judgement of the final turn (KTO desirable / undesirable), kept in `labels`
+    "messages": {"messages": "messages", "label": None, "id": None},
 }
 
 #: Logical fields that must end up mapped for an adapter to produce anything.
@@ -49,6 +64,9 @@ ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "self_instruct": (("prompt", "instances"),),
     "oasst_tree": (("root",),),
     "helpsteer3": (("context", "response1", "response2", "overall_preference"),),
+    "alpaca": (("prompt", "response"),),
+    "sharegpt": (("conversations",),),
+    "messages": (("messages",),),
 }
 
 
@@ -80,6 +98,7 @@ class SourceSpec:
     description: str = ""
     priority: int = 100  # lower wins when global dedup picks a representative
     dedup_key: str = "record"  # 'record' (prompt + responses) or 'prompt'
+    turns: str = "all"  # generic adapter, prompt given as a list of strings: 'all' or 'first' turn
     base_dir: str = "."  # folder of the registry file; relative paths resolve against it
 
     def column(self, logical: str) -> str | None:
@@ -153,7 +172,7 @@ def default_registry_path() -> str:
 
 _TOP_KEYS = {"version", "sources"}
 _SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
-                "description", "priority", "dedup_key"}
+                "description", "priority", "dedup_key", "turns"}
 _LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit"}
 
 
@@ -234,11 +253,17 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     dedup_key = raw.get("dedup_key", "record")
     if dedup_key not in DEDUP_KEYS:
         raise _fail(where, label, "dedup_key", f"must be one of {', '.join(DEDUP_KEYS)}, got {dedup_key!r}")
+    turns = raw.get("turns", "all")
+    if turns not in TURNS:
+        raise _fail(where, label, "turns", f"must be one of {', '.join(TURNS)}, got {turns!r}")
+    if "turns" in raw and adapter != "generic":
+        raise _fail(where, label, "turns",
+                    f"only the generic adapter reads it (a list of strings as prompt), not {adapter!r}")
 
     spec = SourceSpec(
         key=key, kind=kind, adapter=adapter, loader=loader, licence=licence.strip(),
         fields={k: v for k, v in fields.items()}, description=str(raw.get("description") or ""),
-        priority=priority, dedup_key=dedup_key, base_dir=base_dir,
+        priority=priority, dedup_key=dedup_key, turns=turns, base_dir=base_dir,
     )
     mapped = spec.mapped_columns()
     options = ADAPTER_REQUIRED[adapter]

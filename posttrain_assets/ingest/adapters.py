@@ -36,7 +36,7 @@ def render_conversation(messages: list[dict]) -> str:
     """The prompt text of a conversation: the user text alone for one user turn, else role-tagged turns."""
     if len(messages) == 1 and messages[0]["role"] == "user":
         return messages[0]["content"]
-    names = {"user": "User", "assistant": "Assistant", "system": "System"}
+    names = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
     return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
 
 
@@ -85,23 +85,41 @@ def _meta(row: dict) -> str:
 # ------------------------------------------------------------------------------ adapters
 
 
+def _prompt_turns(row: dict, spec: SourceSpec) -> list[dict]:
+    """The user turn(s) of the generic `prompt` field: a string, or a list of strings (MT-Bench
+    `turns`) read per the source's `turns` option ('all' = successive user turns, 'first')."""
+    col = spec.column("prompt")
+    value = _get(row, spec, "prompt")
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise RowReject("not_text", col,
+                        f"expected a string or a list of strings (turns), got {type(value).__name__}")
+    if not value:
+        raise RowReject("empty_prompt", col, "the list of turns is empty")
+    for i, turn in enumerate(value):
+        if not isinstance(turn, str):
+            raise RowReject("not_text", f"{col}[{i}]", f"turn {i}: expected a string, got {type(turn).__name__}")
+        if not turn.strip():
+            raise RowReject("empty_turn", f"{col}[{i}]", f"turn {i} is empty or whitespace only")
+    turns = value[:1] if spec.turns == "first" else value
+    return [{"role": "user", "content": t} for t in turns]
+
+
 def adapt_generic(row: dict, spec: SourceSpec, source_file: str, source_row: int) -> list:
     rid = _row_id(row, spec, source_file, source_row)
     chosen = _text(row, spec, "chosen", required=spec.column("chosen") is not None)
     rejected = _text(row, spec, "rejected", required=spec.column("rejected") is not None)
-    prompt = _text(row, spec, "prompt")
+    user_turns = _prompt_turns(row, spec)
     messages = []
     system = _text(row, spec, "system", required=False)
     if system and system.strip():
         messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": prompt})
+    messages += user_turns
     return [_record(
-        source_prompt_id=rid, prompt=prompt if not system else render_conversation(messages),
-        messages=messages,
+        source_prompt_id=rid, prompt=render_conversation(messages), messages=messages,
         response=_text(row, spec, "response", required=False), chosen=chosen, rejected=rejected,
         reference_answer=_text(row, spec, "reference_answer", required=False), metadata=_meta(row))]
-
-
 
 
 def split_gsm8k_answer(answer: str) -> tuple[str, str | None]:
@@ -280,6 +298,174 @@ def adapt_helpsteer3(row: dict, spec: SourceSpec, source_file: str, source_row: 
         preference_score=float(score), metadata=_meta(row))]
 
 
+def _split_final_reply(messages: list[dict], spec: SourceSpec, col: str) -> tuple[list[dict], str | None]:
+    """(prompt messages, final assistant reply) of a conversation.
+
+    A conversation that does not end with an assistant turn is a prompt without a reply for a
+    source of kind 'prompt' and a `no_final_assistant_turn` reject otherwise.
+    """
+    if messages[-1]["role"] == "assistant":
+        prompt_msgs, reply = messages[:-1], messages[-1]["content"]
+    elif spec.kind == "prompt":
+        prompt_msgs, reply = messages, None
+    else:
+        raise RowReject("no_final_assistant_turn", col,
+                        f"the last turn is {messages[-1]['role']!r}; kind {spec.kind!r} needs an "
+                        "assistant reply to end the conversation")
+    if not any(m["role"] == "user" for m in prompt_msgs):
+        raise RowReject("no_user_turn", col, "no user turn before the final assistant turn")
+    return prompt_msgs, reply
+
+
+def adapt_alpaca(row: dict, spec: SourceSpec, source_file: str, source_row: int) -> list:
+    """instruction (+ input after a blank line, as self_instruct) -> prompt; output -> response.
+
+    The input is part of the prompt text, so rows sharing an instruction but not the input are
+    different records for dedup. Optional `system` and `history` ([[user, assistant], ...]).
+    """
+    rid = _row_id(row, spec, source_file, source_row)
+    instruction = _text(row, spec, "prompt")
+    inp = _text(row, spec, "input", required=False) or ""
+    output = _text(row, spec, "response", required=spec.column("response") is not None)
+    if not instruction.strip():
+        raise RowReject("empty_prompt", spec.column("prompt"), "instruction is empty or whitespace only")
+    if output is not None and not output.strip():
+        raise RowReject("empty_response", spec.column("response"), "output is empty or whitespace only")
+    prompt = instruction.strip() + ("\n\n" + inp.strip() if inp.strip() else "")
+    messages = []
+    system = _text(row, spec, "system", required=False)
+    if system and system.strip():
+        messages.append({"role": "system", "content": system})
+    history = _get(row, spec, "history", required=False)
+    hcol = spec.column("history")
+    if history is not None:
+        if not isinstance(history, list):
+            raise RowReject("bad_history", hcol,
+                            f"expected a list of [user, assistant] pairs, got {type(history).__name__}")
+        for i, pair in enumerate(history):
+            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                    or not all(isinstance(t, str) and t.strip() for t in pair)):
+                raise RowReject("bad_history", f"{hcol}[{i}]",
+                                "expected a [user, assistant] pair of non-empty strings")
+            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages.append({"role": "user", "content": prompt})
+    return [_record(
+        source_prompt_id=rid, prompt=render_conversation(messages), messages=messages,
+        response=output, metadata=_meta(row))]
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool",
+                  "function_call": "assistant", "observation": "tool"}
+
+
+def _parse_tools(row: dict, spec: SourceSpec) -> list | None:
+    """The `tools` column: a list of tool schemas, or JSON text of one ('' = none)."""
+    value = _get(row, spec, "tools", required=False)
+    col = spec.column("tools")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowReject("bad_tools", col, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise RowReject("bad_tools", col, f"expected a list of tool schemas (objects), got {type(value).__name__}")
+    return value
+
+
+def adapt_sharegpt(row: dict, spec: SourceSpec, source_file: str, source_row: int) -> list:
+    """ShareGPT `conversations` [{from, value}] -> messages; the final assistant turn -> response.
+
+    human -> user, gpt -> assistant, system -> system, function_call -> assistant (the call text
+    kept as content), observation / tool -> tool. A mapped `system` column becomes the first
+    message; `tools` is checked (list or JSON text) and kept, with the whole row, in metadata.
+    """
+    rid = _row_id(row, spec, source_file, source_row)
+    col = spec.column("conversations")
+    conv = _get(row, spec, "conversations")
+    if not isinstance(conv, list):
+        raise RowReject("bad_conversations", col,
+                        f"expected a list of {{from, value}} turns, got {type(conv).__name__}")
+    if not conv:
+        raise RowReject("empty_conversation", col, "no turns")
+    messages = []
+    system = _text(row, spec, "system", required=False)
+    if system and system.strip():
+        messages.append({"role": "system", "content": system})
+    for i, turn in enumerate(conv):
+        if not (isinstance(turn, dict) and isinstance(turn.get("from"), str)
+                and isinstance(turn.get("value"), str)):
+            raise RowReject("bad_turn", f"{col}[{i}]", "expected an object with string 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise RowReject("unknown_role", f"{col}[{i}].from",
+                            f"{turn['from']!r}; known: {', '.join(SHAREGPT_ROLES)}")
+        if not turn["value"].strip():
+            raise RowReject("empty_content", f"{col}[{i}].value",
+                            f"{turn['from']} turn is empty or whitespace only")
+        messages.append({"role": role, "content": turn["value"]})
+    _parse_tools(row, spec)  # checked only: metadata keeps the row, `tools` as given
+    prompt_msgs, reply = _split_final_reply(messages, spec, col)
+    return [_record(
+        source_prompt_id=rid, prompt=render_conversation(prompt_msgs), messages=prompt_msgs,
+        response=reply, metadata=_meta(row))]
+
+
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+                "tool": "tool"}
+
+
+def _openai_content(m: dict, where: str) -> str:
+    """Text of an OpenAI message: a string, a list of text parts, or an assistant's tool calls."""
+    content = m.get("content")
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise RowReject("unsupported_content", f"{where}.content", "only text parts are supported")
+        content = "\n".join(p["text"] for p in content)
+    elif content is None and m.get("role") == "assistant" and m.get("tool_calls"):
+        content = json.dumps(m["tool_calls"], ensure_ascii=False)
+    if not isinstance(content, str):
+        raise RowReject("bad_turn", f"{where}.content", f"expected a string, got {type(content).__name__}")
+    if not content.strip():
+        raise RowReject("empty_content", f"{where}.content", f"{m.get('role')} turn is empty or whitespace only")
+    return content
+
+
+def adapt_messages(row: dict, spec: SourceSpec, source_file: str, source_row: int) -> list:
+    """OpenAI chat `messages` [{role, content}] -> prompt messages + the final assistant reply.
+
+    An optional boolean `label` (KTO: is the final reply desirable) is kept as `labels` {"label": bool}.
+    """
+    rid = _row_id(row, spec, source_file, source_row)
+    col = spec.column("messages")
+    raw_msgs = _get(row, spec, "messages")
+    if not isinstance(raw_msgs, list):
+        raise RowReject("bad_messages", col,
+                        f"expected a list of {{role, content}} messages, got {type(raw_msgs).__name__}")
+    if not raw_msgs:
+        raise RowReject("empty_conversation", col, "no messages")
+    messages = []
+    for i, m in enumerate(raw_msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise RowReject("bad_turn", f"{col}[{i}]", "expected an object with a string 'role'")
+        role = OPENAI_ROLES.get(m["role"])
+        if role is None:
+            raise RowReject("unknown_role", f"{col}[{i}].role", f"{m['role']!r}; known: {', '.join(OPENAI_ROLES)}")
+        messages.append({"role": role, "content": _openai_content(m, f"{col}[{i}]")})
+    labels = None
+    if spec.column("label") is not None:
+        label = _get(row, spec, "label")
+        if not isinstance(label, bool):
+            raise RowReject("bad_label", spec.column("label"), f"expected true or false, got {label!r}")
+        labels = {"label": label}
+    prompt_msgs, reply = _split_final_reply(messages, spec, col)
+    return [_record(
+        source_prompt_id=rid, prompt=render_conversation(prompt_msgs), messages=prompt_msgs,
+        response=reply, labels=labels, metadata=_meta(row))]
+
+
 ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
     "generic": adapt_generic,
     "gsm8k": adapt_gsm8k,
@@ -287,4 +473,7 @@ ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
     "self_instruct": adapt_self_instruct,
     "oasst_tree": adapt_oasst_tree,
     "helpsteer3": adapt_helpsteer3,
+    "alpaca": adapt_alpaca,
+    "sharegpt": adapt_sharegpt,
+    "messages": adapt_messages,
 }
