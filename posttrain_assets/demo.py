@@ -49,6 +49,8 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
         name = ev.asset_key.to_user_string()
         key = ev.partition
         r = results.get(key, {}) if key else None
+        if key and _meta(ev, "all_rejected"):
+            r.setdefault("all_rejected", _meta(ev, "all_rejected"))
         if name == "raw_records":
             r["raw_in"] = _meta(ev, "rows_in")
             r["raw_rejected"] = _meta(ev, "rejected")
@@ -151,6 +153,8 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
               f"{d.get('distinct_prompts')} distinct prompts, {d.get('clusters_multi')} clusters with duplicates):")
         print(global_stats["dedup_summary"])
     for key, r in results.items():
+        if r.get("all_rejected"):
+            print(f"\n{key}: {r['all_rejected']} (its later steps ran on an empty table)")
         if r.get("error"):
             print(f"\n{key} FAILED: {r['error']}")
     if global_stats.get("export"):
