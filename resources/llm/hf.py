@@ -7,13 +7,13 @@ batch. `batch_invariant: false`: greedy requests in length-sorted, left-padded b
 
 from __future__ import annotations
 
-from .base import Answer, Backend, Completion, Decoding, LLMError, close_prefilled, json_prefill
+from .base import Answer, Completion, Decoding, LLMError, LocalBackend
 from .embedded import cut_at_stop
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class HFBackend(Backend):
+class HFBackend(LocalBackend):
     kind = "transformers"
 
     def __init__(self, spec):
@@ -88,18 +88,6 @@ class HFBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - one request's failure is its own
                 out[i] = [LLMError(f"{type(exc).__name__}: {exc}")] * d.n
         return out
-
-    def chat_prompt(self, messages: list[dict]) -> str:
-        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-    def chat(self, batch, decoding, json_schema=None):
-        prefill, d = json_prefill(decoding, json_schema)
-        out = self._generate([self.chat_prompt(m) + prefill for m in batch], d)
-        return [[close_prefilled(prefill, c, json_schema) if isinstance(c, Completion) else c for c in per]
-                for per in out]
-
-    def complete(self, prompts, decoding):
-        return self._generate(list(prompts), decoding)
 
     def avg_logprob(self, prompts, continuations):
         import torch
