@@ -1,0 +1,245 @@
+"""Synthesis stage (per source): `generated_solutions` + `solution_pass_rates` (generate-from-seed
+with an LLM filter; solutions.py) and `evolved_instructions` — Evol-Instruct (WizardLM) over a prompt table
+(`selected_seeds` by default, or `deduplicated_prompts`): a chain of evolution operations (width,
+depth with a seeded method per prompt, flatten) for a number of rounds, WizardLM's elimination rules
+(language-aware), the seed's judge and the generator's answer; one conversation row per lineage and
+round that passes (evolution.py)."""
+
+from collections import Counter
+from typing import Optional
+
+import dagster as dg
+import pyarrow as pa
+
+from partitions import source_partitions
+from resources.llm import LLMResource
+from resources.storage import MissingPartitionError, StorageResource
+
+from ..common.accounting import Accounting, rejects_table
+from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
+from ..common.pools import GPU_POOL
+from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
+                        parse_chain, rendered_markdown, run_evolution, sample_items)
+from .solutions import (FUNNEL, assemble, generate, histogram_markdown, judge,
+                        pass_rate_histogram, problems_from_records, problems_from_seeds, sample_problems, to_judge)
+from .solutions import funnel_markdown as solution_funnel_markdown
+from .tasks import ANSWER, EQUAL, EVOLVE, JUDGE
+
+GROUP = "synthesis"
+#: the prompt tables evolved_instructions can read (config `input_asset`); both are lineage deps
+EVOL_INPUTS = ("selected_seeds", "deduplicated_prompts")
+
+
+class EvolConfig(dg.Config):
+    input_asset: str = "selected_seeds"  # selected_seeds | deduplicated_prompts
+    chain: list[str] = ["width", "depth", "flatten"]  # operations per round: width | depth | flatten
+    rounds: int = 2
+    depth_methods: list[str] = list(DEPTH_METHODS)  # drawn per prompt, round and step (seeded)
+    generator: str = "generator"  # LLMResource model names: evolutions + answers
+    judge: str = "judge"  # equality judge (rule 1) + the seed's quality judge
+    max_prompts: int = 0  # evolve at most this many input rows (a seeded sample; 0 = all)
+    max_input_chars: int = 4000  # longer prompts are removed (counted)
+    evolve_temperature: float = 0.7
+    evolve_max_tokens: int = 256
+    judge_max_tokens: int = 128  # judges: greedy unless the judge model's spec says otherwise
+    answer_temperature: float = 0.0
+    answer_max_tokens: int = 512
+    refusal_max_words: int = 80  # rule 2: a refusal under this many words (WizardLM) ...
+    refusal_max_chars: int = 200  # ... or characters for ja / zh
+    chunk: int = 8  # prompts per committed cache chunk
+    seed: int = 0
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
+    deps=[dg.AssetDep(a) for a in EVOL_INPUTS],
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="evolved_instructions", blocking=True),
+                 dg.AssetCheckSpec("id_unique", asset="evolved_instructions")],
+    description="Evol-Instruct (width / depth / flatten, elimination, judge, answer) over a source's prompts: "
+                "conversation rows with lineage.",
+    op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
+    pool=GPU_POOL,
+)
+def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, llm: LLMResource,
+                         storage: StorageResource):
+    key = context.partition_key
+    if config.input_asset not in EVOL_INPUTS:
+        raise dg.Failure(description=f"input_asset must be one of {', '.join(EVOL_INPUTS)}, got {config.input_asset!r}",
+                         allow_retries=False)
+    try:
+        parse_chain(config.chain)
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    if config.rounds < 1:
+        raise dg.Failure(description=f"rounds must be >= 1, got {config.rounds}", allow_retries=False)
+    store = storage.store()
+    try:
+        source_table = store.read(store.path(config.input_asset, key))
+    except MissingPartitionError as exc:
+        raise dg.Failure(description=f"source {key!r}: {exc}; materialise {config.input_asset} first",
+                         allow_retries=False) from None
+    rows_in = source_table.num_rows
+    try:
+        items, dropped = input_items(source_table, key, config.max_input_chars)
+    except ValueError as exc:
+        raise dg.Failure(description=f"source {key!r}, {config.input_asset}: {exc}", allow_retries=False) from None
+    sampled = sample_items(items, config.max_prompts, config.seed)
+    not_sampled = len(items) - len(sampled)
+
+    llm_md: dict = {}
+    extra: dict = {}
+    if sampled:  # no model is loaded for an empty partition
+        with llm.sessions(context, [config.generator, config.judge], storage=storage, chunk=config.chunk) as sessions:
+            res = run_evolution(sampled, sessions.get(config.generator), sessions.get(config.judge), config)
+        llm_md = sessions.metadata()
+        table, issues, with_output = res.table, res.issues, res.inputs_with_output
+        if res.requests and res.generation_errors / res.requests > llm.max_failure_rate:
+            raise dg.Failure(description=f"source {key!r}: {res.generation_errors}/{res.requests} model requests failed "
+                                         f"(> max_failure_rate {llm.max_failure_rate:.0%})", allow_retries=True)
+        extra = {
+            "funnel": dg.MetadataValue.md(funnel_markdown(res.funnel)),
+            "funnel_json": dg.MetadataValue.json(res.funnel),
+            "eliminated_by_rule": dg.MetadataValue.json(res.eliminated),
+            "acceptance_by_language": dg.MetadataValue.md(language_markdown(res.by_language)),
+            "acceptance_by_language_json": dg.MetadataValue.json(res.by_language),
+            "depth_methods": dg.MetadataValue.json(res.depth_methods),
+            "messages_sent": dg.MetadataValue.md(rendered_markdown(res.rendered)),
+            "generation_errors": res.generation_errors,
+        }
+    else:
+        table, issues, with_output = OUTPUT_SCHEMA.empty_table(), [], 0
+
+    storage.write_rejects(context.asset_key, key, rejects_table(key, "evolved_instructions", dropped + issues))
+    # per input row: one or more output rows, or the reason of its last failure
+    acc = Accounting.from_issues(rows_in, with_output, dropped + issues)
+    if not_sampled:
+        acc.removed_by_reason["not_sampled"] += not_sampled  # max_prompts: counted, not written as rejects
+    yield dg.Output(table, metadata=stage_metadata(
+        table, acc, text_column="input", preview_columns=["id", "language", "evolution_path", "input", "output"],
+        extra={**llm_md, **extra, "output_rows": table.num_rows, "inputs_with_output": with_output,
+               "input_asset": config.input_asset, "chain": ">".join(config.chain), "rounds": config.rounds,
+               "template_versions": dg.MetadataValue.json(
+                   {t.name: t.version for t in (*EVOLVE.values(), EQUAL, JUDGE, ANSWER)}),
+               **all_rejected_metadata(context, key, acc, dropped + issues)}))
+    yield accounting_check(acc)
+    yield unique_check(table, "id")
+
+class SolutionsConfig(dg.Config):
+    input: str = "selected_seeds"  # selected_seeds | records (cot_records + sft_records)
+    answer_kind: str = "auto"  # auto (math: a short gold math-verify reads, or a CoT record) | math | free
+    generator: str = "generator"  # the LLMResource model names
+    judge: str = "judge"
+    n: int = 4  # solutions per problem
+    temperature: float = 0.7
+    max_tokens: int = 512
+    seed: int = 0
+    judge_math: bool = False  # also judge the math answers math-verify decided (disagreements counted)
+    judge_max_tokens: int = 128
+    judge_max_chars: int = 2000  # question / gold / response (its end) cut to this for the judge
+    max_input_chars: int = 4000  # OOM guard for the problem text
+    keep: str = "correct"  # correct | all (incorrect solutions kept too, e.g. for preference pairs)
+    max_pass_rate: Optional[float] = None  # the seed's label filter on our own generations (<= kept)
+    max_problems: int = 0  # a deterministic sample of the problems (0 = all); the rest: status not_sampled
+    chunk: int = 8  # problems per committed cache chunk
+
+
+def _llm_metadata(sessions: list) -> dict:
+    """The sessions' figures added up (generator + judge), and per model."""
+    total: Counter = Counter()
+    seconds = 0.0
+    for s in sessions:
+        for k, v in s.stats.as_metadata().items():
+            if k != "llm_tokens_per_s":
+                total[k] += v
+        seconds += s.stats.seconds
+    md = {k: total.get(k, 0) for k in ("llm_requests", "llm_calls", "llm_cache_hits", "llm_failures",
+                                        "llm_parse_failures", "llm_tokens_in", "llm_tokens_out")}
+    md["llm_tokens_per_s"] = round(md["llm_tokens_out"] / seconds, 1) if seconds else 0.0
+    md["llm_model"] = ", ".join(sorted({s.metadata()["llm_model"] for s in sessions}))
+    md["llm_by_role"] = dg.MetadataValue.json({role: s.metadata() for role, s in zip(("generator", "judge"), sessions)})
+    return md
+
+
+@dg.multi_asset(
+    partitions_def=source_partitions, group_name=GROUP, pool=GPU_POOL,
+    outs={"generated_solutions": dg.AssetOut(kinds={"parquet", "pytorch"},
+                                             description="One row per kept generated solution, verified against the gold."),
+          "solution_pass_rates": dg.AssetOut(kinds={"parquet"},
+                                             description="Per problem: n, correct, pass_rate = correct / n, kept.")},
+    ins={"selected_seeds": dg.AssetIn(), "cot_records": dg.AssetIn(), "sft_records": dg.AssetIn()},
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="generated_solutions", blocking=True),
+                 dg.AssetCheckSpec("row_accounting", asset="solution_pass_rates", blocking=True),
+                 dg.AssetCheckSpec("all_prompt_id_unique", asset="solution_pass_rates")],
+    op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
+)
+def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConfig, llm: LLMResource,
+                        storage: StorageResource, selected_seeds: pa.Table, cot_records: pa.Table,
+                        sft_records: pa.Table):
+    key = context.partition_key
+    if config.input == "selected_seeds":
+        loaded = problems_from_seeds(selected_seeds, config.answer_kind)
+    elif config.input == "records":
+        loaded = problems_from_records(cot_records, sft_records, config.answer_kind)
+    else:
+        raise dg.Failure(description=f"input must be selected_seeds or records, got {config.input!r}")
+    if config.keep not in ("correct", "all"):
+        raise dg.Failure(description=f"keep must be correct or all, got {config.keep!r}")
+    with_gold = [p for p in loaded if p["gold"]]
+    skipped = [(p, "no_gold_answer") for p in loaded if not p["gold"]]
+    problems, not_sampled = sample_problems(with_gold, config.max_problems, config.seed)
+    skipped += [(p, "not_sampled") for p in not_sampled]
+
+    sessions, samples, gen_model, judge_model, gen_s = [], [], "", "", 0.0
+    if problems:  # no model is loaded for an empty partition
+        with llm.session(context, config.generator, storage=storage, chunk=config.chunk) as gen:
+            samples = generate(problems, gen, n=config.n, temperature=config.temperature,
+                               max_tokens=config.max_tokens, seed=config.seed, max_input_chars=config.max_input_chars)
+        sessions.append(gen)
+        gen_model, gen_s = gen.metadata()["llm_model"], gen.stats.seconds
+        judged = to_judge(samples, config.judge_math)
+        if judged:  # the judge is loaded only when some answer needs it
+            with llm.session(context, config.judge, storage=storage, chunk=config.chunk) as jdg:
+                judge(judged, jdg, max_chars=config.judge_max_chars, max_tokens=config.judge_max_tokens)
+            sessions.append(jdg)
+            judge_model = jdg.metadata()["llm_model"]
+    res = assemble(problems, samples, n=config.n, keep=config.keep, max_pass_rate=config.max_pass_rate,
+                   generator_model=gen_model, judge_model=judge_model, skipped=skipped)
+    res.counts["problems_loaded"] = len(loaded)
+
+    sol_key = dg.AssetKey("generated_solutions")
+    storage.write_rejects(sol_key, key, rejects_table(key, "generated_solutions", res.issues))
+    failed = [i for i in res.issues if i.outcome == "rejected"]
+    rate = len(failed) / max(res.counts["requested"], 1)
+    if rate > llm.max_failure_rate:
+        raise dg.Failure(description=f"source {key!r}: {len(failed)}/{res.counts['requested']} solutions failed "
+                                     f"({rate:.0%} > max_failure_rate {llm.max_failure_rate:.0%}); first: "
+                                     f"{failed[0].reason}: {failed[0].detail}", allow_retries=True)
+
+    # accounting: solutions (requested = problems asked x n) and problems (every problem loaded)
+    sol_acc = Accounting.from_issues(res.counts["requested"], res.solutions.num_rows, res.issues)
+    prob_acc = Accounting(rows_in=len(loaded), rows_out=res.pass_rates.num_rows)
+    hist = pass_rate_histogram(res.pass_rates["pass_rate"].to_pylist())
+    llm_md = _llm_metadata(sessions) if sessions else {}
+    common = {**llm_md, "funnel": dg.MetadataValue.md(solution_funnel_markdown(res.counts, FUNNEL)),
+              "funnel_json": dg.MetadataValue.json(dict(res.counts)),
+              "judge_disagreements": res.counts["judge_disagreements"],
+              "judge_failures": res.counts["judge_failures"],
+              "generations_per_s": round(res.counts["generated"] / gen_s, 2) if gen_s else 0.0,
+              "n": config.n, "generator": config.generator, "judge": config.judge}
+    yield dg.Output(res.solutions, output_name="generated_solutions", metadata=stage_metadata(
+        res.solutions, sol_acc, text_column="solution",
+        preview_columns=["all_prompt_id", "sample", "final_answer", "gold_answer", "correct", "verifier"],
+        extra={**common, **all_rejected_metadata(context, key, sol_acc, res.issues)}))
+    yield dg.Output(res.pass_rates, output_name="solution_pass_rates", metadata=stage_metadata(
+        res.pass_rates, prob_acc, preview_columns=["all_prompt_id", "status", "n", "correct", "pass_rate", "kept"],
+        extra={**common, "pass_rate_histogram": dg.MetadataValue.md(histogram_markdown(hist)),
+               "pass_rate_histogram_json": dg.MetadataValue.json(hist)}))
+    yield _check_for(accounting_check(sol_acc), sol_key)
+    yield _check_for(accounting_check(prob_acc), dg.AssetKey("solution_pass_rates"))
+    yield _check_for(unique_check(res.pass_rates, "all_prompt_id"), dg.AssetKey("solution_pass_rates"))
+
+
+def _check_for(check: dg.AssetCheckResult, asset_key: dg.AssetKey) -> dg.AssetCheckResult:
+    """A shared check builder's result, addressed to one output of the multi-asset."""
+    return dg.AssetCheckResult(check_name=check.check_name, passed=check.passed, severity=check.severity,
+                               metadata=check.metadata, description=check.description, asset_key=asset_key)
