@@ -1,4 +1,6 @@
-"""Run by test_embeddings_resume in a subprocess that the test SIGKILLs mid-way.
+"""Run by test_embeddings_resume in a subprocess that kills itself (SIGKILL) mid-way: with
+POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS=k in its environment it dies right after writing its
+k-th chunk (posttrain_assets/dedup/embedding.py).
 
     python -m tests.embed_worker STORAGE_ROOT REGISTRY SOURCE CHUNK_ROWS
 """

@@ -118,3 +118,59 @@ def test_selection_loses_a_row(monkeypatch, instance, tables):
     res = _run(instance, tables, specs + [selection_assets.selected_seeds], "gsm8k", run)
     passed, md = _accounting(res)
     assert not passed and md["unaccounted"] == 1 and not res.success
+
+
+def test_dedup_clusters_loses_a_row(monkeypatch, instance, tmp_path, bundled):
+    from posttrain_assets.dedup import assets as dedup_assets
+    from posttrain_assets.dedup.embedding import embeddings_table
+
+    import numpy as np
+
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    spec = bundled.get("gsm8k")
+    merged = merge_prompts(rows_to_table(load_rows(spec)), spec).table.slice(0, 20)
+    store.write(merged, store.path("merged_prompts", "gsm8k"))
+    vecs = np.eye(20, 8, dtype=np.float32) + np.arange(20, dtype=np.float32)[:, None] / 100  # 20 distinct
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store.write(embeddings_table(merged["all_prompt_id"].to_pylist(), vecs), store.path("prompt_embeddings", "gsm8k"))
+    instance.add_dynamic_partitions("source", ["gsm8k"])
+    specs = upstream_specs("merged_prompts", "prompt_embeddings")
+    run = {"ops": {"dedup_clusters": {"config": {"threshold": 0.999}}}}
+
+    def go():
+        return dg.materialize(specs + [dedup_assets.dedup_clusters], selection=[dedup_assets.dedup_clusters],
+                              instance=instance, resources=resources_for(root, BUNDLED_REGISTRY), run_config=run,
+                              raise_on_error=False)
+    ok = go()
+    assert _accounting(ok)[0] and ok.success
+    real = dedup_assets.cluster_prompts
+
+    def lossy(*a, **kw):
+        res = real(*a, **kw)
+        res.clusters = res.clusters.slice(1)
+        return res
+    monkeypatch.setattr(dedup_assets, "cluster_prompts", lossy)
+    res = go()
+    passed, md = _accounting(res)
+    assert not passed and md["unaccounted"] == 1 and not res.success
+
+
+def test_prompt_embeddings_loses_a_row(monkeypatch, instance, tmp_path, bundled):
+    from posttrain_assets.dedup import assets as dedup_assets
+
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    spec = bundled.get("gsm8k")
+    store.write(merge_prompts(rows_to_table(load_rows(spec)), spec).table.slice(0, 12),
+                store.path("merged_prompts", "gsm8k"))
+    real = dedup_assets.embed_in_chunks
+
+    def lossy(*a, **kw):
+        run = real(*a, **kw)
+        run.table = run.table.slice(1)
+        return run
+    monkeypatch.setattr(dedup_assets, "embed_in_chunks", lossy)
+    res = _run(instance, root, upstream_specs("merged_prompts") + [dedup_assets.prompt_embeddings], "gsm8k")
+    passed, md = _accounting(res)
+    assert not passed and md["unaccounted"] == 1 and not res.success

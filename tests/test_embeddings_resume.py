@@ -1,11 +1,11 @@
 """prompt_embeddings killed half-way (SIGKILL) resumes from its finished chunks: nothing lost,
-nothing duplicated, the same vectors as an uninterrupted run."""
+nothing duplicated, the same vectors as an uninterrupted run. The worker kills itself right after
+its 3rd chunk (POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS), so the counts are exact."""
 
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import dagster as dg
 import numpy as np
@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from posttrain_assets.dedup.assets import prompt_embeddings
 from posttrain_assets.dedup.embedding import vectors_of
 from posttrain_assets.ingest.assets import merged_prompts, raw_records
-from resources.embeddings import EmbeddingClient
+from resources.embeddings import USE_NAME, EmbeddingClient
 
 from .conftest import BUNDLED_REGISTRY, REPO
 from .helpers import mat_metadata, materialize_source, resources_for
@@ -24,20 +24,15 @@ def test_sigkill_then_resume(tmp_path, instance):
     root = str(tmp_path / "storage")
     materialize_source("self_instruct", instance, root, BUNDLED_REGISTRY, assets=[raw_records, merged_prompts])
     chunk_dir = tmp_path / "storage" / "_chunks" / "prompt_embeddings" / "source=self_instruct"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.embed_worker", root, str(BUNDLED_REGISTRY),
-                             "self_instruct", "16"], cwd=REPO, env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    done = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = list(chunk_dir.glob("*/chunk-*.parquet"))
-        if len(done) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_after = 3
+    env = {**os.environ, "POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS": str(killed_after)}
+    proc = subprocess.run([sys.executable, "-m", "tests.embed_worker", root, str(BUNDLED_REGISTRY),
+                           "self_instruct", "16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     done = sorted(p.name for p in chunk_dir.glob("*/chunk-*.parquet"))
-    assert 3 <= len(done) < 11, done  # 175 rows / 16 = 11 chunks: killed part-way
+    # 175 rows / 16 = 11 chunks: exactly the first 3 (the shortest prompts) were written
+    assert done == [f"chunk-{c:05d}.parquet" for c in range(killed_after)], done
+    assert not list(chunk_dir.glob("*/*.tmp-*"))  # no half-written chunk left behind
     assert not (tmp_path / "storage" / "prompt_embeddings").exists()  # no output written yet
 
     res = dg.materialize([merged_prompts.to_source_asset(), prompt_embeddings], selection=[prompt_embeddings],
@@ -46,9 +41,9 @@ def test_sigkill_then_resume(tmp_path, instance):
                          run_config={"ops": {"prompt_embeddings": {"config": {"chunk_rows": 16}}}})
     md = mat_metadata(res, "prompt_embeddings")
     # the finished chunks (the shortest prompts first) are reused, only the rest is encoded
-    assert (md["chunks_total"], md["chunks_resumed"]) == (11, len(done))
-    assert md["rows_encoded_now"] == 175 - 16 * len(done)
-    assert md["dim"] == 768 and md["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (md["chunks_total"], md["chunks_resumed"]) == (11, killed_after)
+    assert md["rows_encoded_now"] == 175 - 16 * killed_after
+    assert md["dim"] == 1024 and md["model"] == USE_NAME and md["backend"] == "use_multilingual"
     assert not chunk_dir.exists()  # chunks cleaned up after success
     resumed = pq.read_table(f"{root}/prompt_embeddings/source=self_instruct/data.parquet")
     merged_ids = pq.read_table(f"{root}/merged_prompts/source=self_instruct/data.parquet")["all_prompt_id"].to_pylist()

@@ -85,9 +85,9 @@ def stage_metadata(table: pa.Table, acc: Accounting, *, text_column: str | None 
 # --------------------------------------------------------------------------- checks
 
 
-def accounting_check(acc: Accounting) -> dg.AssetCheckResult:
+def accounting_check(acc: Accounting, asset_key: str | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        check_name="row_accounting",
+        check_name="row_accounting", asset_key=asset_key,
         passed=acc.balanced,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"rows_in": acc.rows_in, "rows_out": acc.rows_out, "removed": acc.removed,

@@ -10,19 +10,21 @@ Representative rule (deterministic): lowest registry `priority`, then the richer
 response / chosen / rejected / reference_answer filled, then more records), then the smallest
 all_prompt_id."""
 
+from typing import Optional
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from partitions import source_partitions
-from resources.embeddings import EmbeddingClient
+from resources.embeddings import EmbeddingClient, default_threshold
 from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, markdown_preview, report_issues, stage_metadata, unique_check
 from ..common.pools import GPU_POOL
-from .duplicates import cluster_prompts, select_survivors, summary_markdown
+from .duplicates import cluster_prompts, language_markdown, select_survivors, summary_markdown
 from .embedding import embed_in_chunks, embedding_fingerprint, embedding_parts
 
 GROUP = "dedup"
@@ -36,35 +38,49 @@ class PromptEmbeddingsConfig(dg.Config):
 @dg.asset(
     partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
     description="all_prompt_id + float32 embedding of the prompt: [final user turn ; earlier turns] / "
-                "sqrt(2) (length-sorted batches, chunked and resumable). Model and dimension in metadata.",
+                "sqrt(2) (length-sorted batches, chunked and resumable), whether the model can represent "
+                "the prompt (`representable`), and the model. Model and dimension in metadata.",
     op_tags={"dagster-k8s/config": {"container_config": {"resources": {
         "limits": {"nvidia.com/gpu": "1"}}}}},
     pool=GPU_POOL,
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="prompt_embeddings", blocking=True)],
 )
 def prompt_embeddings(context: dg.AssetExecutionContext, config: PromptEmbeddingsConfig,
                       embeddings: EmbeddingClient, storage: StorageResource,
                       merged_prompts: pa.Table) -> dg.Output:
     ids = merged_prompts["all_prompt_id"].to_pylist()
     parts = embedding_parts(merged_prompts)
-    fp = embedding_fingerprint(embeddings.model_name, embeddings.normalize, embeddings.max_seq_length, ids, parts)
+    scripts = embeddings.model_scripts()
+    options = (f"{embeddings.backend}|scripts={scripts and sorted(scripts)}|tok={embeddings.tokenizer}"
+               f"|unknown<={embeddings.max_unknown_share}|lower_caps={embeddings.lower_all_caps}")
+    fp = embedding_fingerprint(embeddings.model_name, embeddings.normalize, embeddings.max_seq_length, ids, parts,
+                               options)
     store = storage.store()
     chunk_dir = f"{store.base}/{CHUNKS_DIR}/prompt_embeddings/source={context.partition_key}"
     run = embed_in_chunks(ids, parts, embeddings.encode, fingerprint=fp, chunk_rows=config.chunk_rows,
-                          store=store, chunk_dir=chunk_dir, log=context.log.info)
+                          store=store, chunk_dir=chunk_dir, representable=embeddings.representable,
+                          model=embeddings.model_name, dim=embeddings.dimension, log=context.log.info)
     store.delete_dir(chunk_dir)
     table = run.table
-    dim = table.schema.field("embedding").type.list_size if table.num_rows else 0
+    unrepresentable = int(table.num_rows - pc.sum(table["representable"]).as_py()) if table.num_rows else 0
     acc = Accounting(rows_in=len(ids), rows_out=table.num_rows)
-    yield dg.Output(table, metadata=stage_metadata(table, acc, preview_columns=["all_prompt_id"], extra={
-        "model": embeddings.model_name, "backend": embeddings.backend, "dim": dim,
-        "normalized": embeddings.normalize, "chunks_total": run.chunks_total,
-        "chunks_resumed": run.chunks_resumed, "rows_encoded_now": run.encoded_rows,
-        "rows_per_s": round(run.encoded_rows / max(run.seconds, 1e-9), 1)}))
+    extra = {"model": embeddings.model_name, "backend": embeddings.backend,
+             "dim": table.schema.field("embedding").type.list_size, "normalized": embeddings.normalize,
+             "unrepresentable": unrepresentable, "dedup_threshold_default": embeddings.dedup_threshold,
+             "chunks_total": run.chunks_total, "chunks_resumed": run.chunks_resumed,
+             "rows_encoded_now": run.encoded_rows,
+             "rows_per_s": round(run.encoded_rows / max(run.seconds, 1e-9), 1)}
+    yield dg.Output(table, metadata=stage_metadata(table, acc, preview_columns=["all_prompt_id", "representable"],
+                                                   extra=extra))
+    yield accounting_check(acc)
 
 
 class DedupConfig(dg.Config):
     method: str = "faiss_graph"  # faiss_graph | dbscan | minhash
-    threshold: float = 0.9  # cosine similarity (faiss_graph, dbscan: eps = 1 - threshold)
+    # cosine similarity (faiss_graph, dbscan: eps = 1 - threshold); None = the embedding model's
+    # calibrated default (resources.embeddings.default_threshold)
+    threshold: Optional[float] = None
+    cross_language: bool = False  # False: never merge semantically records whose `language` differs
     scope: str = "global"  # global | kind (only compare prompts of the same registry kind)
     exact_max_n: int = 100_000  # faiss_graph: exact all-pairs up to here, IVF above
     nlist: int = 0  # IVF cells (0 = ~sqrt(n))
@@ -83,35 +99,47 @@ class DedupConfig(dg.Config):
                                       "similarity to it, match (unique/representative/exact/semantic), keep."),
         "dedup_cluster_report": dg.AssetOut(description="The top-N largest clusters with example members."),
         "dedup_summary": dg.AssetOut(description="Per source: before, after, removed within source, "
-                                     "removed as duplicate of another source."),
+                                     "removed as duplicate of another source (metadata: also per language)."),
     },
     ins={"merged_prompts": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
          "prompt_embeddings": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     group_name=GROUP, can_subset=False,
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="dedup_clusters", blocking=True)],
 )
 def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig,
                    registry: SourceRegistryResource, merged_prompts: pa.Table, prompt_embeddings: pa.Table):
     reg = registry.load()
     priorities = {s.key: s.priority for s in reg.sources}
     kinds = {s.key: s.kind for s in reg.sources}
-    res = cluster_prompts(merged_prompts, prompt_embeddings, priorities, kinds, config, log=context.log.info)
+    try:  # every source of the fan-in, also those with no rows
+        sources = list(context.asset_partition_keys_for_input("merged_prompts"))
+    except Exception:  # noqa: BLE001 - unpartitioned use: the sources present in the data
+        sources = None
+    res = cluster_prompts(merged_prompts, prompt_embeddings, priorities, kinds, config, log=context.log.info,
+                          sources=sources, model_threshold=default_threshold)
     c = res.clusters
-    removed = int(c.num_rows - pc.sum(c["keep"]).as_py()) if c.num_rows else 0
-    # accounting of what survives: rows_in = kept + removed (the table itself labels every row)
-    acc = Accounting(rows_in=c.num_rows, rows_out=c.num_rows - removed)
-    acc.removed_by_reason.update(r for r in c["removed_reason"].to_pylist() if r)
-    md_summary = summary_markdown(res.summary)
+    kept = int(pc.sum(c["keep"]).as_py() or 0) if c.num_rows else 0
+    # rows_in = every source's merged prompts as loaded; out = rows labelled keep; removed by the
+    # table's own reasons: a record the clustering loses makes the check fail
+    acc = Accounting(rows_in=merged_prompts.num_rows, rows_out=kept)
+    acc.removed_by_reason.update(r for k, r in zip(c["keep"].to_pylist(), c["removed_reason"].to_pylist()) if not k)
+    md_summary = summary_markdown(res.summary, res.by_language)
     context.log.info("dedup summary:\n" + md_summary)
     yield dg.Output(c, output_name="dedup_clusters", metadata=stage_metadata(
         c, acc, preview_columns=["all_prompt_id", "cluster_id", "representative_id", "similarity", "match"],
-        extra={**{k: v for k, v in res.stats.items()}, "summary": dg.MetadataValue.md(md_summary),
+        extra={**{k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in res.stats.items()},
+               "summary": dg.MetadataValue.md(md_summary),
+               "by_language": dg.MetadataValue.md(language_markdown(res.by_language)),
                "sources": dg.MetadataValue.json(sorted(set(c["source"].to_pylist())))}))
     yield dg.Output(res.report, output_name="dedup_cluster_report", metadata={
         "dagster/row_count": res.report.num_rows,
         "top_clusters": dg.MetadataValue.md(markdown_preview(
             res.report, n=20, columns=["cluster_id", "size", "sources", "min_similarity", "representative_prompt"]))})
     yield dg.Output(res.summary, output_name="dedup_summary", metadata={
-        "dagster/row_count": res.summary.num_rows, "summary": dg.MetadataValue.md(md_summary)})
+        "dagster/row_count": res.summary.num_rows, "summary": dg.MetadataValue.md(md_summary),
+        "by_language": dg.MetadataValue.md(language_markdown(res.by_language)),
+        "threshold": res.stats["threshold"], "unrepresentable": res.stats["unrepresentable"]})
+    yield accounting_check(acc, asset_key="dedup_clusters")
 
 
 @dg.asset(

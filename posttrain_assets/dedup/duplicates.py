@@ -18,7 +18,10 @@ CLUSTERS_SCHEMA = pa.schema([
     ("representative_id", pa.string()), ("representative_source", pa.string()),
     ("similarity", pa.float32()), ("match", pa.string()), ("cluster_size", pa.int64()),
     ("keep", pa.bool_()), ("removed_reason", pa.string()),
+    ("language", pa.string()), ("representable", pa.bool_()),
 ])
+UNDETERMINED = "und"
+EMBEDDING_METHODS = ("faiss_graph", "dbscan")
 
 
 @dataclass
@@ -27,6 +30,28 @@ class DedupResult:
     report: pa.Table
     summary: pa.Table
     stats: dict = field(default_factory=dict)
+    by_language: Optional[pa.Table] = None
+
+
+def resolve_threshold(cfg, embeddings: pa.Table, rows: Optional[np.ndarray] = None,
+                      model_threshold: Optional[Callable[[Optional[str]], float]] = None
+                      ) -> tuple[float, str, Optional[str]]:
+    """(threshold, where it came from, embedding model): the config's value when set, else the
+    calibrated default of the model that made the embeddings (one model only). `model_threshold`:
+    model name -> default threshold (default: resources.embeddings.default_threshold)."""
+    if model_threshold is None:
+        from resources.embeddings import default_threshold as model_threshold
+    model = None
+    if "model" in embeddings.column_names and embeddings.num_rows:
+        col = embeddings["model"] if rows is None else embeddings["model"].take(pa.array(rows, pa.int64()))
+        models = sorted(m for m in pc.unique(pc.cast(col, pa.string())).to_pylist() if m)
+        if len(models) > 1:
+            raise ValueError(f"the prompt embeddings come from {len(models)} models ({', '.join(models)}): "
+                             "re-materialise prompt_embeddings for every source with one model")
+        model = models[0] if models else None
+    if cfg.threshold is not None:
+        return float(cfg.threshold), "config", model
+    return float(model_threshold(model)), f"default of {model or 'an unknown model'}", model
 
 
 def _richness(t: pa.Table) -> np.ndarray:
@@ -40,10 +65,18 @@ def _richness(t: pa.Table) -> np.ndarray:
 
 def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str, int],
                     kinds: dict[str, str], cfg,
-                    log: Optional[Callable[[str], None]] = None) -> DedupResult:
+                    log: Optional[Callable[[str], None]] = None,
+                    sources: Optional[list[str]] = None,
+                    model_threshold: Optional[Callable[[Optional[str]], float]] = None) -> DedupResult:
     """Pure: every source's merged prompts + embeddings -> per-record clusters, report, summary.
-    `cfg`: the fields of `DedupConfig` (method, threshold, scope, ...)."""
+    `cfg`: the fields of `DedupConfig` (method, threshold, scope, cross_language, ...); `sources`:
+    every source of the run (sources without rows get a summary row of zeros).
+
+    Semantic links (faiss_graph, dbscan) join only prompts the model can represent (embedding
+    column `representable`) and, unless `cfg.cross_language`, of the same `language` (when
+    merged has that column). Exact duplicates (same normalised prompt) are joined regardless."""
     t0 = time.monotonic()
+    run_sources = sources
     n = merged.num_rows
     ids = merged["all_prompt_id"].to_pylist()
     sources = merged["source"].to_pylist()
@@ -53,7 +86,16 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
     if missing:
         raise ValueError(f"{len(missing)} merged prompts have no embedding (e.g. {missing[0]!r}); "
                          "re-materialise prompt_embeddings for their sources")
-    X = vectors_of(embeddings)[np.fromiter((pos[p] for p in ids), np.int64, n)] if n else np.zeros((0, 0), np.float32)
+    rows = np.fromiter((pos[p] for p in ids), np.int64, n)
+    X = vectors_of(embeddings)[rows] if n else np.zeros((0, 0), np.float32)
+    threshold, threshold_source, model = resolve_threshold(cfg, embeddings, rows, model_threshold)
+    if "representable" in embeddings.column_names and n:
+        rep = np.asarray(embeddings["representable"].take(pa.array(rows)).fill_null(True), bool)
+    else:
+        rep = np.ones(n, bool)
+    has_language = "language" in merged.column_names
+    langs = ([(x or UNDETERMINED) for x in merged["language"].to_pylist()] if has_language
+             else [UNDETERMINED] * n)
 
     # prompt groups: (source, normalised prompt)
     group_of: dict[tuple, int] = {}
@@ -73,6 +115,7 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
             g_lead[g_idx[i]] = i
     g_hash = [hashes[i] for i in g_lead]
     g_kind = [kinds.get(sources[i], "") for i in g_lead]
+    g_lang = [langs[i] for i in g_lead]
 
     # exact: groups with the same normalised prompt (across sources)
     scope_key = (lambda g: (g_kind[g], g_hash[g])) if cfg.scope == "kind" else (lambda g: g_hash[g])
@@ -83,24 +126,34 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
         if f != g:
             ex_src.append(g)
             ex_dst.append(f)
-    # semantic: one vector per distinct normalised prompt
+    # semantic: one vector per distinct normalised prompt, in buckets (kind, language) that are
+    # never compared with each other; prompts the model cannot represent take no part
     uniq = np.array(sorted(set(first_with.values())), np.int64)
-    sem_src, sem_dst = [], []
+    by_lang = has_language and not cfg.cross_language
+    uniq_rep = rep[g_lead[uniq]] if len(uniq) else np.zeros(0, bool)
     stats: dict = {"records": n, "prompt_groups": n_groups, "distinct_prompts": len(uniq),
-                   "method": cfg.method, "threshold": cfg.threshold}
-    buckets = ([uniq] if cfg.scope != "kind" else
-               [uniq[[g_kind[g] == k for g in uniq]] for k in sorted(set(g_kind))])
+                   "method": cfg.method, "threshold": threshold, "threshold_source": threshold_source,
+                   "embedding_model": model or "", "unrepresentable": int((~uniq_rep).sum()),
+                   "language_rule": ("semantic merges within one language" if by_lang else
+                                     "off (cross_language)" if has_language else "no language column")}
+    candidates = uniq[uniq_rep] if cfg.method in EMBEDDING_METHODS else uniq
+    bucket_key = lambda g: ((g_kind[g] if cfg.scope == "kind" else ""), (g_lang[g] if by_lang else ""))  # noqa: E731
+    members: dict[tuple, list[int]] = {}
+    for g in candidates.tolist():
+        members.setdefault(bucket_key(g), []).append(g)
+    buckets = [np.asarray(members[k], np.int64) for k in sorted(members)]
+    sem_src, sem_dst = [], []
     for bucket in buckets:
         if len(bucket) < 2:
             continue
         if cfg.method == "faiss_graph":
-            lab, gs = faiss_graph(X[g_lead[bucket]], cfg.threshold, exact_max_n=cfg.exact_max_n,
+            lab, gs = faiss_graph(X[g_lead[bucket]], threshold, exact_max_n=cfg.exact_max_n,
                                   nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed,
                                   max_neighbors=cfg.max_neighbors, log=log)
             stats.update(search=gs.method, nlist=gs.nlist, nprobe=gs.nprobe,
                          edges=stats.get("edges", 0) + gs.edges)
         elif cfg.method == "dbscan":
-            lab = dbscan_labels(X[g_lead[bucket]], cfg.threshold)
+            lab = dbscan_labels(X[g_lead[bucket]], threshold)
         elif cfg.method == "minhash":
             texts = merged["prompt"].take(pa.array(g_lead[bucket])).to_pylist()
             lab = minhash_labels(texts, cfg.minhash_threshold, cfg.minhash_num_perm, cfg.minhash_ngram,
@@ -146,10 +199,14 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
         "similarity": sim, "match": match,
         "cluster_size": cluster_sizes[g_label[g_idx]].astype(np.int64) if n else [],
         "keep": keep, "removed_reason": reason,
+        "language": langs if has_language else [None] * n, "representable": rep,
     }, schema=CLUSTERS_SCHEMA)
     stats["clusters_multi"] = int((cluster_sizes > 1).sum())
+    by_language = language_summary(clusters)
+    stats["languages"] = {r["language"]: r["before"] for r in by_language.to_pylist()}
     stats["seconds"] = round(time.monotonic() - t0, 3)
-    return DedupResult(clusters, cluster_report(clusters, merged, cfg.top_n), dedup_summary(clusters), stats)
+    return DedupResult(clusters, cluster_report(clusters, merged, cfg.top_n), dedup_summary(clusters, run_sources),
+                       stats, by_language)
 
 
 REPORT_SCHEMA = pa.schema([
@@ -194,9 +251,11 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
-def dedup_summary(clusters: pa.Table) -> pa.Table:
-    """Per source: before, after, removed within the source, removed as a duplicate of another."""
-    out = {}
+def dedup_summary(clusters: pa.Table, sources: Optional[list[str]] = None) -> pa.Table:
+    """Per source: before, after, removed within the source, removed as a duplicate of another.
+    `sources`: also list these (a source without rows gets zeros)."""
+    out = {s: {"source": s, "before": 0, "after": 0, "removed_within_source": 0, "removed_other_source": 0,
+               "removed_exact": 0, "removed_semantic": 0} for s in (sources or [])}
     for s, keep, reason, match in zip(*(clusters[c].to_pylist() for c in ("source", "keep", "removed_reason", "match"))):
         r = out.setdefault(s, {"source": s, "before": 0, "after": 0, "removed_within_source": 0,
                                "removed_other_source": 0, "removed_exact": 0, "removed_semantic": 0})
@@ -209,8 +268,42 @@ def dedup_summary(clusters: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(sorted(out.values(), key=lambda r: r["source"]), schema=SUMMARY_SCHEMA)
 
 
-def summary_markdown(summary: pa.Table) -> str:
-    return markdown_preview(summary, n=summary.num_rows or 1)
+LANGUAGE_SCHEMA = pa.schema([
+    ("language", pa.string()), ("before", pa.int64()), ("after", pa.int64()),
+    ("removed_exact", pa.int64()), ("removed_semantic", pa.int64()), ("unrepresentable", pa.int64()),
+])
+
+
+def language_summary(clusters: pa.Table) -> pa.Table:
+    """Per language (the merged prompts' `language`; 'und' when absent): before, after, removed
+    as exact / semantic duplicates, and records the embedding model cannot represent."""
+    out: dict[str, dict] = {}
+    cols = ("language", "keep", "match", "representable")
+    for lang, keep, match, rep in zip(*(clusters[c].to_pylist() for c in cols)):
+        lang = lang or UNDETERMINED
+        r = out.setdefault(lang, {"language": lang, "before": 0, "after": 0, "removed_exact": 0,
+                                  "removed_semantic": 0, "unrepresentable": 0})
+        r["before"] += 1
+        r["after"] += bool(keep)
+        if not keep:
+            r["removed_exact" if match == "exact" else "removed_semantic"] += 1
+        r["unrepresentable"] += not rep
+    return pa.Table.from_pylist(sorted(out.values(), key=lambda r: (-r["before"], r["language"])),
+                                schema=LANGUAGE_SCHEMA)
+
+
+def language_markdown(by_language: Optional[pa.Table]) -> str:
+    if by_language is None:
+        return "_(no rows)_"
+    return markdown_preview(by_language, n=by_language.num_rows or 1)
+
+
+def summary_markdown(summary: pa.Table, by_language: Optional[pa.Table] = None) -> str:
+    """The per-source table, then (when given) the per-language table."""
+    md = markdown_preview(summary, n=summary.num_rows or 1)
+    if by_language is not None and by_language.num_rows:
+        md += "\n\nBy language:\n\n" + language_markdown(by_language)
+    return md
 
 
 def select_survivors(merged: pa.Table, clusters: pa.Table, source: str) -> tuple[pa.Table, list[RowIssue], Accounting]:

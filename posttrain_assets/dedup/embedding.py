@@ -1,27 +1,48 @@
-"""Prompt embeddings: what is embedded, chunked resumable encoding, the run fingerprint."""
+"""Prompt embeddings: what is embedded, chunked resumable encoding, the run fingerprint.
+
+Table: all_prompt_id, embedding (fixed-size float32 list), representable (the model can represent
+every part of the prompt: see `EmbeddingClient.representable`), model (the embedding model)."""
 
 from dataclasses import dataclass
 import hashlib
+import os
+import signal
 import time
 from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
 
+MODEL_TYPE = pa.dictionary(pa.int32(), pa.string())
 
-def embeddings_table(ids: list[str], vectors: np.ndarray) -> pa.Table:
-    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    if dim <= 0:
+        raise ValueError(f"embedding dimension must be positive, got {dim}")
+    return pa.schema([("all_prompt_id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)),
+                      ("representable", pa.bool_()), ("model", MODEL_TYPE)])
+
+
+def embeddings_table(ids: list[str], vectors: np.ndarray, representable: Optional[np.ndarray] = None,
+                     model: Optional[str] = None, dim: Optional[int] = None) -> pa.Table:
+    """`dim` is needed only for an empty table (0 rows carry no dimension)."""
+    dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else dim
+    schema = embeddings_schema(dim or 0)
+    n = len(ids)
     flat = pa.array(np.ascontiguousarray(vectors, np.float32).ravel(), pa.float32())
-    return pa.table({"all_prompt_id": pa.array(ids, pa.string()),
-                     "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
+    rep = np.ones(n, bool) if representable is None else np.asarray(representable, bool)
+    return pa.Table.from_arrays([
+        pa.array(ids, pa.string()), pa.FixedSizeListArray.from_arrays(flat, dim),
+        pa.array(rep, pa.bool_()), pa.array([model] * n, pa.string()).dictionary_encode().cast(MODEL_TYPE),
+    ], schema=schema)
 
 
 def vectors_of(table: pa.Table, column: str = "embedding") -> np.ndarray:
     col = table[column].combine_chunks()
+    dim = getattr(col.type, "list_size", 0)
     if len(col) == 0:
-        return np.zeros((0, 0), np.float32)
-    dim = col.type.list_size
-    return col.values.to_numpy(zero_copy_only=False).reshape(len(col), dim).astype(np.float32, copy=False)
+        return np.zeros((0, dim), np.float32)
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim).astype(np.float32, copy=False)
 
 
 @dataclass
@@ -33,11 +54,28 @@ class EmbedRun:
     seconds: float
 
 
+_CHUNKS_ENCODED = 0
+
+
+def _test_kill_point() -> None:
+    """Tests only: with POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS=k the process SIGKILLs itself
+    right after writing its k-th encoded chunk, so a resume test knows exactly what is on disk."""
+    global _CHUNKS_ENCODED
+    _CHUNKS_ENCODED += 1
+    after = os.environ.get("POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS")
+    if after and _CHUNKS_ENCODED >= int(after):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def embed_in_chunks(ids: list[str], parts: list[tuple[str, str]], encode: Callable[[list[str]], np.ndarray],
                     *, fingerprint: str, chunk_rows: int, store, chunk_dir: str,
+                    representable: Optional[Callable[[list[str]], np.ndarray]] = None,
+                    model: Optional[str] = None, dim: Optional[Callable[[], int]] = None,
                     log: Optional[Callable[[str], None]] = None) -> EmbedRun:
     """Embed length-sorted chunks, each saved atomically as it finishes; finished chunks of an
-    interrupted run with the same fingerprint are reused. Returns vectors in input order."""
+    interrupted run with the same fingerprint are reused. Returns vectors in input order.
+    `representable(texts)` -> bool per text (None: all); `dim()` -> the model's dimension, asked
+    only for an empty input (whose table is still typed: vectors are 2 x dim)."""
     t0 = time.monotonic()
     order = sorted(range(len(parts)), key=lambda i: (len(parts[i][0]) + len(parts[i][1]), i))
     n_chunks = (len(order) + chunk_rows - 1) // chunk_rows
@@ -53,11 +91,15 @@ def embed_in_chunks(ids: list[str], parts: list[tuple[str, str]], encode: Callab
                 pieces.append(part)
                 resumed += 1
                 continue
-        vecs = conversation_vectors([parts[i] for i in idx], encode)
-        part = embeddings_table([ids[i] for i in idx], vecs)
+        chunk_parts = [parts[i] for i in idx]
+        # representability first: a model may reuse its tokenisation in the encode that follows
+        rep = conversation_representable(chunk_parts, representable) if representable else None
+        vecs = conversation_vectors(chunk_parts, encode)
+        part = embeddings_table([ids[i] for i in idx], vecs, rep, model)
         store.write(part, path)
         pieces.append(part)
         encoded += len(idx)
+        _test_kill_point()
         if log:
             done = min((c + 1) * chunk_rows, len(order))
             rate = encoded / max(time.monotonic() - t0, 1e-9)
@@ -67,7 +109,10 @@ def embed_in_chunks(ids: list[str], parts: list[tuple[str, str]], encode: Callab
         position = {pid: i for i, pid in enumerate(table["all_prompt_id"].to_pylist())}
         table = table.take(pa.array([position[x] for x in ids], pa.int64()))
     else:
-        table = embeddings_table([], np.zeros((0, 0), np.float32))
+        if dim is None:
+            raise ValueError("embed_in_chunks: an empty input needs `dim` (the model's dimension)")
+        size = 2 * int(dim())  # [final turn ; earlier turns]
+        table = embeddings_table([], np.zeros((0, size), np.float32), model=model, dim=size)
     return EmbedRun(table, n_chunks, resumed, encoded, time.monotonic() - t0)
 
 
@@ -99,10 +144,20 @@ def conversation_vectors(parts: list[tuple[str, str]], encode: Callable[[list[st
     return np.hstack([finals, context]).astype(np.float32) / np.float32(np.sqrt(2.0))
 
 
+def conversation_representable(parts: list[tuple[str, str]],
+                               representable: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """A prompt is representable when its final turn and its earlier turns (if any) both are."""
+    ok = np.asarray(representable([f for f, _ in parts]), bool).copy()
+    multi = [i for i, (_, c) in enumerate(parts) if c]
+    if multi:
+        ok[multi] &= np.asarray(representable([parts[i][1] for i in multi]), bool)
+    return ok
+
+
 def embedding_fingerprint(model: str, normalize: bool, max_seq_length, ids: list[str],
-                          parts: list[tuple[str, str]]) -> str:
+                          parts: list[tuple[str, str]], options: str = "") -> str:
     h = hashlib.blake2b(digest_size=12)
-    h.update(f"{model}|{normalize}|{max_seq_length}|conversation-v1".encode())
+    h.update(f"{model}|{normalize}|{max_seq_length}|{options}|conversation-v2".encode())
     for i, (f, c) in zip(ids, parts):
         h.update(i.encode() + b"\x00" + hashlib.blake2b(f"{f}\x1f{c}".encode(), digest_size=8).digest())
     return h.hexdigest()
