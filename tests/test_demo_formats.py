@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from .conftest import REPO
 
 REGISTRY = REPO / "tests" / "data" / "demo_formats_registry.yaml"
-PER_SOURCE = ("raw_records", "merged_prompts", "prompt_embeddings", "deduplicated_prompts", "sft_records",
+PER_SOURCE = ("merged_prompts", "prompt_embeddings", "deduplicated_prompts", "sft_records",
               "cot_records", "preference_records", "difficulty_scores", "selected_seeds")
 
 
@@ -33,9 +33,16 @@ def test_demo_on_every_format_and_an_all_rejected_source(tmp_path):
     assert ("sharegpt_as_generic: all 40 rows of 'sharegpt_as_generic' rejected: not_text on field "
             "'conversations[0]' (turn 0: expected a string, got dict)") in out.stdout
     con = duckdb.connect(str(tmp_path / "storage" / "catalog.duckdb"), read_only=True)
-    for asset in PER_SOURCE:  # the bad source has an empty table, with its schema, in every per-source asset
+    assert pq.read_table(tmp_path / "storage" / "raw_records" / "source=sharegpt_as_generic" / "data.parquet"
+                         ).num_rows == 40  # loaded fine: the rows fail at the merge
+    assert "self_instruct: all" not in out.stdout  # rows removed by policy only are no failure
+    for asset in PER_SOURCE:  # the bad source has an empty table, with its schema, in every later asset
         t = pq.read_table(tmp_path / "storage" / asset / "source=sharegpt_as_generic" / "data.parquet")
         assert t.num_rows == 0 and t.schema.names == pq.read_schema(
             tmp_path / "storage" / asset / "source=gsm8k" / "data.parquet").names, asset
+    # the Alpaca slice is the Self-Instruct seed tasks reshaped: every row is a cross-source duplicate
+    assert con.execute("SELECT count(*), count(*) FILTER (WHERE NOT keep AND representative_source = "
+                       "'self_instruct') FROM dedup_clusters WHERE source = 'alpaca_seed_tasks'").fetchall() == [(40, 40)]
     scored = dict(con.execute("SELECT source, count(*) FROM difficulty_scores GROUP BY 1").fetchall())
-    assert {"alpaca_seed_tasks", "sharegpt_glaive_toolcall", "messages_kto_mix"} <= set(scored)
+    assert scored == {"gsm8k": 12, "self_instruct": 12, "oasst_en": 12, "oasst2_labelled": 12,
+                      "sharegpt_glaive_toolcall": 12, "messages_kto_mix": 12}

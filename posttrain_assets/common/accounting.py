@@ -113,10 +113,11 @@ class Accounting:
 
 
 def all_rejected_message(source: str, acc: Accounting, issues: list[RowIssue], top: int = 3) -> str | None:
-    """One line when a source's rows all failed this stage, naming the source and the top reasons:
+    """One line when no row of a source passed this stage and some were rejected (bad input),
+    naming the source and the top reasons:
     "all 80 rows of 'mtbench' rejected: not_text on field 'turns' (expected a string, got list)"."""
-    if acc.rows_in == 0 or acc.rows_out > 0:
-        return None
+    if acc.rows_in == 0 or acc.rows_out > 0 or acc.rejected == 0:
+        return None  # rows removed by policy only (e.g. no ranked replies to pair) are no failure
     groups: dict[tuple, list[RowIssue]] = {}
     for it in issues:
         groups.setdefault((it.reason, it.field), []).append(it)
@@ -127,5 +128,5 @@ def all_rejected_message(source: str, acc: Accounting, issues: list[RowIssue], t
         if members[0].detail:
             text += f" ({members[0].detail})"
         parts.append(text + (f" x{len(members)}" if len(ranked) > 1 else ""))
-    verb = "rejected" if acc.removed == 0 else ("removed" if acc.rejected == 0 else "rejected or removed")
+    verb = "rejected" if acc.removed == 0 else "rejected or removed"
     return f"all {acc.rows_in} rows of {source!r} {verb}: " + "; ".join(parts)
