@@ -30,6 +30,20 @@ SCHEMA_Q = [{"role": "user", "content": "Capital of France? JSON."}]
 GSM = REPO / "posttrain_assets" / "sample_data" / "gsm8k" / "train_300.jsonl"
 
 
+def schema_check(be, res: dict) -> None:
+    """A JSON-schema request through the backend: the text, whether it parses, whether it has the keys."""
+    from resources.llm.base import Decoding
+
+    (v,) = be.chat([SCHEMA_Q], Decoding(max_tokens=40), SCHEMA)
+    res["schema_text"] = texts(v)[0]
+    try:
+        obj = json.loads(v[0].text)
+        res["schema_parses"] = True
+        res["schema_has_keys"] = set(obj) >= {"answer", "confident"}
+    except Exception as exc:  # noqa: BLE001
+        res["schema_parses"] = f"no: {exc}"
+
+
 def gsm(n: int) -> list[dict]:
     return [json.loads(line) for line in GSM.read_text().splitlines()[:n]]
 
@@ -109,14 +123,7 @@ def cmd_engine(out: str, dtype: str = "auto") -> None:
     res["sampled_q4_identical"] = texts(alone[4]) == texts(in_batch[4])
     res["sampled_identical_of_8"] = sum(texts(a) == texts(b) for a, b in zip(alone, in_batch))
 
-    (v,) = be.chat([SCHEMA_Q], Decoding(max_tokens=40), SCHEMA)
-    res["schema_text"] = texts(v)[0]
-    try:
-        obj = json.loads(v[0].text)
-        res["schema_parses"] = True
-        res["schema_has_keys"] = set(obj) >= {"answer", "confident"}
-    except Exception as exc:  # noqa: BLE001
-        res["schema_parses"] = f"no: {exc}"
+    schema_check(be, res)
     dump(out, res)
 
     p = be.chat_prompt(Q)
@@ -221,15 +228,8 @@ def cmd_serve(out: str, engine_json: str, log_path: str) -> None:
         alone = be.chat([batch[4]], d)[0]
         res["sampled_q4_alone"], res["sampled_q4_in_batch"] = texts(alone), texts(in_batch[4])
         res["sampled_q4_identical"] = texts(alone) == texts(in_batch[4])
-        (v,) = be.chat([SCHEMA_Q], Decoding(max_tokens=40), SCHEMA)
-        res["schema_text"] = texts(v)[0]
+        schema_check(be, res)
         res["schema_supported_flag"] = be.schema_supported
-        try:
-            obj = json.loads(v[0].text)
-            res["schema_parses"] = True
-            res["schema_has_keys"] = set(obj) >= {"answer", "confident"}
-        except Exception as exc:  # noqa: BLE001
-            res["schema_parses"] = f"no: {exc}"
         dump(out, res)
         if eng.get("chat_prompt_2plus3"):
             p = eng["chat_prompt_2plus3"]
