@@ -85,6 +85,7 @@ class LoaderSpec:
     split: str = "train"
     revision: str | None = None
     limit: int | None = None  # read at most this many rows per file (None = all)
+    offset: int = 0  # skip this many rows of each file first (with limit: one shard of a large source)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def default_registry_path() -> str:
 _TOP_KEYS = {"version", "sources"}
 _SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
                 "description", "priority", "dedup_key", "turns"}
-_LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit"}
+_LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit", "offset"}
 
 
 def _fail(where: str, src: str | None, fld: str | None, msg: str) -> RegistryError:
@@ -237,6 +238,9 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     limit = loader_raw.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise _fail(where, label, "loader.limit", f"must be a positive integer, got {limit!r}")
+    offset = loader_raw.get("offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise _fail(where, label, "loader.offset", f"must be a non-negative integer, got {offset!r}")
     for name in ("path", "hub", "config", "split", "revision"):
         v = loader_raw.get(name)
         if v is not None and not isinstance(v, str):
@@ -244,7 +248,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     loader = LoaderSpec(
         path=loader_raw.get("path"), format=fmt, hub=loader_raw.get("hub"),
         config=loader_raw.get("config"), split=loader_raw.get("split") or "train",
-        revision=loader_raw.get("revision"), limit=limit,
+        revision=loader_raw.get("revision"), limit=limit, offset=offset,
     )
 
     priority = raw.get("priority", 100)

@@ -46,19 +46,20 @@ records_job = dg.define_asset_job(
     description="Per source: deduplicated_prompts -> sft_records, cot_records, preference_records.")
 #: Per source: LLM difficulty scores, then seed selection.
 scoring_job = dg.define_asset_job(
-    "scoring_job", selection=dg.AssetSelection.groups("scoring", "selection"),
+    "scoring_job", selection=dg.AssetSelection.groups("scoring") | dg.AssetSelection.assets("selected_seeds"),
     partitions_def=source_partitions, description="Per source: difficulty_scores -> selected_seeds.")
-#: Per source: synthetic data from the seeds (Evol-Instruct; generate-from-seed with an LLM filter).
-#: Not in the demo yet (issue 9 is in progress): launch it from the UI or `dagster job launch`.
+#: Per source: synthetic data from the seeds (generate-from-seed with an LLM filter, the hard problems
+#: by our own pass rates, Evol-Instruct).
 synthesis_job = dg.define_asset_job(
-    "synthesis_job", selection=dg.AssetSelection.groups("synthesis"), partitions_def=source_partitions,
-    description="Per source: evolved_instructions; generated_solutions + solution_pass_rates.")
+    "synthesis_job", selection=dg.AssetSelection.groups("synthesis") | dg.AssetSelection.assets("hard_problems"),
+    partitions_def=source_partitions,
+    description="Per source: generated_solutions + solution_pass_rates -> hard_problems; evolved_instructions.")
 #: Global: the Hugging Face export.
 export_job = dg.define_asset_job(
     "export_job", selection=dg.AssetSelection.groups("export"),
     description="Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).")
 
-PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, export_job]  # the order the demo runs them in
+PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, synthesis_job, export_job]  # the order the demo runs them in
 
 
 def build_resources() -> dict:
@@ -79,7 +80,7 @@ def build_resources() -> dict:
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[*PIPELINE, synthesis_job],
+    jobs=PIPELINE,
     sensors=[sources_registry_sensor],
     resources=build_resources(),
 )

@@ -21,11 +21,23 @@ from resources.storage import StorageResource
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-#: demo-sized LLM work on 2 CPU cores: 12 items per source, 2 samples, short answers (README)
-DEMO_RUN_CONFIG = {"scoring_job": {"ops": {
-    "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 96,
-                                     "max_input_chars": 1500, "max_gold_chars": 1000}},
-    "selected_seeds": {"config": {"total_samples": 60}}}}}
+#: demo-sized LLM work on 2 CPU cores (README): scoring 12 items per source, 2 samples, short
+#: answers; synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions
+DEMO_RUN_CONFIG = {
+    "scoring_job": {"ops": {
+        "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 96,
+                                         "max_input_chars": 1500, "max_gold_chars": 1000}},
+        "selected_seeds": {"config": {"total_samples": 60}}}},
+    "synthesis_job": {"ops": {
+        "evolved_instructions": {"config": {"max_prompts": 2, "rounds": 2, "evolve_max_tokens": 64,
+                                            "judge_max_tokens": 48, "answer_max_tokens": 96,
+                                            "max_input_chars": 1500}},
+        # the 135M judge writes an unparseable verdict for about a third of free-form answers
+        # (counted judge_failed rejects, never accepted): the demo allows that many
+        "generated_solutions": {"config": {"max_problems": 3, "n": 2, "max_tokens": 128,
+                                           "judge_max_tokens": 48, "judge_max_chars": 1000,
+                                           "max_input_chars": 1500, "max_judge_failure_rate": 0.75}}}},
+}
 
 
 def ensure_instance() -> dg.DagsterInstance:
@@ -69,9 +81,19 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
             r["llm_calls"] = _meta(ev, "llm_calls")
         elif name == "selected_seeds":
             r["selected"] = _meta(ev, "rows_out")
+        elif name == "evolved_instructions":
+            r["evolved"] = _meta(ev, "output_rows", 0)
+            r["evol_funnel"] = _meta(ev, "funnel_json", {})
+            r["evol_eliminated"] = _meta(ev, "eliminated_by_rule", {})
+        elif name == "generated_solutions":
+            r["solutions"] = _meta(ev, "rows_out")
+            r["solutions_funnel"] = _meta(ev, "funnel_json", {})
+        elif name == "hard_problems":
+            r["hard"] = _meta(ev, "rows_out")
         elif name == "hf_parquet":
             global_stats["export"] = {k: _meta(ev, k) for k in ("rows_sft", "rows_cot", "rows_preference",
-                                                                "ties_excluded", "export_dir", "hub_status")}
+                                                                "rows_evol", "rows_generated", "ties_excluded",
+                                                                "export_dir", "hub_status")}
         elif name == "dedup_clusters":
             global_stats["dedup"] = {k: _meta(ev, k) for k in ("method", "search", "threshold",
                                                                "distinct_prompts", "clusters_multi")}
@@ -79,7 +101,7 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
 
 def summarise(results: dict[str, dict]) -> str:
     head = ["source", "kind", "raw rows", "raw rejected", "records in", "kept", "removed",
-            "rejected", "reasons", "after dedup", "scored", "seeds", "seconds"]
+            "rejected", "reasons", "after dedup", "scored", "seeds", "evolved", "solutions", "hard", "seconds"]
     rows = []
     for key, r in results.items():
         reasons = {**r.get("raw_rejected_by", {}), **r.get("rejected_by", {}), **r.get("removed_by", {})}
@@ -88,12 +110,36 @@ def summarise(results: dict[str, dict]) -> str:
                      r.get("rejected", "-"),
                      ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "-",
                      r.get("dedup_kept", "-"), r.get("scored", "-"), r.get("selected", "-"),
+                     r.get("evolved", "-"), r.get("solutions", "-"), r.get("hard", "-"),
                      f"{r['seconds']:.1f}" if "seconds" in r else "-"])
         if r.get("error"):
             rows[-1][8] = "FAILED (see below)"
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def synthesis_funnels(results: dict[str, dict]) -> str:
+    """One line per source and synthetic asset: the funnel the asset's metadata holds."""
+    lines = []
+    for key, r in results.items():
+        f = r.get("evol_funnel") or {}
+        if f:
+            steps = {op: c for op, c in f.items() if op != "round"}
+            rnd = f.get("round", {})
+            evolved = " ".join(f"{op} {c.get('in', 0)}->{c.get('survived', 0)}" for op, c in steps.items())
+            elim = ", ".join(f"{k}={v}" for k, v in sorted((r.get("evol_eliminated") or {}).items()) if v) or "none"
+            lines.append(f"  {key} evolved_instructions: {evolved}; eliminated: {elim}; judged "
+                         f"{rnd.get('judged', 0)} -> accepted {rnd.get('accepted', 0)} -> answered "
+                         f"{rnd.get('answered', 0)} -> rows {rnd.get('out', 0)}")
+        g = r.get("solutions_funnel") or {}
+        if g:
+            lines.append(f"  {key} generated_solutions: problems {g.get('problems', 0)}, solutions "
+                         f"{g.get('requested', 0)} -> generated {g.get('generated', 0)} -> verdicts "
+                         f"{g.get('verdicts', 0)} (math-verify {g.get('verified_by_math_verify', 0)}, judge "
+                         f"{g.get('verified_by_judge', 0)}) -> correct {g.get('correct', 0)} -> kept "
+                         f"{g.get('kept', 0)}; judge failures {g.get('judge_failures', 0)}")
+    return "\n".join(lines)
 
 
 def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
@@ -152,6 +198,10 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
         print(f"\nGlobal dedup ({d.get('method')}, {d.get('search') or ''} search, cosine >= {d.get('threshold')}; "
               f"{d.get('distinct_prompts')} distinct prompts, {d.get('clusters_multi')} clusters with duplicates):")
         print(global_stats["dedup_summary"])
+    funnels = synthesis_funnels(results)
+    if funnels:
+        print("\nSynthesis funnels (demo-sized: 2 seeds evolved for 2 rounds, 3 problems x 2 solutions per source):")
+        print(funnels)
     for key, r in results.items():
         if r.get("all_rejected"):
             print(f"\n{key}: {r['all_rejected']} (its later steps ran on an empty table)")
@@ -160,7 +210,8 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
     if global_stats.get("export"):
         e = global_stats["export"]
         print(f"\nHugging Face export: sft {e['rows_sft']}, cot {e['rows_cot']}, preference "
-              f"{e['rows_preference']} rows (ties excluded: {e['ties_excluded']}) -> {e['export_dir']}")
+              f"{e['rows_preference']}, evol {e['rows_evol']}, generated {e['rows_generated']} rows "
+              f"(ties excluded: {e['ties_excluded']}) -> {e['export_dir']}")
         print(f"  hub: {e['hub_status']}")
     if global_stats.get("error"):
         print(f"\nglobal step FAILED: {global_stats['error']}")

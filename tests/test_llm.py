@@ -13,6 +13,7 @@ import pytest
 
 from resources.llm import (Decoding, LLMCache, LLMError, LLMResource, LogprobsUnsupported, ModelSpec, Task,
                            cache_key, embedded_model_dir, parse_json_answer)
+from resources.llm.base import json_prefill
 from resources.llm.openai_backend import request_body, response_format
 from resources.llm.vllm_backend import vllm_engine_kwargs, vllm_sampling_kwargs
 
@@ -191,14 +192,23 @@ VERDICT = {"type": "object", "properties": {"answer": {"type": "string"}, "confi
            "required": ["answer", "confident"]}
 
 
+#: the shape of the synthesis judges' verdicts (judge_answer: {"correct", "reason"})
+JUDGE_VERDICT = {"type": "object", "properties": {"correct": {"type": "boolean"}, "reason": {"type": "string"}},
+                 "required": ["correct", "reason"]}
+
+
 def test_json_schema_task_parsed_on_the_embedded_model(llm, tmp_path):
-    task = Task.from_file(_task_file(tmp_path))
+    """The local engines prefill '{' + the first required key (the verdict) and stop at the first '}'."""
+    task = Task(name="verdict", version="1", json_schema=JUDGE_VERDICT, defaults={"max_tokens": 40},
+                parse=lambda text, row: parse_json_answer(text, JUDGE_VERDICT),
+                templates={"en": {"user": "Is Paris the capital of France? Answer in JSON with keys \"correct\" "
+                                          "(true or false) and \"reason\" (string)."}})
     with llm.session(name="generator", storage=None, cache=LLMCache(str(tmp_path / "c.sqlite"))) as s:
-        (res,) = s.run(task, [{"question": "What is the capital of France?"}])
+        (res,) = s.run(task, [{}])
     assert res.ok, res.failures
-    (value,) = res.values
-    assert value["answer"] == "Paris" and value["confident"] is True
-    assert res.completions[0].text.startswith("{")  # prefilled, stopped at the closing brace
+    assert res.values == [{"correct": True, "reason": "Paris is the capital of France"}]
+    assert res.completions[0].text == '{"correct":true,"reason":"Paris is the capital of France"}'
+    assert json_prefill(Decoding(), JUDGE_VERDICT)[0] == '{"correct":' and json_prefill(Decoding(), None)[0] == ""
 
 
 def _task_file(tmp_path) -> Path:

@@ -5,8 +5,9 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from partitions.registry import parse_registry
+from partitions.registry import RegistryError, parse_registry
 from posttrain_assets.ingest.loaders import load_rows, rows_to_table, table_to_rows
 
 from .helpers import SAMPLE
@@ -46,6 +47,36 @@ def test_glob_limit_and_blank_lines(tmp_path):
     assert (len(loaded.rows), loaded.blank_lines) == (15, 3)
 
 
+def test_offset_and_limit_shard_a_source_in_every_format(tmp_path):
+    """Shards of one large source (registry `offset` + `limit`, one source key each): together every
+    row exactly once, in order, with the file's own row numbers; a bad row is counted by its shard
+    only (rows of other shards are skipped before they are parsed)."""
+    lines = [json.dumps(r) for r in GSM_ROWS]
+    lines[12] = "{not json"
+    (tmp_path / "c.jsonl").write_text("\n".join(lines[:5]) + "\n\n" + "\n".join(lines[5:]) + "\n")
+    (tmp_path / "a.json").write_text(json.dumps(GSM_ROWS))
+    pq.write_table(pa.Table.from_pylist(GSM_ROWS), tmp_path / "e.parquet", row_group_size=4)
+    import csv
+
+    with open(tmp_path / "f.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["question", "answer"])
+        w.writeheader()
+        w.writerows(GSM_ROWS)
+    for name in ("c.jsonl", "a.json", "e.parquet", "f.csv"):
+        shards = [load_rows(spec({"path": str(tmp_path / name), "offset": o, "limit": 7})) for o in (0, 7, 14)]
+        rows = [r for s in shards for r in s.rows]
+        issues = [len(s.issues) for s in shards]
+        if name == "c.jsonl":  # line 13 (after a blank line) is the bad row: shard 2's, once
+            assert rows == GSM_ROWS[:12] + GSM_ROWS[13:] and issues == [0, 1, 0]
+            assert shards[1].issues[0].source_row == 13 and [s.rows_read for s in shards] == [7, 7, 6]
+        else:
+            assert rows == GSM_ROWS and issues == [0, 0, 0], name
+            assert [s.source_rows for s in shards] == [list(range(0, 7)), list(range(7, 14)), list(range(14, 20))]
+    assert load_rows(spec({"path": str(tmp_path / "a.json"), "offset": 30})).rows == []  # past the end: empty
+    with pytest.raises(RegistryError, match="loader.offset.*non-negative integer, got -1"):
+        spec({"path": str(tmp_path / "a.json"), "offset": -1})
+
+
 def test_hub_loader_is_datasets_load_dataset(tmp_path):
     """The hub path is `datasets.load_dataset(id, config, split=...)`; a local dataset folder is a
     valid id offline, so the real call runs here."""
@@ -54,6 +85,8 @@ def test_hub_loader_is_datasets_load_dataset(tmp_path):
     pq.write_table(pa.Table.from_pylist(GSM_ROWS), folder / "train-00000-of-00001.parquet")
     loaded = load_rows(spec({"hub": str(tmp_path / "gsm_hub"), "split": "train"}))
     assert loaded.rows == GSM_ROWS and loaded.files == [str(tmp_path / "gsm_hub")]
+    shard = load_rows(spec({"hub": str(tmp_path / "gsm_hub"), "split": "train", "offset": 15, "limit": 10}))
+    assert shard.rows == GSM_ROWS[15:] and shard.source_rows == list(range(15, 20))
 
 
 def test_raw_table_round_trip_keeps_nested_and_mixed_values():

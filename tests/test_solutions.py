@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from posttrain_assets.common.accounting import Accounting
+from posttrain_assets.common.pass_rate import filter_by_pass_rate, pass_rates_from_scored
 from posttrain_assets.records.unify import COT_SCHEMA, SFT_SCHEMA
 from posttrain_assets.synthesis.solutions import (PASS_RATES_SCHEMA, SOLUTIONS_SCHEMA, SOLVE_MATH_PROBLEM, Sample,
-                                                  assemble, filter_by_pass_rate, is_math_answer, pass_rate_histogram,
-                                                  pass_rates_from_scored, problems_from_records, problems_from_seeds,
-                                                  roc_auc, to_judge)
+                                                  assemble, is_math_answer, pass_rate_histogram, problems_from_records,
+                                                  problems_from_seeds, roc_auc, to_judge)
 from posttrain_assets.synthesis.assets import generated_solutions
 from resources.llm import LLMCache, LLMResource, cache_key
 from resources.storage import ParquetStore
@@ -76,8 +76,8 @@ def test_solutions_structure_pass_rates_accounting_cache_and_japanese(tmp_path, 
     seeds = _gsm(2) + [{"all_prompt_id": "gsm8k:ja", "source": "gsm8k", "prompt": JA_PROBLEM, "answer": "7",
                         "solution": "3 + 4 = 7"}]
     _write_inputs(root, seeds)
-    lenient = LLMResource(max_failure_rate=0.5)  # the 135M judge fails on some of the answers it must decide
-    first = _run(instance, root, SMALL, llm=lenient)
+    lenient = {**SMALL, "max_judge_failure_rate": 0.5}  # the 135M judge fails on some answers it must decide
+    first = _run(instance, root, lenient)
     sol_md, pr_md = mat_metadata(first, "generated_solutions"), mat_metadata(first, "solution_pass_rates")
     sols, rates, rejects = _tables(root)
     assert sols.schema.equals(SOLUTIONS_SCHEMA) and rates.schema.equals(PASS_RATES_SCHEMA)
@@ -107,7 +107,7 @@ def test_solutions_structure_pass_rates_accounting_cache_and_japanese(tmp_path, 
     assert "pass_rate_histogram" in pr_md and "funnel" in sol_md
 
     # second run: every answer from the cache, the same tables
-    second = _run(instance, root, SMALL, llm=lenient)
+    second = _run(instance, root, lenient)
     md2 = mat_metadata(second, "generated_solutions")
     assert md2["llm_calls"] == 0 and md2["llm_cache_hits"] == sol_md["llm_requests"]
     s2, r2, _ = _tables(root)
@@ -136,7 +136,7 @@ def test_garbage_judge_verdict_is_a_counted_failure(tmp_path, instance):
             "prompt": "What is the capital of France? Answer in one sentence.", "solution": "Paris is the capital of France."}
     _write_inputs(root, _gsm(1) + [free])
     config = {**SMALL, "judge_math": True, "judge_max_tokens": 2}
-    result = _run(instance, root, config, llm=LLMResource(max_failure_rate=1.0))
+    result = _run(instance, root, {**config, "max_judge_failure_rate": 1.0})
     md = mat_metadata(result, "generated_solutions")
     sols, rates, rejects = _tables(root)
     by_id = {r["all_prompt_id"]: r for r in rates.to_pylist()}
@@ -150,7 +150,7 @@ def test_garbage_judge_verdict_is_a_counted_failure(tmp_path, instance):
     assert all(f["raw"].startswith("{") and "parse_failed" in f["detail"] for f in failed)
     assert "self_instruct:0" not in sols["all_prompt_id"].to_pylist()
     assert md["rows_in"] == 4 == md["rows_out"] + md["removed"] + md["rejected"]
-    # with the default max_failure_rate (20%) the same answers (from the cache) fail the partition
+    # with the default max_judge_failure_rate (20%) the same answers (from the cache) fail the partition
     again = _run(instance, root, config, raise_on_error=False)
     assert not again.success and "solutions failed" in step_error(again) and "judge_failed" in step_error(again)
 
@@ -247,3 +247,43 @@ def test_pass_rate_label_filter_on_real_labels():
                                                    "pass_rate": pa.array([None], pa.float64())})])
     out, removed = filter_by_pass_rate(with_null, 0.5)
     assert out.num_rows == 11 and removed == {"above_max_pass_rate": 89, "no_pass_rate": 1}
+
+
+@needs_shared
+def test_hard_problems_asset_selects_by_pass_rate_on_real_labels(tmp_path, instance):
+    """hard_problems reads solution_pass_rates: here the real MATH x 8 Qwen2.5-Math labels in that
+    table's shape, plus two problems the stage did not ask (not_sampled, no_gold_answer) and one it
+    asked whose solutions all failed (n = 0): never kept, each counted under its status."""
+    from posttrain_assets.selection.assets import hard_problems
+
+    rows = [json.loads(x) for x in (SHARED_DATA / "math_qwen25_cot8_scored" / "math_cot_100.jsonl").read_text().splitlines()]
+    rates = pass_rates_from_scored(rows).to_pylist()
+    table_rows = [{"all_prompt_id": f"math:{r['idx']}", "source": "math", "language": "en", "kind": "math",
+                   "prompt": r["question"], "gold_answer": r["answer"], "status": "ok", "n_requested": 8,
+                   "generated": 8, "n": p["n"], "correct": p["correct"], "pass_rate": p["pass_rate"],
+                   "kept": p["correct"], "disagreements": 0} for r, p in zip(rows, rates)]
+    blank = {**table_rows[0], "n": 0, "correct": 0, "pass_rate": None, "kept": 0}
+    table_rows += [{**blank, "all_prompt_id": "math:x1", "status": "not_sampled", "n_requested": 0, "generated": 0},
+                   {**blank, "all_prompt_id": "math:x2", "status": "no_gold_answer", "n_requested": 0, "generated": 0},
+                   {**blank, "all_prompt_id": "math:x3", "status": "all_failed", "generated": 0}]
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    store.write(pa.Table.from_pylist(table_rows, schema=PASS_RATES_SCHEMA), store.path("solution_pass_rates", "math"))
+    instance.add_dynamic_partitions("source", ["math"])
+    run = dg.materialize(upstream_specs("solution_pass_rates") + [hard_problems], selection=[hard_problems],
+                         partition_key="math", instance=instance, resources=resources_for(root, BUNDLED_REGISTRY),
+                         run_config={"ops": {"hard_problems": {"config": {"max_pass_rate": 0.5}}}})
+    md = mat_metadata(run, "hard_problems")
+    out = pq.read_table(f"{root}/hard_problems/source=math/data.parquet")
+    assert out.num_rows == md["rows_out"] == 11  # 4 at 0/8 + 7 in (0, 0.5]
+    assert md["rows_in"] == 103 and md["removed_by_reason"] == {"above_max_pass_rate": 89, "not_sampled": 1,
+                                                               "no_gold_answer": 1, "all_failed": 1}
+    assert _checks(run) == {("hard_problems", "row_accounting"): True}
+    assert all(p <= 0.5 for p in out["pass_rate"].to_pylist())
+    by_id = {r["idx"]: r for r in rows}
+    first = out.to_pylist()[0]
+    assert first["prompt"] == by_id[int(first["all_prompt_id"].split(":")[1])]["question"] and first["n"] == 8
+    # evolved_instructions can read it (a prompt table: all_prompt_id, prompt, language)
+    from posttrain_assets.synthesis.evolution import input_items
+    items, dropped = input_items(out, "math", 4000)
+    assert len(items) == 11 and not dropped and {it["language"] for it in items} == {"en"}

@@ -206,3 +206,66 @@ def test_hub_upload_request_without_network(tmp_path, monkeypatch):
                           ("commit", "me/ds", [("CommitOperationAdd", "README.md"),
                                                ("CommitOperationAdd", "data/sft/train-00000-of-00001.parquet")])]
     assert ("init", "hf_x") in calls
+
+
+def test_hf_parquet_exports_the_synthetic_configs_where_materialised(tmp_path, instance):
+    """`evol` (conversation format, split with its seed) and `generated` (problem, solution, answer,
+    pass rate) are read where the on-demand synthesis assets exist; missing sources are listed."""
+    from posttrain_assets.records.unify import COT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA
+    from posttrain_assets.synthesis.evolution import OUTPUT_SCHEMA, conversation
+    from posttrain_assets.synthesis.solutions import SOLUTIONS_SCHEMA
+
+    gsm = [json.loads(x) for x in (REPO / "posttrain_assets/sample_data/gsm8k/train_300.jsonl").read_text().splitlines()[:3]]
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    keys = ("gsm8k", "other")
+    for key in keys:
+        store.write(SFT_SCHEMA.empty_table(), store.path("sft_records", key))
+        store.write(COT_SCHEMA.empty_table(), store.path("cot_records", key))
+        store.write(PREFERENCE_SCHEMA.empty_table(), store.path("preference_records", key))
+    evol = [{"id": f"gsm8k:{i}:evol:r{rnd}", "source": "gsm8k", "input": f"{r['question']} (round {rnd})",
+             "output": r["answer"], "conversation": conversation("sys", f"{r['question']} (round {rnd})", r["answer"]),
+             "parent_id": f"gsm8k:{i}", "seed_prompt": r["question"], "round": rnd, "evolution_path": "width",
+             "language": "en", "template_versions": "{}", "generator_model": "embedded:m", "judge_model": "embedded:m",
+             "judge_verdict": "{}"} for i, r in enumerate(gsm) for rnd in (1, 2)]
+    store.write(pa.Table.from_pylist(evol, schema=OUTPUT_SCHEMA), store.path("evolved_instructions", "gsm8k"))
+    sols = [{"all_prompt_id": f"gsm8k:{i}", "source": "gsm8k", "sample": s, "language": "en", "kind": "math",
+             "prompt": r["question"], "gold_answer": r["answer"].split("####")[-1].strip(), "solution": r["answer"],
+             "final_answer": r["answer"].split("####")[-1].strip(), "correct": True, "verifier": "math_verify",
+             "math_verify": True, "pass_rate": 1.0, "generator_model": "embedded:m", "task": "solve_math_problem@1"}
+            for i, r in enumerate(gsm) for s in (0, 1)]
+    store.write(pa.Table.from_pylist(sols, schema=SOLUTIONS_SCHEMA), store.path("generated_solutions", "gsm8k"))
+    reg = tmp_path / "s.yaml"
+    reg.write_text(yaml.safe_dump({"sources": [{"key": k, "kind": "sft", "licence": "MIT", "adapter": "helpsteer3",
+                                                "loader": {"path": str(HS3)}} for k in keys]}))
+    instance.add_dynamic_partitions("source", list(keys))
+    upstream = [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source"))
+                for k in ("sft_records", "cot_records", "preference_records", "evolved_instructions",
+                          "generated_solutions")]
+    run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
+                         resources=resources_for(root, reg),
+                         run_config={"ops": {"hf_parquet": {"config": {"test_fraction": 0.5}}}})
+    md = mat_metadata(run, "hf_parquet")
+    assert (md["rows_evol"], md["rows_generated"], md["rows_sft"]) == (6, 6, 0)
+    assert md["synthetic_missing"] == {"evol": ["other"], "generated": ["other"]}
+    out = tmp_path / "storage" / "hf_export"
+    def load(config):  # every split the export wrote for `config`
+        present = [s for s in ("train", "test") if list((out / "data" / config).glob(f"{s}-*"))]
+        return {s: datasets.load_dataset(str(out), config, split=s) for s in present}
+
+    evol_splits = load("evol")
+    side = {}
+    for split, ds in evol_splits.items():
+        for r in ds:
+            side.setdefault(r["parent_id"], set()).add(split)
+            assert r["conversation"][1] == {"from": "human", "value": r["input"]}
+    assert sum(ds.num_rows for ds in evol_splits.values()) == 6
+    assert sorted(side) == ["gsm8k:0", "gsm8k:1", "gsm8k:2"] and all(len(s) == 1 for s in side.values())
+    gen = datasets.concatenate_datasets(list(load("generated").values()))
+    assert gen.num_rows == 6 and {"problem", "solution", "answer", "gold_answer", "pass_rate"} <= set(gen.column_names)
+    assert sorted(set(gen["answer"])) == sorted({r["answer"].split("####")[-1].strip() for r in gsm})
+    assert sorted(set(gen["problem"])) == sorted(r["question"] for r in gsm)
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert [c["config_name"] for c in front["configs"]] == ["evol", "generated"]
+    assert "| gsm8k | sft | MIT | 0 | 0 | 0 | 6 | 6 |" in card

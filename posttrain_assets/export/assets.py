@@ -1,6 +1,11 @@
-"""Export stage: `hf_parquet` — every source's SFT / CoT / preference records as a Hugging Face
-Parquet dataset (`data/<config>/<split>-0000i-of-0000N.parquet` + README.md card with YAML
-`configs`), optionally uploaded to the Hub (only changed files)."""
+"""Export stage: `hf_parquet` — every source's SFT / CoT / preference records, and the synthetic
+tables where they were materialised (`evol` = evolved_instructions in the conversation format,
+`generated` = generated_solutions: problem, solution, answer, pass rate), as a Hugging Face Parquet
+dataset (`data/<config>/<split>-0000i-of-0000N.parquet` + README.md card with YAML `configs`),
+optionally uploaded to the Hub (only changed files).
+
+The synthetic stages run on demand (they cost model time), so their partitions are read where they
+exist; the sources without them are listed in the metadata (`synthetic_missing`), never an error."""
 
 import os
 
@@ -10,10 +15,13 @@ import pyarrow.compute as pc
 
 from resources.hub import HubResource, plan_upload, sha256_file
 from resources.sources import SourceRegistryResource
-from resources.storage import StorageResource
+from resources.storage import MissingPartitionError, StorageResource
 
 from ..common.metadata import markdown_preview
-from .hf_dataset import CONFIGS, MANIFEST_SCHEMA, dataset_card, write_dataset
+from .hf_dataset import CONFIGS, MANIFEST_SCHEMA, dataset_card, generated_config, write_dataset
+
+#: export config -> the synthetic asset it reads (where materialised)
+SYNTHETIC = {"evol": "evolved_instructions", "generated": "generated_solutions"}
 
 GROUP = "export"
 
@@ -25,6 +33,17 @@ class HfParquetConfig(dg.Config):
     test_fraction: float = 0.0  # > 0: deterministic train/test split by id hash
     include_ties: bool = False  # preference rows flagged `tie` are left out by default (counted)
     card_body_path: str = ""  # a Markdown file kept verbatim in README.md (the seed's original_readme)
+
+
+def _materialised(store, asset: str, keys: list[str]) -> tuple[pa.Table | None, list[str]]:
+    """The partitions of `asset` that exist, concatenated, and the keys that do not."""
+    tables, missing = [], []
+    for key in keys:
+        try:
+            tables.append(store.read(store.path(asset, key)))
+        except MissingPartitionError:
+            missing.append(key)
+    return (pa.concat_tables(tables, promote_options="default") if tables else None), missing
 
 
 def _latest_metadata(instance, key: str) -> dict:
@@ -39,8 +58,10 @@ def _latest_metadata(instance, key: str) -> dict:
     group_name=GROUP, kinds={"parquet", "huggingface"},
     ins={name: dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
          for name in ("sft_records", "cot_records", "preference_records")},
-    description="Hugging Face Parquet export of every source's records + dataset card; uploads "
-                "changed files when a hub repo_id and HF_TOKEN are set.",
+    deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in SYNTHETIC.values()],
+    description="Hugging Face Parquet export of every source's records (+ the synthetic evol / generated "
+                "tables where materialised) + dataset card; uploads changed files when a hub repo_id and "
+                "HF_TOKEN are set.",
 )
 def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, storage: StorageResource,
                registry: SourceRegistryResource, hub: HubResource, sft_records: pa.Table,
@@ -55,14 +76,21 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
         if not config.include_ties:  # ties left out: the flag column is then constant, dropped
             preference_records = preference_records.filter(pc.invert(tie_mask)).drop_columns(["tie"])
     tables = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
+    reg = registry.load()
+    synthetic_missing = {}
+    for name, asset in SYNTHETIC.items():
+        table, missing = _materialised(store, asset, reg.keys)
+        if table is not None:
+            tables[name] = generated_config(table) if name == "generated" else table
+        synthetic_missing[name] = missing
     manifest = write_dataset(tables, out_dir, max_shard_bytes=config.max_shard_bytes,
                              test_fraction=config.test_fraction)
-    reg = registry.load()
     per_source = []
     for s in reg.sources:
         row = {"key": s.key, "kind": s.kind, "licence": s.licence}
         for name, t in tables.items():
             row[name] = int(pc.sum(pc.equal(t["source"], s.key)).as_py() or 0) if t.num_rows else 0
+        row.update({n: 0 for n in CONFIGS if n not in row})
         if any(row[n] for n in CONFIGS):
             per_source.append(row)
     produced_by = {"hf_parquet": config.model_dump(exclude={"card_body_path"}),
@@ -94,7 +122,7 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     counts = {f"rows_{c}": sum(m["rows"] for m in manifest if m["config"] == c) for c in CONFIGS}
     return dg.Output(table, metadata={
         "dagster/row_count": table.num_rows, "export_dir": dg.MetadataValue.path(out_dir),
-        **counts, "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
+        **counts, "synthetic_missing": dg.MetadataValue.json(synthetic_missing), "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
         "hub": hub.repo_id or "local only", "hub_status": "uploaded" if ready else why,
         **({"commit": commit} if commit else {}),
         "files": dg.MetadataValue.md(markdown_preview(table, n=50, columns=["path", "rows", "bytes", "upload"])),

@@ -13,11 +13,26 @@ import yaml
 
 from resources.hub import sha256_file
 
-CONFIGS = ("sft", "cot", "preference")
+CONFIGS = ("sft", "cot", "preference", "evol", "generated")
+#: the column whose hash picks a row's split: an evolved prompt goes with its seed, every solution
+#: of a problem with the problem (no seed or problem on both sides of a train / test split)
+SPLIT_KEY = {"evol": "parent_id"}
 MANIFEST_SCHEMA = pa.schema([
     ("path", pa.string()), ("config", pa.string()), ("split", pa.string()), ("rows", pa.int64()),
     ("bytes", pa.int64()), ("sha256", pa.string()), ("upload", pa.string()),
 ])
+
+
+#: `generated`: the kept solutions as (problem, solution, answer, pass rate) + provenance
+GENERATED_COLUMNS = {"all_prompt_id": "all_prompt_id", "source": "source", "language": "language",
+                     "sample": "sample", "prompt": "problem", "solution": "solution", "final_answer": "answer",
+                     "gold_answer": "gold_answer", "correct": "correct", "verifier": "verifier",
+                     "pass_rate": "pass_rate", "generator_model": "generator_model", "judge_model": "judge_model"}
+
+
+def generated_config(solutions: pa.Table) -> pa.Table:
+    """generated_solutions rows in the export's column names (problem, solution, answer, pass_rate ...)."""
+    return solutions.select(list(GENERATED_COLUMNS)).rename_columns(list(GENERATED_COLUMNS.values()))
 
 
 def split_of(ids: list[str], test_fraction: float, seed: str = "posttrain") -> list[str]:
@@ -50,7 +65,7 @@ def write_dataset(tables: dict[str, pa.Table], out_dir: str, *, max_shard_bytes:
             t = tables.get(config)
             if t is None or t.num_rows == 0:
                 continue
-            splits = pa.array(split_of(t["all_prompt_id"].to_pylist(), test_fraction))
+            splits = pa.array(split_of(t[SPLIT_KEY.get(config, "all_prompt_id")].to_pylist(), test_fraction))
             for split in ("train", "test"):
                 part = t.filter(pc.equal(splits, split))
                 shards = shard(part, max_shard_bytes)
@@ -83,22 +98,26 @@ def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *
                             "data_files": [{"split": s, "path": f"data/{config}/{s}-*"} for s in splits]})
     licences = sorted({s["licence"] for s in sources})
     front = {"configs": configs, "license": "other", "license_name": "mixed (see Sources)",
-             "tags": ["posttrain", "sft", "preference"]}
+             "tags": ["posttrain", "sft", "preference", "synthetic"]}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
     lines += ["| config | split | rows | files |", "|---|---|---|---|"]
     for c in configs:
         for df in c["data_files"]:
             files = [m for m in manifest if m["config"] == c["config_name"] and m["split"] == df["split"]]
             lines.append(f"| {c['config_name']} | {df['split']} | {sum(m['rows'] for m in files):,} | {len(files)} |")
-    lines += ["", "## Sources", "", "| source | kind | licence | sft | cot | preference |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Sources", "", "| source | kind | licence | " + " | ".join(CONFIGS) + " |",
+              "|---|---|---|" + "---|" * len(CONFIGS)]
     for s in sources:
-        lines.append(f"| {s['key']} | {s['kind']} | {s['licence']} | {s.get('sft', 0)} | {s.get('cot', 0)} | "
-                     f"{s.get('preference', 0)} |")
+        lines.append(f"| {s['key']} | {s['kind']} | {s['licence']} | "
+                     + " | ".join(str(s.get(c, 0)) for c in CONFIGS) + " |")
     lines += ["", f"Licences involved: {', '.join(licences)}. Each row keeps its `source`; respect the "
               "licence of the source it came from.", "", "## How it was produced", "",
               "Materialised by the posttrain Dagster asset graph: raw_records -> merged_prompts -> "
               "prompt_embeddings -> dedup_clusters -> deduplicated_prompts -> sft_records / cot_records / "
-              "preference_records -> hf_parquet.", "", "```yaml",
+              "preference_records -> hf_parquet; `evol`: selected_seeds -> evolved_instructions (Evol-Instruct, "
+              "judged, answered by the generator model); `generated`: selected_seeds -> generated_solutions (n "
+              "solutions per problem, verified against the gold answer; pass_rate = correct / n). Synthetic rows "
+              "were written by the models named in `produced_by` and in each row.", "", "```yaml",
               yaml.safe_dump(produced_by, sort_keys=True).strip(), "```", ""]
     if body:
         lines += ["", body.strip(), ""]

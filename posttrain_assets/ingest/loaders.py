@@ -75,17 +75,19 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
-def _read_jsonl(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
     name = path.name
     with _open_binary(path) as fh:
-        n = 0
+        n = 0  # data rows (non-blank lines) seen, skipped ones included
         for lineno, raw in enumerate(fh):
-            if limit is not None and n >= limit:
+            if limit is not None and n >= offset + limit:
                 break
             if not raw.strip():
                 out.blank_lines += 1
                 continue
             n += 1
+            if n <= offset:  # another shard's row: not read, not parsed
+                continue
             out.rows_read += 1
             try:
                 text = raw.decode("utf-8")
@@ -105,7 +107,7 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tupl
             yield lineno, row
 
 
-def _read_json(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+def _read_json(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
     with _open_binary(path) as fh:
         text = fh.read().decode("utf-8", "surrogateescape")
     try:
@@ -113,7 +115,7 @@ def _read_json(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple
     except json.JSONDecodeError as exc:
         # a .json file that is really JSON Lines
         if exc.msg == "Extra data":
-            yield from _read_jsonl(path, out, limit)
+            yield from _read_jsonl(path, out, limit, offset)
             return
         raise SourceLoadError(f"{path.name}: not valid JSON: {exc}") from None
     if isinstance(data, dict):
@@ -124,12 +126,13 @@ def _read_json(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple
         data = lists[0]
     if not isinstance(data, list):
         raise SourceLoadError(f"{path.name}: a JSON file must hold a list of rows")
-    for i, row in enumerate(data[:limit] if limit else data):
+    stop = offset + limit if limit else None
+    for i, row in enumerate(data[offset:stop], start=offset):
         out.rows_read += 1
         yield i, row
 
 
-def _read_csv(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+def _read_csv(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
     name = path.name
     with _open_binary(path) as fh:
         text = fh.read().decode("utf-8-sig", "surrogateescape")
@@ -152,8 +155,10 @@ def _read_csv(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[
         if not values:  # blank line
             continue
         i += 1
-        if limit is not None and i >= limit:
+        if limit is not None and i >= offset + limit:
             break
+        if i < offset:  # another shard's row
+            continue
         out.rows_read += 1
         if len(values) < width:
             missing = header[len(values):]
@@ -171,16 +176,20 @@ def _read_csv(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[
         yield i, dict(zip(header, values))
 
 
-def _read_parquet(path: Path, out: LoadedRows, limit: int | None) -> Iterator[tuple[int, Any]]:
+def _read_parquet(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
     i = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+        if i + batch.num_rows <= offset:  # a whole batch of another shard: not converted
+            i += batch.num_rows
+            continue
         for row in batch.to_pylist():
-            if limit is not None and i >= limit:
+            if limit is not None and i >= offset + limit:
                 return
-            out.rows_read += 1
-            yield i, row
+            if i >= offset:
+                out.rows_read += 1
+                yield i, row
             i += 1
 
 
@@ -198,8 +207,8 @@ def _iter_hub(spec: SourceSpec, out: LoadedRows) -> Iterator[tuple[int, Any]]:
         raise SourceLoadError(
             f"source {spec.key!r}: cannot load hub dataset {lo.hub!r} (config={lo.config!r}, "
             f"split={lo.split!r}): {type(exc).__name__}: {exc}") from None
-    n = len(ds) if lo.limit is None else min(lo.limit, len(ds))
-    for i in range(n):
+    stop = len(ds) if lo.limit is None else min(lo.offset + lo.limit, len(ds))
+    for i in range(min(lo.offset, stop), stop):
         out.rows_read += 1
         yield i, ds[i]
 
@@ -215,7 +224,7 @@ def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
     else:
         try:
             paths = spec.resolved_paths()
-            streams = [(p.name, READERS[spec.file_format(p)](p, out, limit)) for p in paths]
+            streams = [(p.name, READERS[spec.file_format(p)](p, out, limit, spec.loader.offset)) for p in paths]
         except RegistryError as exc:
             raise SourceLoadError(str(exc)) from None
         out.files = [str(p) for p in paths]

@@ -1,10 +1,19 @@
 """Scoring stage: `difficulty_scores` per source over SFT / CoT records with a gold answer.
 
-- `avg_logprob`: mean log-probability of the gold answer after the prompt under the primary model.
+- `gold_chars`, `prompt_chars`: length of the gold continuation (CoT: the worked solution) and of
+  the question, before the OOM guards.
+- `avg_logprob` (`gold_tokens`): mean log-probability of the gold after the prompt under the
+  primary model.
+- `prompt_logprob` (`prompt_tokens`): mean log-probability of the question itself after the chat
+  template's user-turn header (how unusual the question reads to the model).
+- `label_pass_rate`: the dataset's own pass-rate label (`pass_rate_field` of the record's
+  metadata; null when not configured or absent).
 - `ensemble_acc`: share of ensemble answers (models x samples) equal to the gold answer (math
   answers compared with math-verify, others by normalised string).
 - `irt_beta`: item difficulty of a one-parameter (Rasch) IRT fit over items x respondents.
-- `difficulty_z`: mean of the sign-aligned z-scores (hard = high)."""
+- `difficulty_z`: weighted mean of the sign-aligned z-scores of these components (hard = high;
+  `weights`, defaults chosen on MATH levels, see bench/difficulty_dev.py), per partition; a
+  constant component is left out."""
 
 import dagster as dg
 import pyarrow as pa
@@ -16,7 +25,7 @@ from resources.storage import StorageResource
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
 from ..common.pools import GPU_POOL
-from .difficulty import SCORES_SCHEMA, gold_items, sample_items, score_items
+from .difficulty import DEFAULT_WEIGHTS, SCORES_SCHEMA, check_weights, gold_items, sample_items, score_items
 
 GROUP = "scoring"
 
@@ -32,21 +41,31 @@ class DifficultyConfig(dg.Config):
     max_gold_chars: int = 2000
     chunk: int = 8  # prompts per committed cache chunk
     seed: int = 0
+    # difficulty_z = weighted mean of the components' z-scores (aligned: higher = harder; lengths on
+    # a log scale); a component missing here or with weight 0 is left out, a constant one too.
+    # Defaults: chosen on 100 MATH problems vs their human level (bench/difficulty_dev.py).
+    weights: dict[str, float] = dict(DEFAULT_WEIGHTS)
+    pass_rate_field: str = ""  # key of a pass-rate label in the record's metadata (a number or a list of flags)
 
 
 @dg.asset(
     partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
     check_specs=[dg.AssetCheckSpec("row_accounting", asset="difficulty_scores", blocking=True),
                  dg.AssetCheckSpec("all_prompt_id_unique", asset="difficulty_scores")],
-    description="avg_logprob, ensemble_acc, irt_beta, difficulty_z per SFT / CoT record with a gold answer.",
+    description="Lengths, avg_logprob (gold, question), ensemble_acc, irt_beta, weighted difficulty_z per "
+                "SFT / CoT record with a gold answer.",
     op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
     pool=GPU_POOL,
 )
 def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfig, llm: LLMResource,
                       storage: StorageResource, cot_records: pa.Table, sft_records: pa.Table):
     key = context.partition_key
+    try:
+        check_weights(config.weights)  # a typo fails the run before a model loads
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     rows_in = cot_records.num_rows + sft_records.num_rows
-    available, no_gold = gold_items(cot_records, sft_records)
+    available, no_gold = gold_items(cot_records, sft_records, config.pass_rate_field)
     items = sample_items(available, config.max_items, config.seed)
     not_sampled = max(0, len(available) - config.max_items) if config.max_items else 0
     llm_md: dict = {}
@@ -67,9 +86,10 @@ def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfi
                                      f"({rate:.0%} > max_failure_rate {llm.max_failure_rate:.0%}); first: "
                                      f"{issues[0].detail}", allow_retries=True)
     yield dg.Output(table, metadata=stage_metadata(
-        table, acc, preview_columns=["all_prompt_id", "avg_logprob", "ensemble_acc", "irt_beta", "difficulty_z"],
+        table, acc, preview_columns=["all_prompt_id", "gold_chars", "avg_logprob", "ensemble_acc", "difficulty_z"],
         extra={**llm_md, "truncated": truncated, "items_available": len(available),
                **all_rejected_metadata(context, key, acc, no_gold + issues),
-               "ensemble": dg.MetadataValue.json(list(config.ensemble)), "samples": config.samples}))
+               "ensemble": dg.MetadataValue.json(list(config.ensemble)), "samples": config.samples,
+               "difficulty_weights": dg.MetadataValue.json(dict(config.weights))}))
     yield accounting_check(acc)
     yield unique_check(table, "all_prompt_id")

