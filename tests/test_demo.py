@@ -36,7 +36,8 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     assert {"raw_records", "merged_prompts", "prompt_embeddings", "dedup_clusters", "dedup_summary",
             "dedup_cluster_report", "deduplicated_prompts", "sft_records", "cot_records",
-            "preference_records", "difficulty_scores", "selected_seeds", "hf_parquet", "rejects"} == views
+            "preference_records", "difficulty_scores", "selected_seeds", "generated_solutions",
+            "solution_pass_rates", "hard_problems", "evolved_instructions", "hf_parquet", "rejects"} == views
     # scoring and selection at demo size: 12 scored items and 60 length-selected seeds per source
     # with gold answers; none for the prompt-only and preference sources
     scored = dict(con.execute("SELECT source, count(*) FROM difficulty_scores GROUP BY 1").fetchall())
