@@ -7,10 +7,14 @@
    - math-verify alone (the final answer: '####', \\boxed{}, last number; unreadable = wrong),
    - the stage's filter (`judge_math: false`: math-verify decides what it can read, the judge the rest),
    - the judge alone (the configured `judge` model; the embedded 135M here) on the first
-     `--judge-items` solutions (an unparseable verdict = not correct).
+     `--judge-items` solutions (an unparseable verdict = not correct; also on the parsed ones only).
+   Note: `is_correct` is OpenAI's final-answer match against the reference, so math-verify agreeing
+   with it says that it reads the final answers as the labels did, not that it judges reasoning.
 2. Generations/s of `solve_math_problem` on GSM8K questions: through the asset (dg.materialize, a
    fresh storage, wall time incl. Dagster, I/O and the engine start; and the asset's own
-   `generations_per_s`, generation only) vs the bare session (same model spec, batch, decoding, chunk).
+   `generations_per_s`, generation only) vs the bare session (same model spec, batch, decoding, chunk),
+   the bare session run before and after the asset (the spread is the shared machine's noise).
+Results: bench/results/solutions.json.
 """
 
 import argparse
@@ -18,7 +22,7 @@ import json
 import tempfile
 import time
 
-from .common import REPO, SHARED
+from .common import REPO, RESULTS, SHARED
 
 
 def auc_part(judge_items: int) -> dict:
@@ -54,11 +58,14 @@ def auc_part(judge_items: int) -> dict:
             judge(fresh, s, max_chars=2000, max_tokens=128)
             out["judge_seconds"] = round(time.perf_counter() - t0, 1)
     sub_labels = labels[:judge_items]
-    out.update(judge_items=len(fresh), judge_parsed=sum(x.judge_correct is not None for x in fresh),
+    parsed = [(x.judge_correct, y) for x, y in zip(fresh, sub_labels) if x.judge_correct is not None]
+    out.update(judge_items=len(fresh), judge_items_positives=sum(sub_labels),
+               judge_parsed=len(parsed), judge_said_correct=sum(v for v, _ in parsed),
                auc_judge_alone=roc_auc([float(bool(x.judge_correct)) for x in fresh], sub_labels),
+               auc_judge_parsed_only=roc_auc([float(v) for v, _ in parsed], [y for _, y in parsed]),
                auc_math_verify_same_items=roc_auc([float(v) for v in mv_alone[:judge_items]], sub_labels),
-               judge_agreement_parsed=(sum((x.judge_correct == y) for x, y in zip(fresh, sub_labels)
-                                           if x.judge_correct is not None)))
+               judge_agreement_parsed=sum(v == y for v, y in parsed),
+               judge_agreement_parsed_rate=round(sum(v == y for v, y in parsed) / len(parsed), 3) if parsed else None)
     out["mv_agreement"] = sum(a == b for a, b in zip(mv_alone, labels)) / len(labels)
     return out
 
@@ -81,21 +88,24 @@ def throughput_part(problems: int, n: int, max_tokens: int) -> dict:
     rows = [json.loads(x) for x in src.read_text().splitlines()[:problems]]
     chunk = 8
     out = {"problems": len(rows), "n": n, "max_tokens": max_tokens}
-    # bare session
-    with tempfile.TemporaryDirectory() as tmp:
-        llm = LLMResource()
-        t0 = time.perf_counter()
-        llm.backend("generator")
-        out["engine_start_s"] = round(time.perf_counter() - t0, 2)
-        with llm.session(None, "generator", cache=LLMCache(f"{tmp}/c.sqlite"), chunk=chunk) as s:
+    questions = [{"question": r["question"], "language": "en"} for r in rows]
+
+    def bare(label: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            llm = LLMResource()
             t0 = time.perf_counter()
-            res = s.run(SOLVE_MATH_PROBLEM, [{"question": r["question"], "language": "en"} for r in rows],
-                        n=n, seed=0, temperature=0.7, max_tokens=max_tokens)
-            dt = time.perf_counter() - t0
-        gens = sum(len(r.values) for r in res)
-        out["bare_session_gen_per_s"] = round(gens / dt, 3)
-        out["bare_session_tok_per_s"] = round(s.stats.tokens_out / dt, 1)
-        llm.close()
+            llm.backend("generator")
+            out[f"{label}_engine_start_s"] = round(time.perf_counter() - t0, 2)
+            with llm.session(None, "generator", cache=LLMCache(f"{tmp}/c.sqlite"), chunk=chunk) as s:
+                t0 = time.perf_counter()
+                res = s.run(SOLVE_MATH_PROBLEM, questions, n=n, seed=0, temperature=0.7, max_tokens=max_tokens)
+                dt = time.perf_counter() - t0
+            gens = sum(len(r.values) for r in res)
+            out[f"{label}_gen_per_s"] = round(gens / dt, 3)
+            out[f"{label}_tok_per_s"] = round(s.stats.tokens_out / dt, 1)
+            llm.close()
+
+    bare("bare_session")
     # through the asset
     with tempfile.TemporaryDirectory() as tmp:
         root = f"{tmp}/storage"
@@ -122,6 +132,10 @@ def throughput_part(problems: int, n: int, max_tokens: int) -> dict:
         out.update(asset_wall_s=round(wall, 2), asset_gen_per_s_wall=round(gens / wall, 3),
                    asset_gen_per_s_generation=md["generations_per_s"], asset_tok_per_s=md["llm_tokens_per_s"],
                    asset_judged=md["funnel_json"].get("verified_by_judge", 0), asset_llm_calls=md["llm_calls"])
+    bare("bare_session_after")
+    ref = (out["bare_session_gen_per_s"] + out["bare_session_after_gen_per_s"]) / 2
+    out.update(ratio_asset_generation_vs_bare=round(out["asset_gen_per_s_generation"] / ref, 3),
+               ratio_asset_wall_vs_bare=round(out["asset_gen_per_s_wall"] / ref, 3))
     return out
 
 
@@ -141,6 +155,10 @@ def main() -> None:
     if not args.skip_throughput:
         out["throughput"] = throughput_part(args.problems, args.n, args.max_tokens)
         print(json.dumps(out["throughput"], indent=1), flush=True)
+    out["args"] = vars(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "solutions.json").write_text(json.dumps(out, indent=1))
+    print(f"written: {RESULTS / 'solutions.json'}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,13 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     assert len(table) == 6
     assert "6 sources, 1,450 merged prompts" in out.stdout
     assert "| awesome_chatgpt_prompts | 210 | 208 | 1 | 1 | 0 | 2 |" in out.stdout  # dedup summary
-    assert "Hugging Face export: sft 305, cot 300, preference 394 rows (ties excluded: 0)" in out.stdout
+    assert "Hugging Face export: sft 305, cot 300, preference 394, evol " in out.stdout
+    # synthesis at demo size: a funnel line per source and asset; 3 problems x 2 solutions where there
+    # is a gold answer, 2 seeds evolved
+    assert "Synthesis funnels" in out.stdout
+    for key in ("gsm8k", "self_instruct", "oasst_en", "oasst2_labelled"):
+        assert f"  {key} generated_solutions: problems 3, solutions 6 -> generated 6 -> " in out.stdout
+        assert f"  {key} evolved_instructions: width 4->" in out.stdout
     import duckdb
     import datasets
 
@@ -51,8 +57,15 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     # the advertiser prompt of awesome-chatgpt-prompts also opens an OASST conversation
     assert con.execute("SELECT representative_source, match FROM dedup_clusters WHERE all_prompt_id = "
                        "'awesome_chatgpt_prompts:prompts_act_prompt_2025-02-03:12'").fetchall() == [("oasst_en", "semantic")]
+    rates = con.execute("SELECT source, count(*), count(*) FILTER (WHERE status = 'ok' OR status = 'no_verdict') "
+                        "FROM solution_pass_rates GROUP BY 1").fetchall()
+    assert {r[0]: r[2] for r in rates} == {"gsm8k": 3, "self_instruct": 3, "oasst_en": 3, "oasst2_labelled": 3}
+    assert {r[0]: r[1] for r in rates} == seeds  # one row per problem loaded (the rest: not_sampled)
+    kept = con.execute("SELECT count(*) FROM generated_solutions").fetchone()[0]
+    evol = con.execute("SELECT count(*) FROM evolved_instructions").fetchone()[0]
     con.close()
     export = tmp_path / "storage" / "hf_export"
+    assert f"evol {evol}, generated {kept} rows" in out.stdout
     assert datasets.load_dataset(str(export), "cot", split="train").num_rows == 300
     assert datasets.load_dataset(str(export), "preference", split="train").num_rows == 394
     assert f"DuckDB:    {tmp_path / 'storage' / 'catalog.duckdb'}" in out.stdout

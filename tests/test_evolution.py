@@ -127,11 +127,11 @@ class ScriptedBackend(Backend):
     """A deliberately scripted model (garbage verdicts and errors cannot be provoked from a real one)."""
     kind = "scripted"
 
-    def __init__(self, judge="garbage", fail_answers=False):
-        self.judge, self.fail_answers = judge, fail_answers
+    def __init__(self, judge="garbage", fail_answers=False, cut_width=False):
+        self.judge, self.fail_answers, self.cut_width = judge, fail_answers, cut_width
 
     def settings(self):
-        return {"backend": "scripted", "model": f"scripted-{self.judge}-{self.fail_answers}"}
+        return {"backend": "scripted", "model": f"scripted-{self.judge}-{self.fail_answers}-{self.cut_width}"}
 
     def chat(self, batch, decoding, json_schema=None):
         out = []
@@ -151,6 +151,9 @@ class ScriptedBackend(Backend):
             else:
                 prompt = text.rsplit(":\n", 2)[-2].rsplit("\n", 1)[0]
                 ans = f"{prompt} Explain each step."
+                if self.cut_width and ("Prompt Creator" in text or "#作成したプロンプト#" in text):
+                    out.append([Completion(ans[:20] + "\ufffd", 10, decoding.max_tokens, "length")])
+                    continue
             out.append([Completion(ans, 10, 5, "stop")])
         return out
 
@@ -192,6 +195,18 @@ def test_generation_error_is_a_rejected_row_not_a_placeholder(tmp_path):
     assert res.funnel["round"]["answer_failed"] == 4
     assert [(i.reason, i.outcome) for i in res.issues] == [("llm_failed", "rejected")] * 2
     assert "HTTP 500: boom" in res.issues[0].detail
+
+
+def test_an_evolution_cut_at_max_tokens_is_eliminated_as_truncated(tmp_path):
+    """A width step that stops at evolve_max_tokens (here inside a character) is never kept: counted
+    under `truncated`, its parent goes on to depth and flatten."""
+    gen, judge = _session(tmp_path, judge="json", cut_width=True), _session(tmp_path, judge="json")
+    res = E.run_evolution(ITEMS, gen, judge, CFG)
+    assert res.funnel["width"]["eliminated_truncated"] == 4 == res.eliminated["truncated"]
+    assert res.funnel["width"]["survived"] == 0 and res.funnel["depth"]["in"] == 4
+    assert all("\ufffd" not in r["input"] and not r["evolution_path"].startswith("width")
+               for r in res.table.to_pylist())
+    assert res.table.num_rows == 4 and res.funnel["round"]["answer_truncated"] == 0
 
 
 def test_scripted_run_rows_lineage_and_round_two_builds_on_round_one(tmp_path):

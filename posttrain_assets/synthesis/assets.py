@@ -120,7 +120,9 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
                "input_asset": config.input_asset, "chain": ">".join(config.chain), "rounds": config.rounds,
                "template_versions": dg.MetadataValue.json(
                    {t.name: t.version for t in (*EVOLVE.values(), EQUAL, JUDGE, ANSWER)}),
-               **all_rejected_metadata(context, key, acc, dropped + issues)}))
+               # "all rejected" judged over the prompts the stage evolved (a max_prompts sample is no failure)
+               **all_rejected_metadata(context, key, Accounting.from_issues(len(sampled), with_output, issues),
+                                       issues)}))
     yield accounting_check(acc)
     yield unique_check(table, "id")
 

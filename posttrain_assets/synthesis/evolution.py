@@ -304,10 +304,15 @@ class EvolutionResult:
     events: int
 
 
-_STEP_COLUMNS = ("in", "evolved", "failed", "eliminated_template_words", "eliminated_stopwords", "eliminated_equal",
-                 "eliminated_equal_judge_failed", "survived")
-_ROUND_COLUMNS = ("judged", "judge_failed", "judge_rejected", "accepted", "answered", "answer_failed",
-                  "eliminated_refusal", "eliminated_answer_stopwords", "out")
+_STEP_COLUMNS = ("in", "evolved", "failed", "eliminated_truncated", "eliminated_template_words",
+                 "eliminated_stopwords", "eliminated_equal", "eliminated_equal_judge_failed", "survived")
+_ROUND_COLUMNS = ("judged", "judge_failed", "judge_rejected", "accepted", "answered", "answer_truncated",
+                  "answer_failed", "eliminated_refusal", "eliminated_answer_stopwords", "out")
+
+
+def cut_at_max_tokens(res) -> bool:
+    """The (first) completion stopped at max_tokens, not at the end of its answer."""
+    return bool(res.completions) and getattr(res.completions[0], "finish_reason", None) == "length"
 
 
 def model_name(session) -> str:
@@ -378,6 +383,11 @@ def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
                     continue
                 evolved = res.values[0]
                 funnel[op]["evolved"] += 1
+                if cut_at_max_tokens(res):
+                    # cut at evolve_max_tokens: an unfinished prompt (maybe inside a character), never kept
+                    _eliminate(lin, rnd, label, ("truncated", f"cut at evolve_max_tokens {cfg.evolve_max_tokens}: "
+                                                              f"{evolved[-200:]!r}"), funnel[op], eliminated)
+                    continue
                 hit = instruction_rule(evolved, current[lin.id], lin.language)
                 if hit:
                     _eliminate(lin, rnd, label, hit, funnel[op], eliminated)
@@ -437,6 +447,8 @@ def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
                 continue
             count(lin, "answered")
             answer = res.values[0]
+            if cut_at_max_tokens(res):
+                count(lin, "answer_truncated")  # kept, counted: raise answer_max_tokens for whole answers
             rule = None
             if is_short_refusal(answer, lin.language, cfg.refusal_max_words, cfg.refusal_max_chars):
                 rule = ("refusal", answer[:200])
