@@ -1,0 +1,225 @@
+"""`RewardResource`: one interface, `score(context, pairs)`, over three backends.
+
+- `judge` (default, CPU): an LLM rates each response 1-5 on UltraFeedback's aspects through an LLM
+  session (cached; the `LLMResource` model `judge_model`, the embedded SmolLM2-135M unless
+  configured). On the CPU default it is a placeholder, not a reward: 0 of 40 HH-RLHF pairs
+  ranked right (bench/reward.py, judge.py).
+- `classifier`: a sequence-classification reward model (ArmoRM, Skywork-Reward, ...) with
+  transformers or vLLM (GPU).
+- `attributes`: the SteerLM attribute model (issue 11), not available yet: a clear error.
+
+Engines (the classifier, and the LLMResource the judge makes when none is passed) are owned in a
+private attribute, made on first use and closed when the step's execution ends."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Optional
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from .classifier import DTYPES, ENGINES, SCORE_OUTPUTS, HFRewardModel, VLLMRewardModel, render_ids
+from .judge import ASPECTS, RATING, judge_row, to_score
+from .scores import RewardConfigError, RewardFailure, RewardResults, RewardScore, RewardUnavailable, normalize_pair
+
+BACKENDS = ("judge", "classifier", "attributes")
+
+
+class RewardResource(dg.ConfigurableResource):
+    """Scores (prompt, response) pairs. Defaults work on a CPU machine: the judge on the embedded model.
+
+    `score(context, pairs, llm=..., storage=...)` -> `RewardResults` (a list of `RewardScore` or
+    `RewardFailure`, one per pair, plus `.metadata`). Pass the asset's own `LLMResource` as `llm` so the
+    judge shares its engines and named models; without one the resource makes its own from
+    `llm_config_file` (the LLMResource YAML shape)."""
+
+    backend: str = "judge"  # judge | classifier | attributes
+    # --- judge
+    judge_model: str = "judge"  # an LLMResource model name (default spec: the embedded SmolLM2-135M)
+    aspects: list[str] = list(ASPECTS)  # which of UltraFeedback's aspects the overall score averages
+    temperature: Optional[float] = None  # None = the template's (0.0)
+    max_tokens: Optional[int] = None  # None = the template's (160)
+    seed: int = 0
+    chunk: int = 16  # requests per committed cache chunk
+    max_prompt_chars: int = 4000  # the conversation keeps its end beyond this (counted as truncated)
+    max_response_chars: int = 2000  # the response keeps its beginning beyond this
+    llm_config_file: str = ""  # for the LLMResource made here when `score` gets none
+    # --- classifier
+    model: str = ""  # hub id or folder: RLHFlow/ArmoRM-Llama3-8B-v0.1, Skywork/Skywork-Reward-V2-Llama-3.1-8B, ...
+    revision: Optional[str] = None
+    dtype: str = "auto"  # auto = bfloat16 on a GPU, float32 on the CPU
+    device: str = "auto"  # auto = cuda when present
+    engine: str = "transformers"  # transformers | vllm
+    max_length: int = 4096  # tokens; longer pairs are cut (truncation_side) and counted as truncated
+    truncation_side: str = "left"  # left: the conversation's start goes, the response stays
+    batch_size: int = 8
+    trust_remote_code: bool = False  # ArmoRM needs true
+    score_output: str = "auto"  # auto (.score when the output has one, else logits[:, 0]) | score | logits
+    aspect_names: list[str] = []  # names of a multi-objective output's columns (ArmoRM: ARMORM_ATTRIBUTES)
+    num_labels: Optional[int] = None  # None = the checkpoint's; 1 to load a causal LM folder as a reward head
+    gpu_memory_utilization: float = 0.9  # vllm
+
+    _engines: dict = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # ------------------------------------------------------------------ config
+    def check(self) -> None:
+        """Raise `RewardConfigError` with the field and the allowed values when the config cannot work."""
+        def bad(field: str, allowed, got) -> RewardConfigError:
+            allowed = ", ".join(allowed) if isinstance(allowed, (tuple, list)) else allowed
+            return RewardConfigError(f"reward: {field} must be {allowed}, got {got!r}")
+
+        if self.backend not in BACKENDS:
+            raise bad("backend", BACKENDS, self.backend)
+        if self.backend == "attributes":
+            raise RewardUnavailable("reward backend 'attributes' is not available yet (issue 11: the SteerLM "
+                                    "attribute model); use backend 'judge' or 'classifier'")
+        if self.backend == "judge":
+            if not self.aspects or any(a not in ASPECTS for a in self.aspects):
+                raise bad("aspects", f"a non-empty subset of {', '.join(ASPECTS)}", self.aspects)
+            if len(set(self.aspects)) != len(self.aspects):
+                raise bad("aspects", "without repeats", self.aspects)
+            if not self.judge_model:
+                raise bad("judge_model", "an LLMResource model name", self.judge_model)
+            if self.max_tokens is not None and self.max_tokens < 16:
+                raise bad("max_tokens", ">= 16 (four ratings and a reason)", self.max_tokens)
+            if self.max_prompt_chars < 0 or self.max_response_chars < 0:
+                raise bad("max_prompt_chars / max_response_chars", ">= 0 (0 = no limit)",
+                          (self.max_prompt_chars, self.max_response_chars))
+            return
+        if not self.model:
+            raise RewardConfigError("reward: backend 'classifier' needs `model` (a hub id or local folder, e.g. "
+                                    "RLHFlow/ArmoRM-Llama3-8B-v0.1 with trust_remote_code: true)")
+        if self.engine not in ENGINES:
+            raise bad("engine", ENGINES, self.engine)
+        if self.dtype not in DTYPES:
+            raise bad("dtype", DTYPES, self.dtype)
+        if self.score_output not in SCORE_OUTPUTS:
+            raise bad("score_output", SCORE_OUTPUTS, self.score_output)
+        if self.truncation_side not in ("left", "right"):
+            raise bad("truncation_side", ("left", "right"), self.truncation_side)
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise bad("device", "auto, cpu, cuda or cuda:N", self.device)
+        if self.max_length < 8:
+            raise bad("max_length", ">= 8 tokens", self.max_length)
+        if self.batch_size < 1:
+            raise bad("batch_size", ">= 1", self.batch_size)
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise bad("gpu_memory_utilization", "in (0, 1]", self.gpu_memory_utilization)
+
+    @property
+    def model_name(self) -> str:
+        if self.backend == "classifier":
+            return f"classifier:{self.model}"
+        return f"judge:{self.judge_model}"
+
+    # ------------------------------------------------------------------ engines
+    def _engine(self, key: str, make):
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = make()
+            return self._engines[key]
+
+    def _classifier(self):
+        cls = VLLMRewardModel if self.engine == "vllm" else HFRewardModel
+        return self._engine("classifier", lambda: cls(self))
+
+    def _own_llm(self):
+        from resources.llm import LLMResource
+
+        return self._engine("llm", lambda: LLMResource(config_file=self.llm_config_file))
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, context, pairs: list, *, llm=None, storage=None,
+              languages: Optional[list[Optional[str]]] = None) -> RewardResults:
+        """Per pair `(messages or prompt text, response)`: a `RewardScore` (per-aspect values, `overall`,
+        the model) or a `RewardFailure` (bad_input, llm_failed, parse_failed, classifier_failed,
+        non_finite), never a default score. `languages` (judge): the template language per pair."""
+        self.check()
+        pairs = list(pairs)
+        if languages is not None and len(languages) != len(pairs):
+            raise ValueError(f"languages: {len(languages)} values for {len(pairs)} pairs")
+        out: list = [None] * len(pairs)
+        valid: list[tuple[int, list[dict], str]] = []
+        for i, pair in enumerate(pairs):
+            try:
+                messages, response = normalize_pair(pair)
+                valid.append((i, messages, response))
+            except ValueError as exc:
+                out[i] = RewardFailure("bad_input", f"pair {i}: {exc}", model=self.model_name)
+        t0 = time.monotonic()
+        if self.backend == "judge":
+            meta = self._score_judge(context, valid, out, llm=llm, storage=storage, languages=languages)
+        else:
+            meta = self._score_classifier(context, valid, out)
+        res = RewardResults(out)
+        seconds = time.monotonic() - t0
+        res.metadata = {"reward_backend": self.backend, "reward_model": self.model_name, **meta, **res.counts(),
+                        "reward_seconds": round(seconds, 2),
+                        "reward_pairs_per_s": round(len(valid) / seconds, 2) if seconds and valid else 0.0}
+        if context is not None:
+            context.log.info(f"reward {self.model_name}: {res.metadata['reward_scored']}/{len(pairs)} scored, "
+                             f"failed {res.metadata['reward_failed_by_reason'] or 0}")
+        return res
+
+    def _score_judge(self, context, valid, out, *, llm, storage, languages) -> dict:
+        if not valid:
+            return {}
+        llm = llm if llm is not None else self._own_llm()
+        rows = [judge_row(m, r, language=languages[i] if languages else None, max_prompt_chars=self.max_prompt_chars,
+                          max_response_chars=self.max_response_chars) for i, m, r in valid]
+        with llm.session(context, self.judge_model, storage=storage, chunk=self.chunk) as session:
+            results = session.run(RATING, rows, n=1, seed=self.seed, temperature=self.temperature,
+                                  max_tokens=self.max_tokens)
+            model = session.metadata()["llm_model"]
+        for (i, _, _), result in zip(valid, results):
+            out[i] = to_score(result, tuple(self.aspects), f"judge:{model}")
+        return {**session.metadata(), "reward_model": f"judge:{model}", "reward_template_version": RATING.version,
+                "reward_aspects": ", ".join(self.aspects)}
+
+    def _score_classifier(self, context, valid, out) -> dict:
+        if not valid:
+            return {}
+        engine = self._classifier()
+        model = self.model_name
+        rendered = []
+        for i, m, r in valid:
+            try:
+                rendered.append((i, *render_ids(engine.tok, m, r, self.max_length, self.truncation_side)))
+            except RewardConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a chat template that refuses this turn order
+                out[i] = RewardFailure("bad_input", f"pair {i}: chat template: {type(exc).__name__}: {exc}",
+                                       model=model)
+        values = (engine.scores([ids for _, ids, _ in rendered], batch_size=self.batch_size,
+                                score_output=self.score_output) if rendered else [])
+        for (i, _, truncated), v in zip(rendered, values):
+            if isinstance(v, Exception):
+                out[i] = RewardFailure("classifier_failed", f"{type(v).__name__}: {v}", model=model)
+                continue
+            scalar, multi = v
+            if not math.isfinite(scalar):
+                out[i] = RewardFailure("non_finite", f"the model returned {scalar}", model=model)
+                continue
+            aspects = {}
+            if self.aspect_names:
+                if multi is None or len(multi) != len(self.aspect_names):
+                    raise RewardConfigError(
+                        f"reward: aspect_names has {len(self.aspect_names)} names but the model's multi-objective "
+                        f"output has {0 if multi is None else len(multi)} columns")
+                aspects = dict(zip(self.aspect_names, (float(x) for x in multi)))
+            out[i] = RewardScore(overall=float(scalar), aspects=aspects, model=model, backend="classifier",
+                                 truncated=truncated)
+        return {"reward_engine": engine.kind, "reward_max_length": self.max_length}
