@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "validate":
         for s in reg.sources:
-            where = s.loader.hub or s.loader.path
+            where = f"generator {s.generator} v{s.version}" if s.synthetic else (s.loader.hub or s.loader.path)
             print(f"{s.key:28} {s.kind:11} {s.adapter:14} {s.licence:24} {where}")
         print(f"{reg.path}: {len(reg.sources)} sources, valid")
         return 0

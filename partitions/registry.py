@@ -4,6 +4,11 @@ Each entry becomes one key of the `source` dynamic partitions. A bad entry raise
 `RegistryError` whose message names the file, the source and the field, e.g.
 
     partitions/sources.yaml: source 'gsm8k': field 'kind': must be one of attributes, cot, ...
+
+A source of kind `synthetic` has no loader, adapter or fields: its rows are written by a generator
+(`generator: magpie` -> the `magpie_instructions` asset) from `generator_config` (MAGPIE_DEFAULTS:
+family, variant, model, total_prompts, decoding, n, seed), under a `version` (default 1) that must
+change whenever the settings of a partition that already holds rows change.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from typing import Any
 
 import yaml
 
-KINDS = ("prompt", "sft", "cot", "preference", "attributes")
+KINDS = ("prompt", "sft", "cot", "preference", "attributes", "synthetic")
+#: a source whose rows a generator writes (no loader, no adapter): `generator` + `generator_config`
+SYNTHETIC = "synthetic"
+#: the generators a synthetic source can name (the asset that writes its rows: magpie_instructions)
+GENERATORS = ("magpie",)
 FORMATS = ("jsonl", "json", "csv", "parquet")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 DEDUP_KEYS = ("record", "prompt")
@@ -70,6 +79,29 @@ ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+#: `generator_config` of `generator: magpie`: field -> default (None: no default). Checked by
+#: `_parse_magpie` (types, ranges, the family / variant against the pre-query templates).
+MAGPIE_DEFAULTS: dict[str, Any] = {
+    "family": "smollm2",  # pre-query template family (posttrain_assets/magpie/templates/); smollm2 = the embedded model
+    "variant": None,  # None (plain template) | a variant of the family: math, math.algebra, ..., code, translation, ja
+    "model": "generator",  # the LLMResource model name that writes both instructions and responses
+    "total_prompts": None,  # required: instructions requested (rows_in of magpie_instructions)
+    "ins_temp": 1.0,  # instruction sampling (upstream gen_ins.py defaults)
+    "ins_top_p": 1.0,
+    "ins_max_tokens": 512,
+    "res_temp": 0.0,  # response decoding (upstream gen_res.py defaults)
+    "res_top_p": 1.0,
+    "res_max_tokens": 2048,
+    "n": 200,  # instructions per model call (samples of one seeded request)
+    "seed": 0,  # base seed; call i samples with a seed derived from (seed, i)
+}
+#: fields a synthetic source must not have (its rows come from the generator, not from files). Its
+#: `licence` stays required: the generated data's terms depend on the model that writes it.
+SYNTHETIC_FORBIDDEN = ("loader", "adapter", "fields", "turns")
+#: the columns magpie_instructions writes, as the generic adapter would read them (see SourceSpec)
+MAGPIE_FIELDS = {"prompt": "instruction", "response": "response", "id": "uuid"}
+
+
 class RegistryError(ValueError):
     """A sources registry that cannot be used; the message names file, source and field."""
 
@@ -101,6 +133,19 @@ class SourceSpec:
     dedup_key: str = "record"  # 'record' (prompt + responses) or 'prompt'
     turns: str = "all"  # generic adapter, prompt given as a list of strings: 'all' or 'first' turn
     base_dir: str = "."  # folder of the registry file; relative paths resolve against it
+    # kind 'synthetic' only: the generator that writes the rows and its settings (every field, with
+    # the defaults filled in), and the settings' version: changing the settings of a partition that
+    # already holds rows needs a new version (or a new key); see magpie_instructions
+    generator: str | None = None
+    generator_config: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    @property
+    def synthetic(self) -> bool:
+        """Rows written by a generator (`kind: synthetic`), not loaded from files. Such a spec has an
+        empty `loader` and the generic adapter over the generator's columns (MAGPIE_FIELDS), so code
+        that maps columns never meets an unknown adapter."""
+        return self.kind == SYNTHETIC
 
     def column(self, logical: str) -> str | None:
         """The raw column mapped to a logical field (registry mapping over adapter default)."""
@@ -173,7 +218,8 @@ def default_registry_path() -> str:
 
 _TOP_KEYS = {"version", "sources"}
 _SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
-                "description", "priority", "dedup_key", "turns"}
+                "description", "priority", "dedup_key", "turns", "generator", "generator_config", "version"}
+_SYNTHETIC_ONLY = ("generator", "generator_config", "version")
 _LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit", "offset"}
 
 
@@ -203,6 +249,11 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     kind = raw.get("kind")
     if kind not in KINDS:
         raise _fail(where, label, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == SYNTHETIC:
+        return _parse_synthetic(raw, label, where, base_dir)
+    for name in _SYNTHETIC_ONLY:
+        if name in raw:
+            raise _fail(where, label, name, f"only a source of kind {SYNTHETIC!r} has it, not kind {kind!r}")
     adapter = raw.get("adapter", "generic")
     if adapter not in ADAPTER_FIELDS:
         raise _fail(where, label, "adapter",
@@ -277,6 +328,97 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     if kind == "preference" and adapter != "helpsteer3" and not ({"chosen", "rejected"} <= set(mapped)):
         raise _fail(where, label, "fields", "kind 'preference' needs 'chosen' and 'rejected' mapped")
     return spec
+
+
+def _common_fields(raw: dict, label: str, where: str) -> tuple[str, int, str]:
+    """licence, priority, dedup_key: checked the same way for every kind."""
+    licence = raw.get("licence", raw.get("license"))
+    if not isinstance(licence, str) or not licence.strip():
+        raise _fail(where, label, "licence", "required (the dataset's licence, e.g. MIT)")
+    priority = raw.get("priority", 100)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise _fail(where, label, "priority", f"must be an integer, got {priority!r}")
+    dedup_key = raw.get("dedup_key", "record")
+    if dedup_key not in DEDUP_KEYS:
+        raise _fail(where, label, "dedup_key", f"must be one of {', '.join(DEDUP_KEYS)}, got {dedup_key!r}")
+    return licence.strip(), priority, dedup_key
+
+
+def _parse_synthetic(raw: dict, label: str, where: str, base_dir: str) -> SourceSpec:
+    """A `kind: synthetic` source: `generator` (magpie), `generator_config`, `version`; no loader."""
+    for name in SYNTHETIC_FORBIDDEN:
+        if name in raw:
+            raise _fail(where, label, name, f"a {SYNTHETIC} source has no {name} "
+                                            f"(its rows are written by its generator)")
+    generator = raw.get("generator")
+    if generator not in GENERATORS:
+        raise _fail(where, label, "generator",
+                    f"required for kind {SYNTHETIC!r}: one of {', '.join(GENERATORS)}, got {generator!r}")
+    licence, priority, dedup_key = _common_fields(raw, label, where)
+    version = raw.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _fail(where, label, "version", f"must be a positive integer, got {version!r}")
+    config = _parse_magpie(raw.get("generator_config"), label, where)
+    return SourceSpec(
+        key=raw["key"], kind=SYNTHETIC, adapter="generic", loader=LoaderSpec(), licence=licence,
+        fields=dict(MAGPIE_FIELDS), description=str(raw.get("description") or ""), priority=priority,
+        dedup_key=dedup_key, base_dir=base_dir, generator=generator, generator_config=config, version=version,
+    )
+
+
+def _parse_magpie(cfg: Any, label: str, where: str) -> dict[str, Any]:
+    """`generator_config` of a magpie source, with the defaults filled in (MAGPIE_DEFAULTS)."""
+    if not isinstance(cfg, dict):
+        raise _fail(where, label, "generator_config",
+                    f"required: a mapping with at least total_prompts (fields: {', '.join(MAGPIE_DEFAULTS)})")
+    unknown = sorted(set(cfg) - set(MAGPIE_DEFAULTS), key=str)
+    if unknown:
+        raise _fail(where, label, f"generator_config.{unknown[0]}",
+                    f"unknown field; allowed: {', '.join(MAGPIE_DEFAULTS)}")
+    out = {k: cfg.get(k, d) for k, d in MAGPIE_DEFAULTS.items()}
+
+    def bad(name: str, msg: str) -> RegistryError:
+        return _fail(where, label, f"generator_config.{name}", msg)
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in ("family", "model"):
+        if not isinstance(out[name], str) or not out[name].strip():
+            raise bad(name, f"must be a non-empty string, got {out[name]!r}")
+    if out["variant"] is not None and (not isinstance(out["variant"], str) or not out["variant"]):
+        raise bad("variant", f"must be null or a variant name (math, math.algebra, code, ja, ...), got {out['variant']!r}")
+    if "total_prompts" not in cfg:
+        raise bad("total_prompts", "required: the number of instructions to generate (a positive integer)")
+    for name in ("total_prompts", "ins_max_tokens", "res_max_tokens", "n"):
+        if not is_int(out[name]) or out[name] < 1:
+            raise bad(name, f"must be a positive integer, got {out[name]!r}")
+    if not is_int(out["seed"]) or out["seed"] < 0:
+        raise bad("seed", f"must be a non-negative integer, got {out['seed']!r}")
+    for name in ("ins_temp", "res_temp"):
+        v = out[name]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 5:
+            raise bad(name, f"must be a number from 0 to 5, got {v!r}")
+        out[name] = float(v)
+    for name in ("ins_top_p", "res_top_p"):
+        v = out[name]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+            raise bad(name, f"must be a number in (0, 1], got {v!r}")
+        out[name] = float(v)
+    # the family and variant against the pre-query templates (imported here: the registry loads
+    # without the asset package otherwise)
+    from posttrain_assets.magpie.templates import TemplateError, default_templates
+
+    templates = default_templates()
+    if out["family"] not in templates.families:
+        raise bad("family", f"unknown pre-query template family {out['family']!r} "
+                            f"(known: {', '.join(templates.families)})")
+    if out["variant"] is not None:
+        try:
+            templates.system_prompt(out["family"], out["variant"])
+        except TemplateError as exc:
+            raise bad("variant", str(exc)) from None
+    return out
 
 
 def parse_registry(data: Any, where: str = "<registry>", base_dir: str = ".") -> Registry:

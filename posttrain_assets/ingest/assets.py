@@ -13,10 +13,13 @@ from resources.storage import StorageResource
 from ..common.accounting import Accounting, RowIssue, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, report_issues, required_check,
                                stage_metadata, unique_check)
-from .loaders import SourceLoadError, load_rows, rows_to_table
+from .loaders import LoadedRows, SourceLoadError, load_rows, rows_to_table
 from .merging import FieldMappingError, language_counts, merge_prompts
 
 GROUP = "ingest"
+#: what raw_records / merged_prompts say for a `kind: synthetic` source: its rows are written by its
+#: generator's asset, not loaded, so ingest writes an empty partition (typed, accounted 0 = 0)
+SYNTHETIC_NOTE = "synthetic source: see magpie_instructions"
 
 
 class RawRecordsConfig(dg.Config):
@@ -52,10 +55,14 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
                 registry: SourceRegistryResource, storage: StorageResource):
     key = context.partition_key
     spec = source_spec(registry, key)
-    try:
-        loaded = load_rows(spec, log=context.log.info, limit=config.limit)
-    except SourceLoadError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    if spec.synthetic:  # nothing to load: the generator's asset holds the rows
+        context.log.info(f"source {key!r}: {SYNTHETIC_NOTE}")
+        loaded = LoadedRows()
+    else:
+        try:
+            loaded = load_rows(spec, log=context.log.info, limit=config.limit)
+        except SourceLoadError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
     table = rows_to_table(loaded)
     acc = Accounting.from_issues(loaded.rows_read, table.num_rows, loaded.issues)
     report_issues(context, key, loaded.issues)
@@ -64,6 +71,7 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
         table, acc, preview_columns=table.column_names[:6],
         extra={"files": dg.MetadataValue.json(loaded.files), "blank_lines": loaded.blank_lines,
                "kind": spec.kind, "adapter": spec.adapter, "licence": spec.licence,
+               **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
                "rejects_path": dg.MetadataValue.path(rejects_uri),
                **all_rejected_metadata(context, key, acc, loaded.issues)}))
     yield accounting_check(acc)
@@ -100,6 +108,7 @@ def merged_prompts(context: dg.AssetExecutionContext, config: MergedPromptsConfi
         table, acc, text_column="prompt",
         preview_columns=["all_prompt_id", "prompt", "response", "chosen", "reference_answer"],
         extra={"raw_rows": result.raw_rows, "kind": spec.kind,
+               **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
                "languages": dg.MetadataValue.json(language_counts(table)),
                "rejects_path": dg.MetadataValue.path(rejects_uri),
                **all_rejected_metadata(context, key, acc, result.issues)}))
