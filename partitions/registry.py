@@ -258,9 +258,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     if adapter not in ADAPTER_FIELDS:
         raise _fail(where, label, "adapter",
                     f"must be one of {', '.join(ADAPTER_FIELDS)}, got {adapter!r}")
-    licence = raw.get("licence", raw.get("license"))
-    if not isinstance(licence, str) or not licence.strip():
-        raise _fail(where, label, "licence", "required (the dataset's licence, e.g. MIT)")
+    licence, priority, dedup_key = _common_fields(raw, label, where)
 
     fields = raw.get("fields") or {}
     if not isinstance(fields, dict):
@@ -302,12 +300,6 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         revision=loader_raw.get("revision"), limit=limit, offset=offset,
     )
 
-    priority = raw.get("priority", 100)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise _fail(where, label, "priority", f"must be an integer, got {priority!r}")
-    dedup_key = raw.get("dedup_key", "record")
-    if dedup_key not in DEDUP_KEYS:
-        raise _fail(where, label, "dedup_key", f"must be one of {', '.join(DEDUP_KEYS)}, got {dedup_key!r}")
     turns = raw.get("turns", "all")
     if turns not in TURNS:
         raise _fail(where, label, "turns", f"must be one of {', '.join(TURNS)}, got {turns!r}")
@@ -316,7 +308,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
                     f"only the generic adapter reads it (a list of strings as prompt), not {adapter!r}")
 
     spec = SourceSpec(
-        key=key, kind=kind, adapter=adapter, loader=loader, licence=licence.strip(),
+        key=key, kind=kind, adapter=adapter, loader=loader, licence=licence,
         fields={k: v for k, v in fields.items()}, description=str(raw.get("description") or ""),
         priority=priority, dedup_key=dedup_key, turns=turns, base_dir=base_dir,
     )

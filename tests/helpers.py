@@ -1,7 +1,11 @@
 """Shared test helpers: write registries, materialise assets in process."""
 
+import os
 import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -82,3 +86,26 @@ def wait_until_up(proc, url: str, timeout_s: float, log_path) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError(f"{url} did not answer in {timeout_s:.0f} s:\n{Path(log_path).read_text()}")
+
+
+@contextmanager
+def transformers_serve(log_dir: Path, env: dict | None = None):
+    """`transformers serve` on loopback with the bundled SmolLM2 weights (a real OpenAI-compatible
+    server); yields (base url of /v1, the weights folder, the server's log path)."""
+    from resources.llm import embedded_model_dir
+
+    folder = embedded_model_dir()
+    port = free_port()
+    exe = Path(sys.executable).with_name("transformers")
+    log_path = Path(log_dir) / "transformers-serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), folder],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(proc, f"{url}/health", 120, log_path)
+            yield f"{url}/v1", folder, log_path
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

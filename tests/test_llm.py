@@ -3,8 +3,6 @@ the same weights, openai against a real `transformers serve` on loopback); sessi
 batch independence, JSON-schema tasks, engine ownership and failure accounting."""
 
 import json
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +15,7 @@ from resources.llm.base import json_prefill
 from resources.llm.openai_backend import request_body, response_format
 from resources.llm.vllm_backend import vllm_engine_kwargs, vllm_sampling_kwargs
 
-from .helpers import free_port, wait_until_up
+from .helpers import transformers_serve
 
 Q = [{"role": "user", "content": "What is 2+3?"}]
 QUESTIONS = ["What is 2+3?", "Name a fruit.", "What is the capital of France?", "Write a haiku about rain.",
@@ -46,21 +44,8 @@ def tf_backend():
 @pytest.fixture(scope="module")
 def served_model(tmp_path_factory):
     """`transformers serve` on loopback with the bundled SmolLM2 weights (a real OpenAI-compatible server)."""
-    folder = embedded_model_dir()
-    port = free_port()
-    exe = Path(sys.executable).with_name("transformers")
-    log_path = tmp_path_factory.mktemp("serve") / "transformers-serve.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), folder],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(proc, f"{url}/health", 120, log_path)
-        yield f"{url}/v1", folder
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with transformers_serve(tmp_path_factory.mktemp("serve")) as (url, folder, _log):
+        yield url, folder
 
 
 def test_embedded_chat_complete_and_logprob(embedded):

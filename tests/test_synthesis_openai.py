@@ -11,9 +11,6 @@ never an acceptance; lineage and accounting of the tables; the server's own requ
 re-run sends the server nothing."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -26,11 +23,11 @@ from posttrain_assets.records.unify import COT_SCHEMA, SFT_SCHEMA
 from posttrain_assets.synthesis.assets import generated_solutions
 from posttrain_assets.synthesis.solutions import (JUDGE_ANSWER, PASS_RATES_SCHEMA, SOLUTIONS_SCHEMA, generate,
                                                   judge_rows, problems_from_seeds)
-from resources.llm import LLMCache, LLMResource, ModelSpec, TaskParseError, embedded_model_dir
+from resources.llm import LLMCache, LLMResource, ModelSpec, TaskParseError
 from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY
-from .helpers import SAMPLE, free_port, mat_metadata, resources_for, upstream_specs, wait_until_up
+from .helpers import SAMPLE, mat_metadata, resources_for, transformers_serve, upstream_specs
 
 GEN_TOKENS, JUDGE_TOKENS = 32, 32
 # max_judge_failure_rate 1.0: the 135M judge's unparseable deciding verdicts are counted rejects, not a
@@ -45,22 +42,8 @@ def served_model(tmp_path_factory):
     """`transformers serve` on loopback with the bundled SmolLM2 weights (as in test_llm), plus its log.
     One torch thread (as the in-process reference below): on a shared 2-core machine two threads per
     process contend (about 3x slower per token, measured), and both sides then compute alike."""
-    folder = embedded_model_dir()
-    port = free_port()
-    exe = Path(sys.executable).with_name("transformers")
-    log_path = tmp_path_factory.mktemp("serve") / "transformers-serve.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), folder],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(proc, f"{url}/health", 120, log_path)
-        yield f"{url}/v1", folder, log_path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with transformers_serve(tmp_path_factory.mktemp("serve"), env={"OMP_NUM_THREADS": "1"}) as served:
+        yield served
 
 
 def _server_requests(log_path) -> int:

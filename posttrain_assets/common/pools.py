@@ -7,3 +7,6 @@ import os
 
 #: the pool name (POSTTRAIN_GPU_POOL overrides it, e.g. one pool per GPU type)
 GPU_POOL = os.environ.get("POSTTRAIN_GPU_POOL", "gpu")
+
+#: the op tags of a step that loads a model: on Kubernetes (dagster-k8s) its pod requests one GPU
+GPU_STEP_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}

@@ -17,7 +17,7 @@ from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
-from ..common.pools import GPU_POOL
+from ..common.pools import GPU_POOL, GPU_STEP_TAGS
 from .generation import (FUNNEL, RESPONSE, MagpieSettings, empty_table, family_serves, funnel_line,
                          funnel_markdown, generate, overwrite_problem, stored_settings_of_file)
 
@@ -35,7 +35,7 @@ class MagpieConfig(dg.Config):
                  dg.AssetCheckSpec("uuid_unique", asset=ASSET)],
     description="Magpie: instructions written by the generator model from its pre-query template alone, "
                 "rejected / de-duplicated, then answered through the chat path (synthetic sources only).",
-    op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
+    op_tags=GPU_STEP_TAGS,
 )
 def magpie_instructions(context: dg.AssetExecutionContext, config: MagpieConfig, llm: LLMResource,
                         registry: SourceRegistryResource, storage: StorageResource):

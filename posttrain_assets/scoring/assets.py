@@ -24,7 +24,7 @@ from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
-from ..common.pools import GPU_POOL
+from ..common.pools import GPU_POOL, GPU_STEP_TAGS
 from .difficulty import DEFAULT_WEIGHTS, SCORES_SCHEMA, check_weights, gold_items, sample_items, score_items
 
 GROUP = "scoring"
@@ -54,7 +54,7 @@ class DifficultyConfig(dg.Config):
                  dg.AssetCheckSpec("all_prompt_id_unique", asset="difficulty_scores")],
     description="Lengths, avg_logprob (gold, question), ensemble_acc, irt_beta, weighted difficulty_z per "
                 "SFT / CoT record with a gold answer.",
-    op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
+    op_tags=GPU_STEP_TAGS,
     pool=GPU_POOL,
 )
 def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfig, llm: LLMResource,

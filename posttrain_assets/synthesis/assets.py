@@ -17,7 +17,7 @@ from resources.storage import MissingPartitionError, StorageResource
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
-from ..common.pools import GPU_POOL
+from ..common.pools import GPU_POOL, GPU_STEP_TAGS
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
 from .solutions import (FUNNEL, assemble, generate, histogram_markdown, judge,
@@ -57,7 +57,7 @@ class EvolConfig(dg.Config):
                  dg.AssetCheckSpec("id_unique", asset="evolved_instructions")],
     description="Evol-Instruct (width / depth / flatten, elimination, judge, answer) over a source's prompts: "
                 "conversation rows with lineage.",
-    op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
+    op_tags=GPU_STEP_TAGS,
     pool=GPU_POOL,
 )
 def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, llm: LLMResource,
@@ -173,7 +173,7 @@ def _llm_metadata(sessions: list) -> dict:
     check_specs=[dg.AssetCheckSpec("row_accounting", asset="generated_solutions", blocking=True),
                  dg.AssetCheckSpec("row_accounting", asset="solution_pass_rates", blocking=True),
                  dg.AssetCheckSpec("all_prompt_id_unique", asset="solution_pass_rates")],
-    op_tags={"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}},
+    op_tags=GPU_STEP_TAGS,
 )
 def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConfig, llm: LLMResource,
                         storage: StorageResource, selected_seeds: pa.Table, cot_records: pa.Table,
