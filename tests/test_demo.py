@@ -14,7 +14,7 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"),
            "POSTTRAIN_STORAGE": str(tmp_path / "storage")}
     out = subprocess.run([sys.executable, "-m", "posttrain_assets.demo"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     table = {ln.split()[0]: ln.split() for ln in lines if re.match(r"^[a-z0-9_]+\s+(cot|sft|prompt|preference|attributes)\s", ln)}

@@ -21,7 +21,7 @@ PER_SOURCE = ("merged_prompts", "prompt_embeddings", "deduplicated_prompts", "sf
 def test_demo_on_every_format_and_an_all_rejected_source(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "POSTTRAIN_STORAGE": str(tmp_path / "storage")}
     out = subprocess.run([sys.executable, "-m", "posttrain_assets.demo", "--registry", str(REGISTRY)], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=1200)
+                         env=env, capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, out.stdout + out.stderr
     table = {ln.split()[0]: ln.split() for ln in out.stdout.splitlines()
              if re.match(r"^[a-z0-9_]+\s+(cot|sft|prompt|preference|attributes)\s", ln)}
