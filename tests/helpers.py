@@ -15,6 +15,7 @@ from posttrain_assets.ingest.assets import merged_prompts, raw_records
 from resources.embeddings import EmbeddingClient
 from resources.hub import HubResource
 from resources.llm import LLMResource
+from resources.reward import RewardResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
@@ -31,7 +32,7 @@ def resources_for(storage_root: str, registry_path) -> dict:
     storage = StorageResource(root=storage_root)
     return {"storage": storage, "io_manager": ParquetIOManager(storage=storage),
             "registry": SourceRegistryResource(path=str(registry_path)),
-            "embeddings": EmbeddingClient(), "hub": HubResource(), "llm": LLMResource()}
+            "embeddings": EmbeddingClient(), "hub": HubResource(), "llm": LLMResource(), "reward": RewardResource()}
 
 
 def upstream_specs(*keys: str) -> list:
