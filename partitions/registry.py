@@ -26,6 +26,8 @@ KINDS = ("prompt", "sft", "cot", "preference", "attributes", "synthetic")
 SYNTHETIC = "synthetic"
 #: the generators a synthetic source can name (the asset that writes its rows: magpie_instructions)
 GENERATORS = ("magpie",)
+#: generator -> the asset whose partition holds a synthetic source's rows (raw_records reads it)
+GENERATOR_ASSETS = {"magpie": "magpie_instructions"}
 FORMATS = ("jsonl", "json", "csv", "parquet")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 DEDUP_KEYS = ("record", "prompt")

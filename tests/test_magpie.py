@@ -86,17 +86,14 @@ def test_synthetic_fields_on_another_kind_are_errors(name, value):
         _parse(entry)
 
 
-def test_ingest_writes_an_empty_partition_with_a_note_for_a_synthetic_source(tmp_path, instance):
+def test_ingest_needs_the_generators_partition_first(tmp_path, instance):
     reg = write_registry(tmp_path / "reg.yaml", [SYNTH])
     instance.add_dynamic_partitions("source", ["magpie_math"])
-    result = dg.materialize([raw_records, merged_prompts], partition_key="magpie_math", instance=instance,
-                            resources=resources_for(str(tmp_path / "storage"), reg))
-    assert result.success
-    for asset in ("raw_records", "merged_prompts"):
-        md = mat_metadata(result, asset)
-        assert md["note"] == SYNTHETIC_NOTE == "synthetic source: see magpie_instructions"
-        assert md["dagster/row_count"] == 0 and md["rows_in"] == md["rows_out"] == 0 and md["kind"] == "synthetic"
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    result = dg.materialize([raw_records], partition_key="magpie_math", instance=instance,
+                            resources=resources_for(str(tmp_path / "storage"), reg), raise_on_error=False)
+    assert not result.success
+    err = step_error(result)
+    assert "source 'magpie_math' is synthetic: materialise magpie_instructions for it first" in err
 
 
 # ------------------------------------------------------------------------------ a scripted model
@@ -319,6 +316,19 @@ def test_the_asset_refuses_a_silent_overwrite(tmp_path, instance):
     assert "holds 1 rows generated with settings" in err and "generator_config.ins_temp: 1.0 -> 0.9" in err
     assert "Bump `version` to 2" in err
     assert pq.read_table(path).equals(written)  # untouched
+
+    # the generated row enters the graph like a loaded one: raw_records -> merged_prompts (sft_records next)
+    ingested = dg.materialize([raw_records, merged_prompts], partition_key="magpie_math", instance=instance,
+                              resources=resources_for(str(tmp_path / "storage"), tmp_path / "reg.yaml"))
+    for asset in ("raw_records", "merged_prompts"):
+        md = mat_metadata(ingested, asset)
+        assert md["note"] == SYNTHETIC_NOTE == "synthetic source: rows from magpie_instructions"
+        assert (md["rows_in"], md["rows_out"], md["kind"]) == (1, 1, "synthetic")
+    (merged,) = pq.read_table(tmp_path / "storage" / "merged_prompts" / "source=magpie_math" / "data.parquet").to_pylist()
+    (gen,) = written.to_pylist()
+    assert (merged["prompt"], merged["response"], merged["source_prompt_id"]) == (gen["instruction"], gen["response"],
+                                                                                   gen["uuid"])
+    assert merged["source"] == "magpie_math" and json.loads(merged["metadata"])["family"] == "smollm2"
 
     no_longer = {"key": "magpie_math", "kind": "prompt", "adapter": "generic", "fields": {"prompt": "p"},
                  "loader": {"path": "x.jsonl"}, "licence": "MIT"}

@@ -6,20 +6,20 @@ import dagster as dg
 import pyarrow as pa
 
 from partitions import source_partitions
-from partitions.registry import RegistryError, SourceSpec
+from partitions.registry import GENERATOR_ASSETS, RegistryError, SourceSpec
 from resources.sources import SourceRegistryResource
-from resources.storage import StorageResource
+from resources.storage import MissingPartitionError, StorageResource
 
 from ..common.accounting import Accounting, RowIssue, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, report_issues, required_check,
                                stage_metadata, unique_check)
-from .loaders import LoadedRows, SourceLoadError, load_rows, rows_to_table
+from .loaders import SourceLoadError, load_rows, rows_from_generator, rows_to_table
 from .merging import FieldMappingError, language_counts, merge_prompts
 
 GROUP = "ingest"
-#: what raw_records / merged_prompts say for a `kind: synthetic` source: its rows are written by its
-#: generator's asset, not loaded, so ingest writes an empty partition (typed, accounted 0 = 0)
-SYNTHETIC_NOTE = "synthetic source: see magpie_instructions"
+#: what raw_records / merged_prompts say for a `kind: synthetic` source: its rows are not loaded from
+#: files but read from its generator's asset (magpie_instructions), which must be materialised first
+SYNTHETIC_NOTE = "synthetic source: rows from magpie_instructions"
 
 
 class RawRecordsConfig(dg.Config):
@@ -49,15 +49,25 @@ def _save_rejects(context, storage: StorageResource, source: str, issues: list[R
     kinds={"parquet", "python"},
     check_specs=[dg.AssetCheckSpec("row_accounting", asset="raw_records", blocking=True)],
     description="The source's rows as loaded (top-level fields as columns, nested ones as JSON "
-                "text) plus source_file and source_row.",
+                "text) plus source_file and source_row; a synthetic source's rows come from its generator's asset.",
+    # lineage: a synthetic source's rows are its generator's partition (read only for such sources)
+    deps=[dg.AssetDep(a) for a in sorted(set(GENERATOR_ASSETS.values()))],
 )
 def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
                 registry: SourceRegistryResource, storage: StorageResource):
     key = context.partition_key
     spec = source_spec(registry, key)
-    if spec.synthetic:  # nothing to load: the generator's asset holds the rows
-        context.log.info(f"source {key!r}: {SYNTHETIC_NOTE}")
-        loaded = LoadedRows()
+    if spec.synthetic:  # nothing to load from files: the generator's asset holds the rows
+        generated = GENERATOR_ASSETS[spec.generator]
+        store = storage.store()
+        path = store.path(generated, key)
+        try:
+            table = store.read(path)
+        except MissingPartitionError:
+            raise dg.Failure(description=f"source {key!r} is synthetic: materialise {generated} for it first "
+                                         f"(no partition at {store.uri(path)})", allow_retries=False) from None
+        context.log.info(f"source {key!r}: {SYNTHETIC_NOTE}: {table.num_rows} rows")
+        loaded = rows_from_generator(table, store.uri(path))
     else:
         try:
             loaded = load_rows(spec, log=context.log.info, limit=config.limit)

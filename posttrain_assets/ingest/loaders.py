@@ -256,6 +256,18 @@ def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
     return out
 
 
+def rows_from_generator(table: pa.Table, label: str) -> LoadedRows:
+    """The rows of a synthetic source: its generator's table (e.g. magpie_instructions), one raw row
+    per generated row, `source_file` = the generator asset's file, `source_row` = the row's position."""
+    out = LoadedRows(files=[label])
+    for i, row in enumerate(table.to_pylist()):
+        out.rows.append(row)
+        out.source_files.append(label)
+        out.source_rows.append(i)
+    out.rows_read = len(out.rows)
+    return out
+
+
 # ---------------------------------------------------------------- raw rows <-> Arrow
 
 

@@ -11,7 +11,7 @@ from ..common.accounting import RowIssue
 from ..common.answers import GSM8K_FINAL, last_boxed
 from ..common.schemas import MESSAGE_TYPE
 
-SFT_KINDS = ("sft", "attributes")
+SFT_KINDS = ("sft", "attributes", "synthetic")  # synthetic: magpie instruction -> response
 COT_KINDS = ("cot",)
 SFT_SCHEMA = pa.schema([
     ("all_prompt_id", pa.string()), ("source_prompt_id", pa.string()), ("prompt", pa.string()),
