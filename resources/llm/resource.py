@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 import yaml
 from pydantic import PrivateAttr
+
+from resources.engines import OwnedEngines
 
 from .base import Backend, LLMError
 from .cache import LLMCache
@@ -58,8 +59,7 @@ class LLMResource(dg.ConfigurableResource):
     cache_dir: str = ""  # "" = <storage root>/_llm_cache (local) or ~/.cache/posttrain/llm_cache
     max_failure_rate: float = 0.2  # a partition fails when more of its requests fail
 
-    _engines: dict = PrivateAttr(default_factory=dict)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
 
     # ------------------------------------------------------------------ specs
     def _file_models(self) -> dict:
@@ -96,10 +96,7 @@ class LLMResource(dg.ConfigurableResource):
             from .vllm_backend import engine_identity
 
             key = json.dumps(engine_identity(spec))  # sampling knobs aside, one engine per weights
-        with self._lock:
-            if key not in self._engines:
-                self._engines[key] = self._make(spec)
-            return self._engines[key]
+        return self._engines.get_or_make(key, lambda: self._make(spec))
 
     def _make(self, spec: ModelSpec) -> Backend:
         if spec.backend == "embedded":
@@ -120,10 +117,7 @@ class LLMResource(dg.ConfigurableResource):
         return OpenAIBackend(spec, self.api_key, self.max_concurrency, self.timeout_s, self.max_retries)
 
     def close(self) -> None:
-        with self._lock:
-            for engine in self._engines.values():
-                engine.close()
-            self._engines.clear()
+        self._engines.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()

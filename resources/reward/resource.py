@@ -14,12 +14,13 @@ private attribute, made on first use and closed when the step's execution ends."
 from __future__ import annotations
 
 import math
-import threading
 import time
 from typing import Optional
 
 import dagster as dg
 from pydantic import PrivateAttr
+
+from resources.engines import OwnedEngines
 
 from .classifier import DTYPES, ENGINES, SCORE_OUTPUTS, HFRewardModel, VLLMRewardModel, render_ids
 from .judge import ASPECTS, RATING, judge_row, to_score
@@ -62,8 +63,7 @@ class RewardResource(dg.ConfigurableResource):
     num_labels: Optional[int] = None  # None = the checkpoint's; 1 to load a causal LM folder as a reward head
     gpu_memory_utilization: float = 0.9  # vllm
 
-    _engines: dict = PrivateAttr(default_factory=dict)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
 
     # ------------------------------------------------------------------ config
     def check(self) -> None:
@@ -117,26 +117,17 @@ class RewardResource(dg.ConfigurableResource):
         return f"judge:{self.judge_model}"
 
     # ------------------------------------------------------------------ engines
-    def _engine(self, key: str, make):
-        with self._lock:
-            if key not in self._engines:
-                self._engines[key] = make()
-            return self._engines[key]
-
     def _classifier(self):
         cls = VLLMRewardModel if self.engine == "vllm" else HFRewardModel
-        return self._engine("classifier", lambda: cls(self))
+        return self._engines.get_or_make("classifier", lambda: cls(self))
 
     def _own_llm(self):
         from resources.llm import LLMResource
 
-        return self._engine("llm", lambda: LLMResource(config_file=self.llm_config_file))
+        return self._engines.get_or_make("llm", lambda: LLMResource(config_file=self.llm_config_file))
 
     def close(self) -> None:
-        with self._lock:
-            for engine in self._engines.values():
-                engine.close()
-            self._engines.clear()
+        self._engines.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
