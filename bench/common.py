@@ -15,7 +15,7 @@ def real_prompts() -> list[str]:
     from posttrain_assets.ingest.loaders import load_rows, rows_to_table
     from posttrain_assets.ingest.merging import merge_prompts
 
-    specs = list(load_registry().sources)
+    specs = [s for s in load_registry().sources if not s.synthetic]  # (a synthetic source has no files)
     if SHARED.is_dir():
         extra = [
             {"key": "gsm8k_train", "kind": "cot", "adapter": "gsm8k", "loader": {"path": str(SHARED / "gsm8k/train.jsonl")}},

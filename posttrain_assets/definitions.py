@@ -32,10 +32,12 @@ STAGES = stage_packages()
 all_assets = dg.load_assets_from_modules(list(STAGES.values()))
 all_checks = dg.load_asset_checks_from_modules(list(STAGES.values()))
 
-#: Per source: load, merge, embed (one run per `source` partition).
+#: Per source: generate (synthetic sources only; the others get an empty magpie partition, no model),
+#: load, merge, embed (one run per `source` partition).
 ingest_job = dg.define_asset_job(
-    "ingest_job", selection=dg.AssetSelection.groups("ingest") | dg.AssetSelection.assets("prompt_embeddings"),
-    partitions_def=source_partitions, description="Per source: raw_records -> merged_prompts -> prompt_embeddings.")
+    "ingest_job", selection=dg.AssetSelection.assets("magpie_instructions", "prompt_embeddings")
+    | dg.AssetSelection.groups("ingest"), partitions_def=source_partitions,
+    description="Per source: magpie_instructions (synthetic sources) -> raw_records -> merged_prompts -> prompt_embeddings.")
 #: Global: every source's prompts at once.
 dedup_job = dg.define_asset_job(
     "dedup_job", selection=dg.AssetSelection.assets("dedup_clusters", "dedup_cluster_report", "dedup_summary"),
@@ -52,15 +54,20 @@ scoring_job = dg.define_asset_job(
 #: Per source: synthetic data from the seeds (generate-from-seed with an LLM filter, the hard problems
 #: by our own pass rates, Evol-Instruct).
 synthesis_job = dg.define_asset_job(
-    "synthesis_job", selection=dg.AssetSelection.groups("synthesis") | dg.AssetSelection.assets("hard_problems"),
-    partitions_def=source_partitions,
+    "synthesis_job", selection=(dg.AssetSelection.groups("synthesis") - dg.AssetSelection.assets("preference_pairs"))
+    | dg.AssetSelection.assets("hard_problems"), partitions_def=source_partitions,
     description="Per source: generated_solutions + solution_pass_rates -> hard_problems; evolved_instructions.")
+#: Per source: Magpie's tags and filter, then preference pairs (on the filtered instructions by default).
+tagging_job = dg.define_asset_job(
+    "tagging_job", selection=dg.AssetSelection.assets("quality_tags", "filtered_instructions", "preference_pairs"),
+    partitions_def=source_partitions,
+    description="Per source: quality_tags -> filtered_instructions -> preference_pairs.")
 #: Global: the Hugging Face export.
 export_job = dg.define_asset_job(
     "export_job", selection=dg.AssetSelection.groups("export"),
     description="Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).")
 
-PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, synthesis_job, export_job]  # the order the demo runs them in
+PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, synthesis_job, tagging_job, export_job]  # the order the demo runs them in
 
 
 def build_resources() -> dict:

@@ -22,10 +22,11 @@ from resources.storage import StorageResource
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 #: demo-sized LLM work on 2 CPU cores (README): scoring 12 items per source, 2 samples, short
-#: answers; synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions
+#: answers; synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions; tags over
+#: the Magpie source, its filter, pairs for 4 prompts x 3 candidates
 DEMO_RUN_CONFIG = {
     "scoring_job": {"ops": {
-        "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 96,
+        "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 64,
                                          "max_input_chars": 1500, "max_gold_chars": 1000}},
         "selected_seeds": {"config": {"total_samples": 60}}}},
     "synthesis_job": {"ops": {
@@ -37,6 +38,14 @@ DEMO_RUN_CONFIG = {
         "generated_solutions": {"config": {"max_problems": 3, "n": 2, "max_tokens": 128,
                                            "judge_max_tokens": 48, "judge_max_chars": 1000,
                                            "max_input_chars": 1500, "max_judge_failure_rate": 0.75}}}},
+    # Magpie's tags over the magpie source's instructions, its filter, and one preference-pair pass on
+    # what the filter keeps. The 135M tagger's quality ratings do not parse (null, counted: README,
+    # Synthesis II), so the demo turns the quality rule off; the colon and near-duplicate rules stay
+    "tagging_job": {"ops": {
+        "quality_tags": {"config": {"max_tokens": 96}},
+        "filtered_instructions": {"config": {"qualities": []}},
+        "preference_pairs": {"config": {"max_prompts": 4, "samples_per_setting": 2, "max_tokens": 96,
+                                        "max_reward_failure_rate": 0.9}}}},
 }
 
 
@@ -81,6 +90,12 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
             r["llm_calls"] = _meta(ev, "llm_calls")
         elif name == "selected_seeds":
             r["selected"] = _meta(ev, "rows_out")
+        elif name == "magpie_instructions":
+            if _meta(ev, "synthetic"):
+                r["magpie_funnel"] = _meta(ev, "funnel_line")
+        elif name in ("quality_tags", "filtered_instructions", "preference_pairs") and _meta(ev, "rows_in"):
+            r[name] = {k: _meta(ev, k) for k in ("rows_in", "rows_out", "removed_by_reason", "rejected_by_reason",
+                                                  "tag_failures", "funnel_json", "reward_model")}
         elif name == "evolved_instructions":
             r["evolved"] = _meta(ev, "output_rows", 0)
             r["evol_funnel"] = _meta(ev, "funnel_json", {})
@@ -92,7 +107,8 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
             r["hard"] = _meta(ev, "rows_out")
         elif name == "hf_parquet":
             global_stats["export"] = {k: _meta(ev, k) for k in ("rows_sft", "rows_cot", "rows_preference",
-                                                                "rows_evol", "rows_generated", "ties_excluded",
+                                                                "rows_evol", "rows_generated", "rows_preference_synthetic",
+                                                                "ties_excluded",
                                                                 "export_dir", "hub_status")}
         elif name == "dedup_clusters":
             global_stats["dedup"] = {k: _meta(ev, k) for k in ("method", "search", "threshold",
@@ -123,6 +139,8 @@ def synthesis_funnels(results: dict[str, dict]) -> str:
     """One line per source and synthetic asset: the funnel the asset's metadata holds."""
     lines = []
     for key, r in results.items():
+        if r.get("magpie_funnel"):
+            lines.append(f"  {key} magpie_instructions: {r['magpie_funnel']}")
         f = r.get("evol_funnel") or {}
         if f:
             steps = {op: c for op, c in f.items() if op != "round"}
@@ -132,14 +150,41 @@ def synthesis_funnels(results: dict[str, dict]) -> str:
             lines.append(f"  {key} evolved_instructions: {evolved}; eliminated: {elim}; judged "
                          f"{rnd.get('judged', 0)} -> accepted {rnd.get('accepted', 0)} -> answered "
                          f"{rnd.get('answered', 0)} -> rows {rnd.get('out', 0)}")
+        lines += magpie_funnels(key, r)
         g = r.get("solutions_funnel") or {}
-        if g:
+        if g.get("problems"):
             lines.append(f"  {key} generated_solutions: problems {g.get('problems', 0)}, solutions "
                          f"{g.get('requested', 0)} -> generated {g.get('generated', 0)} -> verdicts "
                          f"{g.get('verdicts', 0)} (math-verify {g.get('verified_by_math_verify', 0)}, judge "
                          f"{g.get('verified_by_judge', 0)}) -> correct {g.get('correct', 0)} -> kept "
                          f"{g.get('kept', 0)}; judge failures {g.get('judge_failures', 0)}")
     return "\n".join(lines)
+
+
+def _reasons(counts: dict | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((counts or {}).items()) if v) or "none"
+
+
+def magpie_funnels(key: str, r: dict) -> list[str]:
+    """quality_tags, filtered_instructions and preference_pairs lines (sources where they had rows)."""
+    lines = []
+    if r.get("quality_tags"):
+        t = r["quality_tags"]
+        failed = "; ".join(f"{tag} {sum(c.values())}" for tag, c in (t["tag_failures"] or {}).items() if sum(c.values()))
+        lines.append(f"  {key} quality_tags: rows {t['rows_in']} -> tagged {t['rows_out']}; "
+                     f"tags the model failed (null, counted): {failed or 'none'}")
+    if r.get("filtered_instructions"):
+        f = r["filtered_instructions"]
+        lines.append(f"  {key} filtered_instructions: {f['rows_in']} -> kept {f['rows_out']}; "
+                     f"removed: {_reasons(f['removed_by_reason'])}")
+    if r.get("preference_pairs"):
+        p = r["preference_pairs"]
+        c = p["funnel_json"] or {}
+        lines.append(f"  {key} preference_pairs: prompts {c.get('prompts', 0)} -> candidates "
+                     f"{c.get('candidates_requested', 0)} -> unique {c.get('candidates_unique', 0)} -> scored "
+                     f"{c.get('candidates_scored', 0)} ({p['reward_model']}) -> pairs {p['rows_out']}; no pair: "
+                     f"{_reasons({**(p['removed_by_reason'] or {}), **(p['rejected_by_reason'] or {})})}")
+    return lines
 
 
 def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
@@ -200,7 +245,8 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
         print(global_stats["dedup_summary"])
     funnels = synthesis_funnels(results)
     if funnels:
-        print("\nSynthesis funnels (demo-sized: 2 seeds evolved for 2 rounds, 3 problems x 2 solutions per source):")
+        print("\nSynthesis funnels (demo-sized: 8 Magpie instructions; 2 seeds evolved for 2 rounds, 3 problems x 2 "
+              "solutions per source; pairs for 4 prompts x 3 candidates):")
         print(funnels)
     for key, r in results.items():
         if r.get("all_rejected"):
@@ -210,7 +256,8 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
     if global_stats.get("export"):
         e = global_stats["export"]
         print(f"\nHugging Face export: sft {e['rows_sft']}, cot {e['rows_cot']}, preference "
-              f"{e['rows_preference']}, evol {e['rows_evol']}, generated {e['rows_generated']} rows "
+              f"{e['rows_preference']}, evol {e['rows_evol']}, generated {e['rows_generated']}, preference_synthetic "
+              f"{e['rows_preference_synthetic']} rows "
               f"(ties excluded: {e['ties_excluded']}) -> {e['export_dir']}")
         print(f"  hub: {e['hub_status']}")
     if global_stats.get("error"):

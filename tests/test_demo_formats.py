@@ -15,7 +15,8 @@ from .conftest import REPO
 REGISTRY = REPO / "tests" / "data" / "demo_formats_registry.yaml"
 PER_SOURCE = ("merged_prompts", "prompt_embeddings", "deduplicated_prompts", "sft_records",
               "cot_records", "preference_records", "difficulty_scores", "selected_seeds", "generated_solutions",
-              "solution_pass_rates", "hard_problems", "evolved_instructions")
+              "solution_pass_rates", "hard_problems", "evolved_instructions", "magpie_instructions",
+              "quality_tags", "filtered_instructions", "preference_pairs")
 
 
 def test_demo_on_every_format_and_an_all_rejected_source(tmp_path):

@@ -93,7 +93,8 @@ def test_ids_stable_across_reruns_and_after_adding_a_source(tmp_path, instance, 
 
     data = yaml.safe_load(BUNDLED_REGISTRY.read_text())
     for s in data["sources"]:
-        s["loader"]["path"] = str((BUNDLED_REGISTRY.parent / s["loader"]["path"]).resolve())
+        if "loader" in s:  # (the synthetic source has none)
+            s["loader"]["path"] = str((BUNDLED_REGISTRY.parent / s["loader"]["path"]).resolve())
     extra = {"key": "gsm8k_again", "kind": "cot", "adapter": "gsm8k", "licence": "MIT",
              "loader": {"path": str(SAMPLE / "gsm8k" / "train_300.jsonl"), "limit": 50}}
     reg = write_registry(tmp_path / "sources.yaml", [extra] + data["sources"])

@@ -1,6 +1,8 @@
 """Export stage: `hf_parquet` — every source's SFT / CoT / preference records, and the synthetic
 tables where they were materialised (`evol` = evolved_instructions in the conversation format,
-`generated` = generated_solutions: problem, solution, answer, pass rate), as a Hugging Face Parquet
+`generated` = generated_solutions: problem, solution, answer, pass rate; `preference_synthetic` =
+preference_pairs in TRL's conversational preference format, a config of its own: see
+hf_dataset.preference_synthetic_config for why it is not mixed into `preference`), as a Hugging Face Parquet
 dataset (`data/<config>/<split>-0000i-of-0000N.parquet` + README.md card with YAML `configs`),
 optionally uploaded to the Hub (only changed files).
 
@@ -18,10 +20,14 @@ from resources.sources import SourceRegistryResource
 from resources.storage import MissingPartitionError, StorageResource
 
 from ..common.metadata import markdown_preview
-from .hf_dataset import CONFIGS, MANIFEST_SCHEMA, dataset_card, generated_config, write_dataset
+from .hf_dataset import (CONFIGS, MANIFEST_SCHEMA, dataset_card, generated_config, preference_synthetic_config,
+                         write_dataset)
 
 #: export config -> the synthetic asset it reads (where materialised)
-SYNTHETIC = {"evol": "evolved_instructions", "generated": "generated_solutions"}
+SYNTHETIC = {"evol": "evolved_instructions", "generated": "generated_solutions",
+             "preference_synthetic": "preference_pairs"}
+#: export config -> how the synthetic asset's rows become the config's rows (default: as they are)
+CONVERT = {"generated": generated_config, "preference_synthetic": preference_synthetic_config}
 
 GROUP = "export"
 
@@ -59,8 +65,8 @@ def _latest_metadata(instance, key: str) -> dict:
     ins={name: dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
          for name in ("sft_records", "cot_records", "preference_records")},
     deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in SYNTHETIC.values()],
-    description="Hugging Face Parquet export of every source's records (+ the synthetic evol / generated "
-                "tables where materialised) + dataset card; uploads changed files when a hub repo_id and "
+    description="Hugging Face Parquet export of every source's records (+ the synthetic evol / generated / "
+                "preference_synthetic tables where materialised) + dataset card; uploads changed files when a hub repo_id and "
                 "HF_TOKEN are set.",
 )
 def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, storage: StorageResource,
@@ -81,7 +87,7 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     for name, asset in SYNTHETIC.items():
         table, missing = _materialised(store, asset, reg.keys)
         if table is not None:
-            tables[name] = generated_config(table) if name == "generated" else table
+            tables[name] = CONVERT[name](table) if name in CONVERT else table
         synthetic_missing[name] = missing
     manifest = write_dataset(tables, out_dir, max_shard_bytes=config.max_shard_bytes,
                              test_fraction=config.test_fraction)

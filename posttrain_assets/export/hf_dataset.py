@@ -13,7 +13,9 @@ import yaml
 
 from resources.hub import sha256_file
 
-CONFIGS = ("sft", "cot", "preference", "evol", "generated")
+from ..common.schemas import MESSAGE_TYPE
+
+CONFIGS = ("sft", "cot", "preference", "evol", "generated", "preference_synthetic")
 #: the column whose hash picks a row's split: an evolved prompt goes with its seed, every solution
 #: of a problem with the problem (no seed or problem on both sides of a train / test split)
 SPLIT_KEY = {"evol": "parent_id"}
@@ -33,6 +35,36 @@ GENERATED_COLUMNS = {"all_prompt_id": "all_prompt_id", "source": "source", "lang
 def generated_config(solutions: pa.Table) -> pa.Table:
     """generated_solutions rows in the export's column names (problem, solution, answer, pass_rate ...)."""
     return solutions.select(list(GENERATED_COLUMNS)).rename_columns(list(GENERATED_COLUMNS.values()))
+
+
+#: `preference_synthetic`: preference_pairs in TRL's conversational preference format (`prompt` = the
+#: prompt conversation, `chosen` / `rejected` = one assistant message each) + provenance columns
+PREFERENCE_SYNTHETIC_PROVENANCE = ["id", "all_prompt_id", "input_asset", "source", "language", "chosen_score",
+                                   "rejected_score", "margin", "chosen_model", "rejected_model",
+                                   "chosen_temperature", "rejected_temperature", "reward_model", "n_candidates"]
+
+
+def preference_synthetic_config(pairs: pa.Table) -> pa.Table:
+    """preference_pairs rows as DPO trainers read them (TRL's conversational preference format):
+    `prompt` = list of {role, content} (multi-turn kept, no assistant answer at the end), `chosen` and
+    `rejected` = a list of one assistant message each; then the provenance columns.
+
+    A config of its own, not mixed into `preference`: (1) `preference` holds human-labelled or
+    source-ranked pairs as flat strings (prompt, chosen, rejected), and one config has one schema —
+    TRL's format needs message lists; (2) these pairs are model-written and model-judged (on the CPU
+    default a 135M judge whose scores carry no signal), so a trainer must opt in to them, never get
+    them silently mixed with human preferences; (3) they exist only where the on-demand synthesis ran,
+    like `evol` and `generated`."""
+    def one_turn(col: str) -> pa.Array:
+        texts = pairs[col].combine_chunks() if pairs.num_rows else pa.array([], pa.string())
+        structs = pa.StructArray.from_arrays([pa.array(["assistant"] * len(texts), pa.string()), texts],
+                                             names=["role", "content"])
+        return pa.ListArray.from_arrays(pa.array(range(0, len(texts) + 1), pa.int32()), structs)
+
+    cols = {"prompt": pairs["messages"].combine_chunks() if pairs.num_rows else pa.array([], MESSAGE_TYPE),
+            "chosen": one_turn("chosen"), "rejected": one_turn("rejected")}
+    cols.update({c: pairs[c] for c in PREFERENCE_SYNTHETIC_PROVENANCE})
+    return pa.table(cols)
 
 
 def split_of(ids: list[str], test_fraction: float, seed: str = "posttrain") -> list[str]:
@@ -116,7 +148,10 @@ def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *
               "prompt_embeddings -> dedup_clusters -> deduplicated_prompts -> sft_records / cot_records / "
               "preference_records -> hf_parquet; `evol`: selected_seeds -> evolved_instructions (Evol-Instruct, "
               "judged, answered by the generator model); `generated`: selected_seeds -> generated_solutions (n "
-              "solutions per problem, verified against the gold answer; pass_rate = correct / n). Synthetic rows "
+              "solutions per problem, verified against the gold answer; pass_rate = correct / n); "
+              "`preference_synthetic`: a prompt table -> preference_pairs (n candidate responses per prompt, "
+              "scored by the reward model named in each row; chosen = best, rejected = worst; TRL's "
+              "conversational preference format). Synthetic rows "
               "were written by the models named in `produced_by` and in each row.", "", "```yaml",
               yaml.safe_dump(produced_by, sort_keys=True).strip(), "```", ""]
     if body:

@@ -9,7 +9,12 @@ and `hard_problems` per source — the seed's label filter (`--filter-by-pass-ra
 of our own generations (`solution_pass_rates`): the problems the generator solves at most
 `max_pass_rate` of the time. It is a separate asset because `generated_solutions` reads
 `selected_seeds` (one asset reading the other's output would be a cycle); both use the same filter
-(common.pass_rate)."""
+(common.pass_rate).
+
+`filtered_instructions` per source — Magpie's filter over `quality_tags` as a selection method
+(tag_filter.py): input quality, instruct reward, no trailing colon, the first of near-duplicates,
+optional length / difficulty / safety bounds; every dropped row counted under its first failing rule,
+and per rule the share it alone would remove."""
 
 from typing import Optional
 
@@ -18,11 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from partitions import source_partitions
+from resources.storage import StorageResource
 
-from ..common.accounting import Accounting
+from ..common.accounting import Accounting, RowIssue, raw_preview, rejects_table
 from ..common.metadata import accounting_check, stage_metadata
 from ..common.pass_rate import filter_by_pass_rate
 from .length import answer_lengths, histogram_markdown, length_select, seed_rows
+from .tag_filter import RULE_COLUMNS, RULES, FilterRules, apply_filter, per_rule_markdown
 
 GROUP = "selection"
 
@@ -129,4 +136,53 @@ def hard_problems(context: dg.AssetExecutionContext, config: HardProblemsConfig,
     yield dg.Output(out, metadata=stage_metadata(
         out, acc, text_column="prompt", preview_columns=["all_prompt_id", "pass_rate", "n", "prompt"],
         extra={"max_pass_rate": config.max_pass_rate, "min_n": config.min_n}))
+    yield accounting_check(acc)
+
+
+class TagFilterConfig(dg.Config):
+    """The seed's (Magpie's) filter over quality_tags (tag_filter.py; rules in a fixed order)."""
+    qualities: list[str] = ["good", "excellent"]  # keep input_quality in these ([] = rule off)
+    min_reward: Optional[float] = None  # keep instruct_reward > this; None = off (the scale depends on the reward backend)
+    no_trailing_colon: bool = True  # drop instructions ending in ':' / '：'
+    drop_near_duplicates: bool = True  # drop later near-duplicates (min_similar_id set and not the row itself)
+    min_length: Optional[int] = None  # characters for ja / zh, words otherwise
+    max_length: Optional[int] = None
+    min_difficulty: Optional[str] = None  # very easy | easy | medium | hard | very hard
+    max_difficulty: Optional[str] = None
+    safe_only: bool = False  # drop rows whose safety tag is not `safe`
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="filtered_instructions", blocking=True)],
+    description="quality_tags rows that pass Magpie's filter: input quality, reward, no trailing colon, first of "
+                "near-duplicates (+ optional length / difficulty / safety bounds); every drop counted by rule.",
+)
+def filtered_instructions(context: dg.AssetExecutionContext, config: TagFilterConfig, storage: StorageResource,
+                          quality_tags: pa.Table):
+    key = context.partition_key
+    rules = FilterRules(qualities=tuple(config.qualities), min_reward=config.min_reward,
+                        no_trailing_colon=config.no_trailing_colon, drop_near_duplicates=config.drop_near_duplicates,
+                        min_length=config.min_length, max_length=config.max_length,
+                        min_difficulty=config.min_difficulty, max_difficulty=config.max_difficulty,
+                        safe_only=config.safe_only)
+    try:
+        res = apply_filter(quality_tags, rules)
+    except ValueError as exc:
+        raise dg.Failure(description=f"source {key!r}, quality_tags: {exc}", allow_retries=False) from None
+    ids = quality_tags["id"].to_pylist() if quality_tags.num_rows else []
+    texts = quality_tags["instruction"].to_pylist() if quality_tags.num_rows else []
+    issues = [RowIssue(reason=why, source_row=i, source_file="quality_tags", field=RULE_COLUMNS[rule][0],
+                       outcome="removed", detail=f"id {ids[i]!r}: rule {rule}", raw=raw_preview(texts[i] or ""))
+              for i, rule, why in res.dropped]
+    storage.write_rejects(context.asset_key, key, rejects_table(key, "filtered_instructions", issues))
+    acc = Accounting.from_issues(quality_tags.num_rows, res.kept.num_rows, issues)
+    yield dg.Output(res.kept, metadata=stage_metadata(
+        res.kept, acc, text_column="instruction",
+        preview_columns=["id", "input_quality", "instruct_reward", "difficulty", "instruction"],
+        extra={"rules_active": ", ".join(res.active) or "(none)",
+               "rule_order": ", ".join(RULES),
+               "per_rule": dg.MetadataValue.json(res.per_rule),
+               "per_rule_table": dg.MetadataValue.md(per_rule_markdown(res, quality_tags.num_rows)),
+               "rules": dg.MetadataValue.json({**rules.__dict__, "qualities": list(rules.qualities)})}))
     yield accounting_check(acc)

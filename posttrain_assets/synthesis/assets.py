@@ -3,7 +3,9 @@ with an LLM filter; solutions.py) and `evolved_instructions` — Evol-Instruct (
 (`selected_seeds` by default, or `deduplicated_prompts`): a chain of evolution operations (width,
 depth with a seeded method per prompt, flatten) for a number of rounds, WizardLM's elimination rules
 (language-aware), the seed's judge and the generator's answer; one conversation row per lineage and
-round that passes (evolution.py)."""
+round that passes (evolution.py); `preference_pairs` — n candidate responses per prompt of any prompt table
+(models x temperatures), every one scored by the `reward` resource, best vs worst as a chosen / rejected
+pair (pairs.py)."""
 
 from collections import Counter
 from typing import Optional
@@ -13,6 +15,7 @@ import pyarrow as pa
 
 from partitions import source_partitions
 from resources.llm import LLMResource
+from resources.reward import RewardConfigError, RewardResource
 from resources.storage import MissingPartitionError, StorageResource
 
 from ..common.accounting import Accounting, rejects_table
@@ -20,6 +23,14 @@ from ..common.metadata import accounting_check, all_rejected_metadata, stage_met
 from ..common.pools import GPU_POOL, GPU_STEP_TAGS
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
+from .pairs import INPUTS as PAIR_INPUTS
+from .pairs import (CANDIDATE_STATUSES, RESPONSE, generation_settings, margin_histogram, prompt_items,
+                    request_failures, reward_answer_failures)
+from .pairs import assemble as assemble_pairs
+from .pairs import funnel_markdown as pairs_funnel_markdown
+from .pairs import generate as generate_candidates
+from .pairs import histogram_markdown as margin_markdown
+from .pairs import score as score_candidates
 from .solutions import (FUNNEL, assemble, generate, histogram_markdown, judge,
                         pass_rate_histogram, problems_from_records, problems_from_seeds, sample_problems, to_judge)
 from .solutions import funnel_markdown as solution_funnel_markdown
@@ -250,3 +261,114 @@ def _check_for(check: dg.AssetCheckResult, asset_key: dg.AssetKey) -> dg.AssetCh
     """A shared check builder's result, addressed to one output of the multi-asset."""
     return dg.AssetCheckResult(check_name=check.check_name, passed=check.passed, severity=check.severity,
                                metadata=check.metadata, description=check.description, asset_key=asset_key)
+
+
+class PairsConfig(dg.Config):
+    # any prompt table of the source (all are lineage deps): filtered_instructions | magpie_instructions |
+    # deduplicated_prompts | selected_seeds | hard_problems | evolved_instructions
+    input_asset: str = "filtered_instructions"
+    models: list[str] = ["generator"]  # LLMResource model names; each answers at every temperature
+    temperatures: list[float] = [0.0, 1.0]  # 0 = greedy: one sample (more would be copies)
+    samples_per_setting: int = 2  # samples per (model, sampled temperature)
+    max_tokens: int = 256
+    seed: int = 0
+    min_margin: float = 0.0  # best - worst below this: removed (on the reward's own scale; 0 keeps every strict preference)
+    drop_truncated: bool = False  # candidates cut at max_tokens: dropped (counted) instead of scored
+    max_prompts: int = 0  # a seeded sample of the prompts (0 = all); the rest: not_sampled
+    max_input_chars: int = 4000  # longer prompt conversations are removed (counted)
+    max_reward_failure_rate: float = 0.5  # unusable reward answers (parse_failed, ...) above this share fail the step
+    chunk: int = 8  # prompts per committed cache chunk
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
+    deps=[dg.AssetDep(a) for a in PAIR_INPUTS],
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset="preference_pairs", blocking=True),
+                 dg.AssetCheckSpec("id_unique", asset="preference_pairs")],
+    description="On-policy preference pairs: n candidate responses per prompt (models x temperatures), scored "
+                "by the reward resource; chosen = best, rejected = worst, with scores, margin and lineage.",
+    op_tags=GPU_STEP_TAGS,
+    pool=GPU_POOL,
+)
+def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm: LLMResource,
+                     reward: RewardResource, storage: StorageResource):
+    key = context.partition_key
+    if config.input_asset not in PAIR_INPUTS:
+        raise dg.Failure(description=f"input_asset must be one of {', '.join(PAIR_INPUTS)}, got {config.input_asset!r}",
+                         allow_retries=False)
+    try:
+        settings = generation_settings(config.models, config.temperatures, config.samples_per_setting)
+        reward.check()
+    except (ValueError, RewardConfigError) as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
+    if config.min_margin < 0:
+        raise dg.Failure(description=f"min_margin must be >= 0, got {config.min_margin}", allow_retries=False)
+    store = storage.store()
+    try:
+        source_table = store.read(store.path(config.input_asset, key))
+    except MissingPartitionError as exc:
+        raise dg.Failure(description=f"source {key!r}: {exc}; materialise {config.input_asset} first",
+                         allow_retries=False) from None
+    rows_in = source_table.num_rows
+    try:
+        items, dropped = prompt_items(source_table, config.input_asset, key, config.max_input_chars)
+    except ValueError as exc:
+        raise dg.Failure(description=f"source {key!r}: {exc}", allow_retries=False) from None
+    sampled = sample_items(items, config.max_prompts, config.seed)
+    not_sampled = len(items) - len(sampled)
+
+    llm_md, reward_md = {}, {}
+    if sampled:  # no model is loaded for an empty partition
+        with llm.sessions(context, config.models, storage=storage, chunk=config.chunk) as group:
+            candidates = generate_candidates(sampled, group.sessions, settings, max_tokens=config.max_tokens,
+                                             seed=config.seed, drop_truncated=config.drop_truncated)
+        llm_md = group.metadata()
+        results = score_candidates(sampled, candidates, lambda pairs, languages: reward.score(
+            context, pairs, llm=llm, storage=storage, languages=languages))
+        reward_md = getattr(results, "metadata", {})
+    else:
+        candidates = {}
+    res = assemble_pairs(sampled, candidates, min_margin=config.min_margin, input_asset=config.input_asset,
+                         metadata={"task": f"{RESPONSE.name}@{RESPONSE.version}",
+                                   "settings": [vars(s) for s in settings], "max_tokens": config.max_tokens,
+                                   "seed": config.seed, "min_margin": config.min_margin})
+    res.counts["prompts_in"] = rows_in
+    issues = dropped + res.issues
+    storage.write_rejects(context.asset_key, key, rejects_table(key, "preference_pairs", issues))
+    for (failed, total), limit, knob, retry in (
+            (request_failures(res.counts), llm.max_failure_rate, "llm max_failure_rate", True),
+            (reward_answer_failures(res.counts), config.max_reward_failure_rate, "max_reward_failure_rate", False)):
+        if total and failed / total > limit:
+            raise dg.Failure(description=f"source {key!r}: {failed}/{total} {'requests' if retry else 'reward answers'} "
+                                         f"failed ({failed / total:.0%} > {knob} {limit:.0%}); see the rejects of "
+                                         "preference_pairs", allow_retries=retry)
+
+    acc = Accounting.from_issues(rows_in, res.table.num_rows, issues)
+    if not_sampled:
+        acc.removed_by_reason["not_sampled"] += not_sampled  # max_prompts: counted, not written as rejects
+    removed = {**acc.removed_by_reason, **acc.rejected_by_reason}
+    hist = margin_histogram(res.margins)
+    reward_scalars = {k: v for k, v in reward_md.items() if k.startswith("reward_") and isinstance(v, (int, float, str))}
+    reward_llm = {f"reward_{k}": v for k, v in reward_md.items() if k.startswith("llm_")}
+    yield dg.Output(res.table, metadata=stage_metadata(
+        res.table, acc, text_column="chosen",
+        preview_columns=["all_prompt_id", "language", "prompt", "chosen", "rejected", "chosen_score",
+                         "rejected_score", "margin"],
+        extra={**llm_md, **reward_scalars, **reward_llm,
+               "reward_metadata": dg.MetadataValue.json({k: v for k, v in reward_md.items()
+                                                         if isinstance(v, (int, float, str, dict, list))}),
+               "funnel": dg.MetadataValue.md(pairs_funnel_markdown(res.counts, removed)),
+               "funnel_json": dg.MetadataValue.json(dict(res.counts)),
+               "margin_histogram": dg.MetadataValue.md(margin_markdown(hist)),
+               "margin_histogram_json": dg.MetadataValue.json(hist),
+               "candidates_by_outcome": dg.MetadataValue.json({s: res.counts[f"candidates_{s}"]
+                                                               for s in CANDIDATE_STATUSES}),
+               "reward_failed_by_reason": dg.MetadataValue.json(reward_md.get("reward_failed_by_reason", {})),
+               "input_asset": config.input_asset, "models": ", ".join(config.models),
+               "temperatures": dg.MetadataValue.json(config.temperatures),
+               "candidates_per_prompt": sum(s.n for s in settings), "min_margin": config.min_margin,
+               "template_versions": dg.MetadataValue.json({RESPONSE.name: RESPONSE.version}),
+               **all_rejected_metadata(context, key, Accounting.from_issues(len(sampled), res.table.num_rows,
+                                                                            res.issues), res.issues)}))
+    yield accounting_check(acc)
+    yield unique_check(res.table, "id")

@@ -1,0 +1,130 @@
+"""Tagging stage (per source): `quality_tags` — Magpie's unitag + gen_dis over any prompt or SFT table
+of the source (config `input_asset`): input quality, difficulty (+ intent, knowledge), task
+category, safety (Llama Guard 3 when `guard_model` is set, else the tagger as a judge on the same
+taxonomy), instruct reward (the `reward` resource), language, and the nearest-neighbour distance /
+repeat count / first similar row (tags.py, neighbors.py). One row per taggable input row; a tag
+the model fails to produce is null and counted, never a default."""
+
+import dagster as dg
+
+from partitions import source_partitions
+from resources.embeddings import EmbeddingClient
+from resources.llm import LLMResource
+from resources.reward import RewardResource
+from resources.storage import MissingPartitionError, StorageResource
+
+from ..common.accounting import Accounting, rejects_table
+from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
+from ..common.pools import GPU_POOL, GPU_STEP_TAGS
+from .inputs import INPUTS, input_items
+from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE
+from .tags import TAGS, TagSettings, empty_result, funnel_markdown, run_tags
+from .tasks import ALL_TASKS
+
+GROUP = "tagging"
+ASSET = "quality_tags"
+
+
+class QualityTagsConfig(dg.Config):
+    input_asset: str = "magpie_instructions"  # magpie_instructions | evolved_instructions | sft_records | deduplicated_prompts | selected_seeds
+    tagger: str = "judge"  # LLMResource model name of the JSON tags (and of the safety judge)
+    tags: list[str] = list(TAGS)  # which tags to run (language always runs)
+    guard_model: str = ""  # an LLMResource model name serving Llama Guard 3: safety through its format; "" = the tagger judges
+    repeat_threshold: float = REPEAT_THRESHOLD  # gen_dis: squared L2 (unit vectors) below which two rows repeat
+    search_space: int = SEARCH_SPACE  # gen_dis: neighbours searched per row
+    max_tokens: int = 0  # JSON tags; 0 = each template's default
+    guard_max_tokens: int = 0  # 0 = the guard template's (16)
+    seed: int = 0
+    chunk: int = 16  # requests per committed cache chunk
+
+
+def _failure(msg: str) -> dg.Failure:
+    return dg.Failure(description=msg, allow_retries=False)
+
+
+@dg.asset(
+    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"}, pool=GPU_POOL,
+    deps=[dg.AssetDep(a) for a in INPUTS],
+    check_specs=[dg.AssetCheckSpec("row_accounting", asset=ASSET, blocking=True),
+                 dg.AssetCheckSpec("id_unique", asset=ASSET)],
+    description="Magpie's unitag + gen_dis over a source's prompt or SFT table: quality, difficulty, category, "
+                "safety, reward, language, nearest-neighbour distance; failed tags null and counted.",
+    op_tags=GPU_STEP_TAGS,
+)
+def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, llm: LLMResource,
+                 reward: RewardResource, embeddings: EmbeddingClient, storage: StorageResource):
+    key = context.partition_key
+    settings = TagSettings(tags=tuple(dict.fromkeys(config.tags)), max_tokens=config.max_tokens or None,
+                           guard_max_tokens=config.guard_max_tokens or None, seed=config.seed,
+                           repeat_threshold=config.repeat_threshold, search_space=config.search_space)
+    try:
+        settings.check()
+        if config.input_asset not in INPUTS:
+            raise ValueError(f"input_asset must be one of {', '.join(INPUTS)}, got {config.input_asset!r}")
+    except ValueError as exc:
+        raise _failure(f"source {key!r}: {exc}") from None
+    store = storage.store()
+    try:
+        table = store.read(store.path(config.input_asset, key))
+    except MissingPartitionError as exc:
+        raise _failure(f"source {key!r}: input asset {config.input_asset} has no partition {key!r} ({exc}); "
+                       f"materialise {config.input_asset} for {key!r} first, or set input_asset") from None
+    try:
+        items, issues = input_items(table, key, config.input_asset)
+    except ValueError as exc:
+        raise _failure(str(exc)) from None
+
+    llm_md: dict = {}
+    use_guard = "safety" in settings.tags and bool(config.guard_model)
+    if items:  # no model is loaded for an empty partition
+        use_tagger = bool(set(settings.tags) & {"input_quality", "difficulty", "task_category"}) or \
+            ("safety" in settings.tags and not use_guard)
+        names = ([config.tagger] if use_tagger else []) + ([config.guard_model] if use_guard else [])
+        scored: dict = {}
+
+        def score(pairs, languages):
+            out = reward.score(context, pairs, llm=llm, storage=storage, languages=languages)
+            scored.update(out.metadata)
+            return out
+
+        with llm.sessions(context, names, storage=storage, chunk=config.chunk) as group:
+            res = run_tags(items, key, config.input_asset, settings,
+                           tagger=group.get(config.tagger) if use_tagger else None,
+                           guard=group.get(config.guard_model) if use_guard else None, reward=score,
+                           embedder=embeddings, log=context.log.info)
+            by_role = {role: group.get(name).metadata() for role, name, used in
+                       (("tagger", config.tagger, use_tagger), ("guard", config.guard_model, use_guard)) if used}
+            llm_md = group.metadata()
+        reward_md = {k if k.startswith("reward_") else f"reward_{k}": v for k, v in scored.items()}
+        if "reward_llm_calls" in reward_md:
+            by_role["reward"] = {k[len("reward_"):]: v for k, v in reward_md.items() if k.startswith("reward_llm_")}
+        for k in ("llm_requests", "llm_calls", "llm_cache_hits", "llm_failures"):
+            llm_md[f"{k}_total"] = llm_md.get(k, 0) + reward_md.get(f"reward_{k}", 0)
+        llm_md = {**llm_md, **reward_md, "llm_by_role": dg.MetadataValue.json(by_role)}
+        if res.requests and res.llm_failed / res.requests > llm.max_failure_rate:
+            raise dg.Failure(description=f"source {key!r}: {res.llm_failed}/{res.requests} tagging requests failed "
+                                         f"(> max_failure_rate {llm.max_failure_rate:.0%})", allow_retries=True)
+    else:
+        res = empty_result()
+        llm_md = {f"{k}_total": 0 for k in ("llm_requests", "llm_calls", "llm_cache_hits", "llm_failures")}
+
+    rejects_uri = storage.write_rejects(context.asset_key, key, rejects_table(key, ASSET, issues))
+    acc = Accounting.from_issues(table.num_rows, res.table.num_rows, issues)
+    out = res.table
+    yield dg.Output(out, metadata=stage_metadata(
+        out, acc, text_column="instruction",
+        preview_columns=["id", "language", "input_quality", "difficulty", "task_category", "safety",
+                         "instruct_reward", "repeat_count", "instruction"],
+        extra={**llm_md, "input_asset": config.input_asset, "tags_run": ", ".join(settings.tags),
+               "tagger": config.tagger, "guard_model": config.guard_model or "(none: the tagger judges safety)",
+               "distributions": dg.MetadataValue.json(res.distributions()),
+               "tag_failures": dg.MetadataValue.json(res.failures),
+               "tag_failures_total": sum(sum(c.values()) for c in res.failures.values()),
+               "tag_not_applicable": dg.MetadataValue.json(res.not_applicable),
+               "funnel": dg.MetadataValue.md(funnel_markdown(acc, res, settings.tags)),
+               "template_versions": dg.MetadataValue.json({t.name: t.version for t in ALL_TASKS}),
+               "repeat_threshold": config.repeat_threshold, "embedding_model": embeddings.model_name,
+               "rejects_path": dg.MetadataValue.path(rejects_uri),
+               **all_rejected_metadata(context, key, acc, issues)}))
+    yield accounting_check(acc)
+    yield unique_check(out, "id")
