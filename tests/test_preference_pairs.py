@@ -327,7 +327,7 @@ def test_empty_missing_and_bad_config(tmp_path, instance):
     missing = _run(instance, root, {**SMALL, "input_asset": "filtered_instructions"}, key="empty", raise_on_error=False)
     assert not missing.success
     assert step_error(missing).startswith("source 'empty': ") and "filtered_instructions" in step_error(missing)
-    assert "materialise filtered_instructions first" in step_error(missing)
+    assert "materialise filtered_instructions for 'empty' first" in step_error(missing)
     bad = _run(instance, root, {**SMALL, "temperatures": [0.0]}, key="empty", raise_on_error=False)
     assert not bad.success and "a pair needs at least 2" in step_error(bad)
     wrong = _run(instance, root, {**SMALL, "input_asset": "sft_records"}, key="empty", raise_on_error=False)

@@ -140,3 +140,37 @@ def all_rejected_metadata(context: dg.AssetExecutionContext, source: str, acc: A
         return {}
     context.log.warning(line)
     return {"all_rejected": line}
+
+
+def model_asset(name: str, *, group: str, description: str, unique: str, deps: Iterable[str] = (),
+                kinds: frozenset = frozenset({"parquet", "pytorch"})):
+    """The decorator of a per-source step that loads a model: partitioned by source, in the `gpu`
+    pool with its Kubernetes GPU request, a blocking `row_accounting` check and `<unique>_unique`
+    (the id column whose values must be unique). `deps`: tables it reads through storage by config."""
+    from partitions import source_partitions
+
+    from .pools import GPU_POOL, GPU_STEP_TAGS
+
+    return dg.asset(
+        name=name, partitions_def=source_partitions, group_name=group, kinds=set(kinds), pool=GPU_POOL,
+        op_tags=GPU_STEP_TAGS, description=description, deps=[dg.AssetDep(a) for a in deps] or None,
+        check_specs=[dg.AssetCheckSpec("row_accounting", asset=name, blocking=True),
+                     dg.AssetCheckSpec(f"{unique}_unique", asset=name)])
+
+
+def read_input_partition(storage, asset: str, key: str, allowed: Iterable[str]) -> pa.Table:
+    """Partition `key` of the table an asset's `input_asset` config names (read through storage, a
+    dependency by config, not an input), or a dg.Failure naming what is wrong."""
+    from resources.storage import MissingPartitionError
+
+    allowed = list(allowed)
+    if asset not in allowed:
+        raise dg.Failure(description=f"input_asset must be one of {', '.join(allowed)}, got {asset!r}",
+                         allow_retries=False)
+    store = storage.store()
+    try:
+        return store.read(store.path(asset, key))
+    except MissingPartitionError as exc:
+        raise dg.Failure(description=f"source {key!r}: input asset {asset} has no partition {key!r} ({exc}); "
+                                     f"materialise {asset} for {key!r} first, or set input_asset",
+                         allow_retries=False) from None

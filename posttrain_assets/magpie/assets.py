@@ -9,15 +9,13 @@ not changed, the step fails and says what changed (generation.overwrite_problem)
 
 import dagster as dg
 
-from partitions import source_partitions
 from partitions.registry import RegistryError
 from resources.llm import LLMResource
 from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
-from ..common.pools import GPU_POOL, GPU_STEP_TAGS
+from ..common.metadata import accounting_check, all_rejected_metadata, model_asset, stage_metadata, unique_check
 from .generation import (FUNNEL, RESPONSE, MagpieSettings, empty_table, family_serves, funnel_line,
                          funnel_markdown, generate, overwrite_problem, stored_settings_of_file)
 
@@ -29,14 +27,10 @@ class MagpieConfig(dg.Config):
     chunk: int = 8  # requests per committed cache chunk (a killed run loses at most one chunk)
 
 
-@dg.asset(
-    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"}, pool=GPU_POOL,
-    check_specs=[dg.AssetCheckSpec("row_accounting", asset=ASSET, blocking=True),
-                 dg.AssetCheckSpec("uuid_unique", asset=ASSET)],
+@model_asset(
+    ASSET, group=GROUP, unique="uuid",
     description="Magpie: instructions written by the generator model from its pre-query template alone, "
-                "rejected / de-duplicated, then answered through the chat path (synthetic sources only).",
-    op_tags=GPU_STEP_TAGS,
-)
+                "rejected / de-duplicated, then answered through the chat path (synthetic sources only).")
 def magpie_instructions(context: dg.AssetExecutionContext, config: MagpieConfig, llm: LLMResource,
                         registry: SourceRegistryResource, storage: StorageResource):
     key = context.partition_key

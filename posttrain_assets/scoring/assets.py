@@ -18,13 +18,11 @@
 import dagster as dg
 import pyarrow as pa
 
-from partitions import source_partitions
 from resources.llm import LLMResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
-from ..common.pools import GPU_POOL, GPU_STEP_TAGS
+from ..common.metadata import accounting_check, all_rejected_metadata, model_asset, stage_metadata, unique_check
 from .difficulty import DEFAULT_WEIGHTS, SCORES_SCHEMA, check_weights, gold_items, sample_items, score_items
 
 GROUP = "scoring"
@@ -48,15 +46,10 @@ class DifficultyConfig(dg.Config):
     pass_rate_field: str = ""  # key of a pass-rate label in the record's metadata (a number or a list of flags)
 
 
-@dg.asset(
-    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
-    check_specs=[dg.AssetCheckSpec("row_accounting", asset="difficulty_scores", blocking=True),
-                 dg.AssetCheckSpec("all_prompt_id_unique", asset="difficulty_scores")],
+@model_asset(
+    "difficulty_scores", group=GROUP, unique="all_prompt_id",
     description="Lengths, avg_logprob (gold, question), ensemble_acc, irt_beta, weighted difficulty_z per "
-                "SFT / CoT record with a gold answer.",
-    op_tags=GPU_STEP_TAGS,
-    pool=GPU_POOL,
-)
+                "SFT / CoT record with a gold answer.")
 def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfig, llm: LLMResource,
                       storage: StorageResource, cot_records: pa.Table, sft_records: pa.Table):
     key = context.partition_key

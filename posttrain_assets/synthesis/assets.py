@@ -16,10 +16,11 @@ import pyarrow as pa
 from partitions import source_partitions
 from resources.llm import LLMResource
 from resources.reward import RewardConfigError, RewardResource
-from resources.storage import MissingPartitionError, StorageResource
+from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
+from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
+                               stage_metadata, unique_check)
 from ..common.pools import GPU_POOL, GPU_STEP_TAGS
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
@@ -61,34 +62,20 @@ class EvolConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(
-    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
-    deps=[dg.AssetDep(a) for a in EVOL_INPUTS],
-    check_specs=[dg.AssetCheckSpec("row_accounting", asset="evolved_instructions", blocking=True),
-                 dg.AssetCheckSpec("id_unique", asset="evolved_instructions")],
+@model_asset(
+    "evolved_instructions", group=GROUP, unique="id", deps=EVOL_INPUTS,
     description="Evol-Instruct (width / depth / flatten, elimination, judge, answer) over a source's prompts: "
-                "conversation rows with lineage.",
-    op_tags=GPU_STEP_TAGS,
-    pool=GPU_POOL,
-)
+                "conversation rows with lineage.")
 def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, llm: LLMResource,
                          storage: StorageResource):
     key = context.partition_key
-    if config.input_asset not in EVOL_INPUTS:
-        raise dg.Failure(description=f"input_asset must be one of {', '.join(EVOL_INPUTS)}, got {config.input_asset!r}",
-                         allow_retries=False)
+    source_table = read_input_partition(storage, config.input_asset, key, EVOL_INPUTS)
     try:
         parse_chain(config.chain)
     except ValueError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     if config.rounds < 1:
         raise dg.Failure(description=f"rounds must be >= 1, got {config.rounds}", allow_retries=False)
-    store = storage.store()
-    try:
-        source_table = store.read(store.path(config.input_asset, key))
-    except MissingPartitionError as exc:
-        raise dg.Failure(description=f"source {key!r}: {exc}; materialise {config.input_asset} first",
-                         allow_retries=False) from None
     rows_in = source_table.num_rows
     try:
         items, dropped = input_items(source_table, key, config.max_input_chars)
@@ -280,22 +267,13 @@ class PairsConfig(dg.Config):
     chunk: int = 8  # prompts per committed cache chunk
 
 
-@dg.asset(
-    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"},
-    deps=[dg.AssetDep(a) for a in PAIR_INPUTS],
-    check_specs=[dg.AssetCheckSpec("row_accounting", asset="preference_pairs", blocking=True),
-                 dg.AssetCheckSpec("id_unique", asset="preference_pairs")],
+@model_asset(
+    "preference_pairs", group=GROUP, unique="id", deps=PAIR_INPUTS,
     description="On-policy preference pairs: n candidate responses per prompt (models x temperatures), scored "
-                "by the reward resource; chosen = best, rejected = worst, with scores, margin and lineage.",
-    op_tags=GPU_STEP_TAGS,
-    pool=GPU_POOL,
-)
+                "by the reward resource; chosen = best, rejected = worst, with scores, margin and lineage.")
 def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm: LLMResource,
                      reward: RewardResource, storage: StorageResource):
     key = context.partition_key
-    if config.input_asset not in PAIR_INPUTS:
-        raise dg.Failure(description=f"input_asset must be one of {', '.join(PAIR_INPUTS)}, got {config.input_asset!r}",
-                         allow_retries=False)
     try:
         settings = generation_settings(config.models, config.temperatures, config.samples_per_setting)
         reward.check()
@@ -303,12 +281,7 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     if config.min_margin < 0:
         raise dg.Failure(description=f"min_margin must be >= 0, got {config.min_margin}", allow_retries=False)
-    store = storage.store()
-    try:
-        source_table = store.read(store.path(config.input_asset, key))
-    except MissingPartitionError as exc:
-        raise dg.Failure(description=f"source {key!r}: {exc}; materialise {config.input_asset} first",
-                         allow_retries=False) from None
+    source_table = read_input_partition(storage, config.input_asset, key, PAIR_INPUTS)
     rows_in = source_table.num_rows
     try:
         items, dropped = prompt_items(source_table, config.input_asset, key, config.max_input_chars)

@@ -7,15 +7,14 @@ the model fails to produce is null and counted, never a default."""
 
 import dagster as dg
 
-from partitions import source_partitions
 from resources.embeddings import EmbeddingClient
 from resources.llm import LLMResource
 from resources.reward import RewardResource
-from resources.storage import MissingPartitionError, StorageResource
+from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import accounting_check, all_rejected_metadata, stage_metadata, unique_check
-from ..common.pools import GPU_POOL, GPU_STEP_TAGS
+from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
+                               stage_metadata, unique_check)
 from .inputs import INPUTS, input_items
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE
 from .tags import TAGS, TagSettings, empty_result, funnel_markdown, run_tags
@@ -42,15 +41,10 @@ def _failure(msg: str) -> dg.Failure:
     return dg.Failure(description=msg, allow_retries=False)
 
 
-@dg.asset(
-    partitions_def=source_partitions, group_name=GROUP, kinds={"parquet", "pytorch"}, pool=GPU_POOL,
-    deps=[dg.AssetDep(a) for a in INPUTS],
-    check_specs=[dg.AssetCheckSpec("row_accounting", asset=ASSET, blocking=True),
-                 dg.AssetCheckSpec("id_unique", asset=ASSET)],
+@model_asset(
+    ASSET, group=GROUP, unique="id", deps=INPUTS,
     description="Magpie's unitag + gen_dis over a source's prompt or SFT table: quality, difficulty, category, "
-                "safety, reward, language, nearest-neighbour distance; failed tags null and counted.",
-    op_tags=GPU_STEP_TAGS,
-)
+                "safety, reward, language, nearest-neighbour distance; failed tags null and counted.")
 def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, llm: LLMResource,
                  reward: RewardResource, embeddings: EmbeddingClient, storage: StorageResource):
     key = context.partition_key
@@ -59,16 +53,9 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
                            repeat_threshold=config.repeat_threshold, search_space=config.search_space)
     try:
         settings.check()
-        if config.input_asset not in INPUTS:
-            raise ValueError(f"input_asset must be one of {', '.join(INPUTS)}, got {config.input_asset!r}")
     except ValueError as exc:
         raise _failure(f"source {key!r}: {exc}") from None
-    store = storage.store()
-    try:
-        table = store.read(store.path(config.input_asset, key))
-    except MissingPartitionError as exc:
-        raise _failure(f"source {key!r}: input asset {config.input_asset} has no partition {key!r} ({exc}); "
-                       f"materialise {config.input_asset} for {key!r} first, or set input_asset") from None
+    table = read_input_partition(storage, config.input_asset, key, INPUTS)
     try:
         items, issues = input_items(table, key, config.input_asset)
     except ValueError as exc:

@@ -20,14 +20,13 @@ The guard (`safety_llama_guard.yaml`): Llama Guard 3's raw prompt, completed (`s
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from resources.llm.tasks import Task, TaskParseError, extract_json_object
+from resources.llm.tasks import Task, TaskParseError, parse_json_answer
 
 TEMPLATES = Path(__file__).parent / "templates"
 SCHEMA_VIOLATION = "schema violation"
@@ -71,27 +70,18 @@ def _canonical(value: Any, allowed: tuple[str, ...]) -> Any:
 def parse_tag_answer(text: str, schema: dict) -> dict:
     """The JSON object of a tag answer, enum values in canonical spelling, validated (see the module
     docstring). Raises TaskParseError."""
-    blob = extract_json_object(text)
-    if blob is None:
-        raise TaskParseError("no JSON object in the answer")
-    try:
-        value = json.loads(blob)
-    except json.JSONDecodeError as exc:
-        raise TaskParseError(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
-    if isinstance(value, dict):
-        for name, allowed in _enum_values(schema).items():
-            if isinstance(value.get(name), list):
-                value[name] = [_canonical(v, allowed) for v in value[name]]
-            elif name in value:
-                value[name] = _canonical(value[name], allowed)
-    import jsonschema
+    enums = _enum_values(schema)
 
-    try:
-        jsonschema.validate(value, schema)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise TaskParseError(f"{SCHEMA_VIOLATION} at {where}: {exc.message}") from None
-    return value
+    def canonical(value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, allowed in enums.items():
+                if isinstance(value.get(name), list):
+                    value[name] = [_canonical(v, allowed) for v in value[name]]
+                elif name in value:
+                    value[name] = _canonical(value[name], allowed)
+        return value
+
+    return parse_json_answer(text, schema, normalize=canonical, violation=SCHEMA_VIOLATION)
 
 
 def _json_task(name: str, check=None) -> Task:

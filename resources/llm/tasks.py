@@ -108,9 +108,11 @@ def extract_json_object(text: str) -> Optional[str]:
     return None
 
 
-def parse_json_answer(text: str, schema: Optional[dict]) -> dict:
+def parse_json_answer(text: str, schema: Optional[dict], *, normalize: Optional[Callable[[Any], Any]] = None,
+                      violation: str = "does not match the schema") -> dict:
     """Tolerant JSON parsing (prose around the object is ignored) + validation against the schema.
-    Raises TaskParseError with the reason."""
+    `normalize` may rewrite the parsed value before validation (e.g. enum spelling); `violation` starts
+    the message of a schema mismatch. Raises TaskParseError with the reason."""
     blob = extract_json_object(text)
     if blob is None:
         raise TaskParseError("no JSON object in the answer")
@@ -118,6 +120,8 @@ def parse_json_answer(text: str, schema: Optional[dict]) -> dict:
         value = json.loads(blob)
     except json.JSONDecodeError as exc:
         raise TaskParseError(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+    if normalize is not None:
+        value = normalize(value)
     if schema:
         import jsonschema
 
@@ -125,5 +129,5 @@ def parse_json_answer(text: str, schema: Optional[dict]) -> dict:
             jsonschema.validate(value, schema)
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-            raise TaskParseError(f"does not match the schema at {where}: {exc.message}") from None
+            raise TaskParseError(f"{violation} at {where}: {exc.message}") from None
     return value
