@@ -1,7 +1,9 @@
 """Magpie instructions/s: the stage (`generation.generate` through a cached LLM session: rejects,
 de-duplication, the response task, the table) vs the bare engine doing the same model work (the same
 raw-completion calls with the same seeds, then one chat answer per instruction the stage answered),
-measured in one run on one engine, plus a cached re-run of the stage.
+measured in one run on one engine, plus a cached re-run of the stage; then the share of the generated
+instructions each rule of Magpie's filter that needs no model tag removes (instruction ending in ':',
+a later near-duplicate by gen_dis over the default embedder's vectors).
 
     .venv/bin/python -m bench.magpie [--total 64] [--n 16] [--ins-tokens 64] [--res-tokens 96] [--variant math]
 
@@ -65,6 +67,7 @@ def run(args) -> dict:
         cached_s = time.perf_counter() - t0
         llm.close()
 
+    rules = filter_shares(res.table)
     f = res.funnel
     rejected = Counter({k: f[k] for k in ("llm_failed", "empty", "truncated", "template_echo")})
     return {
@@ -79,8 +82,25 @@ def run(args) -> dict:
         "stage_over_bare_time": round(stage_s / bare_s, 3),
         "cached_rerun_calls": cached["llm_calls"], "cached_rerun_equal": again.table.equals(res.table),
         "llm": {k: stats[k] for k in ("llm_requests", "llm_calls", "llm_cache_hits", "llm_tokens_out")},
+        "filter_rules": rules,
         "examples": res.table.select(["instruction", "response"]).slice(0, 5).to_pylist(),
     }
+
+
+def filter_shares(generated) -> dict:
+    """Per rule (colon, near_duplicate; the model-tag rules off): rows it alone removes, share."""
+    import pyarrow as pa
+
+    from posttrain_assets.selection.tag_filter import FilterRules, apply_filter
+    from posttrain_assets.tagging.neighbors import gen_dis
+    from resources.embeddings import EmbeddingClient
+
+    ids, texts = generated["uuid"].to_pylist(), generated["instruction"].to_pylist()
+    tags = gen_dis(EmbeddingClient().encode(texts), ids) if ids else []
+    table = pa.table({"id": ids, "instruction": texts, "min_similar_id": [t.min_similar_id for t in tags],
+                      "repeat_count": pa.array([t.repeat_count for t in tags], pa.int64())})
+    out = apply_filter(table, FilterRules(qualities=()))
+    return {"rows": table.num_rows, "kept": out.kept.num_rows, "per_rule": out.per_rule}
 
 
 def report(r: dict) -> str:
@@ -95,6 +115,11 @@ def report(r: dict) -> str:
                        [["stage (cache, rejects, answers, table)", r["stage_s"], r["stage_instructions_per_s"]],
                         ["bare engine (same calls, same answers)", r["bare_s"], r["bare_instructions_per_s"]],
                         ["stage, cached re-run", r["cached_s"], ""]]))
+    fr = r["filter_rules"]
+    lines.append("")
+    lines.append(table(["filter rule (no model tag)", "removes alone", "share of rows"],
+                       [[k, v["removes"], f"{v['share']:.1%}"] for k, v in fr["per_rule"].items()]))
+    lines.append(f"kept {fr['kept']} of {fr['rows']} rows")
     lines.append(f"\nstage / bare time: {r['stage_over_bare_time']}; cached re-run: {r['cached_rerun_calls']} model calls, "
                  f"same table: {r['cached_rerun_equal']}")
     return "\n".join(lines)
