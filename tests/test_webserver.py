@@ -83,7 +83,7 @@ def test_graph_partitions_and_lineage_over_graphql(webserver):
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert {"raw_records", "merged_prompts"} <= set(nodes)
     keys = ["gsm8k", "hh_rlhf_harmless_base", "awesome_chatgpt_prompts", "self_instruct",
-            "oasst_en", "oasst2_labelled"]
+            "oasst_en", "oasst2_labelled", "magpie_smollm2"]
     for name in ("raw_records", "merged_prompts"):
         n = nodes[name]
         assert n["groupName"] == "ingest"
@@ -91,7 +91,8 @@ def test_graph_partitions_and_lineage_over_graphql(webserver):
         assert n["partitionDefinition"]["dimensionTypes"][0]["dynamicPartitionsDefinitionName"] == "source"
         assert n["partitionKeys"] == keys
     assert [d["path"] for d in nodes["merged_prompts"]["dependencyKeys"]] == [["raw_records"]]
-    assert nodes["raw_records"]["dependencyKeys"] == []
+    # a synthetic source's raw rows are its generator's partition
+    assert nodes["raw_records"]["dependencyKeys"] == [{"path": ["magpie_instructions"]}]
     checks = {c["name"]: c["blocking"] for c in nodes["merged_prompts"]["assetChecksOrError"]["checks"]}
     assert checks == {"row_accounting": True, "all_prompt_id_unique": False, "required_columns": False}
     sensors = {s["name"]: s["sensorState"]["status"] for s in data["sensorsOrError"]["results"]}
