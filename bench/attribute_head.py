@@ -6,7 +6,7 @@ predicting the training mean. l2 picked by 5-fold CV on the training rows only.
 
     .venv/bin/python -m bench.attribute_head [--val 0.2] [--max-chars 2000]
 
-Writes bench/results/attribute_head.json."""
+Writes bench/results/attribute_head-<vectors>.json."""
 
 import argparse
 import json
@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--val", type=float, default=0.2)
     ap.add_argument("--max-chars", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vectors", default="use_multilingual,smollm2_mean_pooled",
+                    help="comma-separated: use_multilingual, smollm2_mean_pooled")
     args = ap.parse_args()
 
     from posttrain_assets.steerlm.attributes import label_vector
@@ -122,7 +124,9 @@ def main() -> None:
     result = {"rows": len(data), "train": int((split == "train").sum()), "val": int((split == "val").sum()),
               "by_source": {s: sum(1 for r in data if r["source"] == s) for s in {r["source"] for r in data}},
               "vectors": {}}
-    for name, embed in (("use_multilingual", use_vectors), ("smollm2_mean_pooled", llm_vectors)):
+    methods = {"use_multilingual": use_vectors, "smollm2_mean_pooled": llm_vectors}
+    for name in args.vectors.split(","):
+        embed = methods[name]
         print(f"{name}: embedding {len(texts)} texts", flush=True)
         X, embed_s = cached(name, texts, embed)
         tr, va = split == "train", split == "val"
@@ -136,7 +140,7 @@ def main() -> None:
                                    "fit_s": round(fit_s, 3),
                                    "val": evaluate(head, X[va], Y[va])}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "attribute_head.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"attribute_head-{'+'.join(result['vectors'])}.json").write_text(json.dumps(result, indent=2))
     print(f"{result['rows']} rows ({result['by_source']}); train {result['train']}, val {result['val']} (split by prompt / tree)")
     for name, v in result["vectors"].items():
         print(f"\n{name}: dim {v['dim']}, l2 {v['l2']}, embedding {v['rows_per_s']} rows/s, fit {v['fit_s']} s")
