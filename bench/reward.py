@@ -17,7 +17,6 @@ cached in a fresh temporary folder unless `--cache-dir` is given. Results: bench
 """
 
 import argparse
-import gzip
 import json
 import math
 import tempfile
@@ -25,29 +24,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .common import REPO, RESULTS, SHARED
+from tests.helpers import hh_pairs
 
-HH = REPO / "posttrain_assets" / "sample_data" / "hh_rlhf_harmless_base" / "test_300.jsonl.gz"
+from .common import RESULTS, SHARED
+
 MAGPIE = SHARED / "magpie_sample" / "example_instructions_5res_armorm.json"
-
-
-def hh_pairs(n: int) -> list[tuple[list[dict], str, str]]:
-    from posttrain_assets.ingest.adapters import parse_hh_transcript
-
-    out = []
-    with gzip.open(HH, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            try:
-                chosen, rejected = parse_hh_transcript(row["chosen"]), parse_hh_transcript(row["rejected"])
-            except ValueError:
-                continue
-            if chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant":
-                continue
-            out.append((chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]))
-            if len(out) == n:
-                break
-    return out
 
 
 def describe(values) -> dict:

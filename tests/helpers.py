@@ -110,3 +110,30 @@ def transformers_serve(log_dir: Path, env: dict | None = None):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+HH_SAMPLE = SAMPLE / "hh_rlhf_harmless_base" / "test_300.jsonl.gz"
+
+
+def hh_pairs(n: int) -> list[tuple[list[dict], str, str]]:
+    """The first n usable HH-RLHF rows (bundled slice) as (prompt messages, chosen, rejected), split as
+    the hh_rlhf adapter does; a row whose transcripts do not parse or do not share the prompt is skipped."""
+    import gzip
+    import json
+
+    from posttrain_assets.ingest.adapters import parse_hh_transcript
+
+    out = []
+    with gzip.open(HH_SAMPLE, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            try:
+                chosen, rejected = parse_hh_transcript(row["chosen"]), parse_hh_transcript(row["rejected"])
+            except ValueError:
+                continue
+            if chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant":
+                continue
+            out.append((chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]))
+            if len(out) == n:
+                break
+    return out

@@ -3,17 +3,13 @@
 code path for real on the bundled SmolLM2 loaded as a 1-label sequence classifier, the `attributes`
 backend's error, the config checks, and the vLLM request mapping."""
 
-import gzip
-import json
 import math
-from pathlib import Path
 
 import dagster as dg
 import pytest
 import torch
 import yaml
 
-from posttrain_assets.ingest.adapters import parse_hh_transcript
 from resources.llm import LLMResource, embedded_model_dir
 from resources.reward import (ASPECTS, RATING, RewardConfigError, RewardFailure, RewardResource, RewardScore,
                               RewardUnavailable, vllm_reward_engine_kwargs, vllm_reward_request)
@@ -21,22 +17,8 @@ from resources.reward.classifier import render_ids
 from resources.reward.judge import TEMPLATE, judge_row
 from resources.storage import StorageResource
 
-SAMPLES = Path(__file__).resolve().parents[1] / "posttrain_assets" / "sample_data"
-HH = SAMPLES / "hh_rlhf_harmless_base" / "test_300.jsonl.gz"
+from .helpers import hh_pairs
 
-
-def hh_pairs(n: int) -> list[tuple[list[dict], str, str]]:
-    """The first n HH-RLHF rows as (prompt messages, chosen, rejected), split as the hh_rlhf adapter does."""
-    out = []
-    with gzip.open(HH, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            chosen, rejected = parse_hh_transcript(row["chosen"]), parse_hh_transcript(row["rejected"])
-            assert chosen[:-1] == rejected[:-1]
-            out.append((chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]))
-            if len(out) == n:
-                break
-    return out
 
 
 # ---------------------------------------------------------------------------------------- template
