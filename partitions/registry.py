@@ -65,7 +65,18 @@ ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
     # the turns before the final assistant turn, response = that turn; `label` = an optional boolean
     # judgement of the final turn (KTO desirable / undesirable), kept in `labels`
     "messages": {"messages": "messages", "label": None, "id": None},
+    # HelpSteer / HelpSteer2: prompt, response and the five human 0-4 scores (kept in `labels`)
+    "helpsteer": {"prompt": "prompt", "response": "response", "helpfulness": "helpfulness",
+                  "correctness": "correctness", "coherence": "coherence", "complexity": "complexity",
+                  "verbosity": "verbosity", "id": None},
+    # flat OpenAssistant messages (one row per message: id, parent id, role, text), rebuilt into
+    # trees across the file, then read as `oasst_tree`; `quality` = an editor's 1-5 rating
+    # (oasst2_ja_edited), `labels` = OASST's per-message labels where the export has them
+    "oasst_messages": {"id": "message_id", "parent": "parent_id", "role": "role", "text": "text",
+                       "tree": "message_tree_id", "quality": None, "labels": None, "root": "."},
 }
+#: adapters whose records carry human attribute labels (the only ones a kind `attributes` source may use)
+ATTRIBUTE_ADAPTERS = ("oasst_tree", "oasst_messages", "helpsteer")
 
 #: Logical fields that must end up mapped for an adapter to produce anything.
 ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -78,6 +89,8 @@ ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "alpaca": (("prompt", "response"),),
     "sharegpt": (("conversations",),),
     "messages": (("messages",),),
+    "helpsteer": (("prompt", "response"),),
+    "oasst_messages": (("id", "parent", "role", "text"),),
 }
 
 
@@ -321,6 +334,9 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         raise _fail(where, label, "fields", f"adapter {adapter!r} needs {need} mapped")
     if kind == "preference" and adapter != "helpsteer3" and not ({"chosen", "rejected"} <= set(mapped)):
         raise _fail(where, label, "fields", "kind 'preference' needs 'chosen' and 'rejected' mapped")
+    if kind == "attributes" and adapter not in ATTRIBUTE_ADAPTERS:
+        raise _fail(where, label, "adapter", f"kind 'attributes' needs an adapter whose rows carry human "
+                                             f"labels: one of {', '.join(ATTRIBUTE_ADAPTERS)}, got {adapter!r}")
     return spec
 
 

@@ -44,9 +44,10 @@ dedup_job = dg.define_asset_job(
     description="Global (fan-in) near-duplicate clustering over every source.")
 #: Per source again: survivors, then the three record schemas.
 records_job = dg.define_asset_job(
-    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts") | dg.AssetSelection.groups("records"),
-    partitions_def=source_partitions,
-    description="Per source: deduplicated_prompts -> sft_records, cot_records, preference_records.")
+    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts", "attribute_training_data")
+    | dg.AssetSelection.groups("records"), partitions_def=source_partitions,
+    description="Per source: deduplicated_prompts -> sft_records, cot_records, preference_records; "
+                "attribute_training_data (sources of kind attributes).")
 #: Per source: LLM difficulty scores, then seed selection.
 scoring_job = dg.define_asset_job(
     "scoring_job", selection=dg.AssetSelection.groups("scoring") | dg.AssetSelection.assets("selected_seeds"),
@@ -62,12 +63,22 @@ tagging_job = dg.define_asset_job(
     "tagging_job", selection=dg.AssetSelection.assets("quality_tags", "filtered_instructions", "preference_pairs"),
     partitions_def=source_partitions,
     description="Per source: quality_tags -> filtered_instructions -> preference_pairs.")
+#: Global: the SteerLM attribute model over every source's attribute_training_data.
+attribute_model_job = dg.define_asset_job(
+    "attribute_model_job", selection=dg.AssetSelection.assets("attribute_model"),
+    description="Global: train the SteerLM attribute model (CPU head by default) and save it under the storage root.")
+#: Per source: SFT rows labelled with the attribute model, then the SteerLM training formats.
+steerlm_job = dg.define_asset_job(
+    "steerlm_job", selection=dg.AssetSelection.assets("attribute_labelled_sft", "steerlm_sft"),
+    partitions_def=source_partitions,
+    description="Per source: attribute_labelled_sft -> steerlm_sft (NeMo and llm-jp-sft formats).")
 #: Global: the Hugging Face export.
 export_job = dg.define_asset_job(
     "export_job", selection=dg.AssetSelection.groups("export"),
     description="Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).")
 
-PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, synthesis_job, tagging_job, export_job]  # the order the demo runs them in
+PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, synthesis_job, tagging_job, attribute_model_job,
+            steerlm_job, export_job]  # the order the demo runs them in
 
 
 def build_resources() -> dict:

@@ -49,6 +49,14 @@ DEMO_RUN_CONFIG = {
 }
 
 
+#: per-source jobs the demo runs for a few sources only: the SteerLM labelling of one SFT source
+DEMO_ONLY = {"steerlm_job": ("oasst_en",)}
+STEERLM_JOBS = ("attribute_model_job", "steerlm_job")
+#: the model jobs the demo does not run for sources of kind `attributes` (human-rated replies kept as
+#: the attribute model's training data; scoring and evolving them would add ~1.5 min per source on 2 cores)
+NOT_FOR_ATTRIBUTE_SOURCES = ("scoring_job", "synthesis_job", "tagging_job")
+
+
 def ensure_instance() -> dg.DagsterInstance:
     home = os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
     os.makedirs(home, exist_ok=True)
@@ -105,9 +113,17 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
             r["solutions_funnel"] = _meta(ev, "funnel_json", {})
         elif name == "hard_problems":
             r["hard"] = _meta(ev, "rows_out")
+        elif name == "attribute_training_data" and _meta(ev, "applies"):
+            r["attribute_rows"] = {k: _meta(ev, k) for k in ("rows_out", "train_rows", "val_rows")}
+        elif name == "attribute_model":
+            global_stats["attribute_model"] = {k: _meta(ev, k) for k in ("version", "backend", "validation",
+                                                                         "beats_mean_baseline", "train_seconds",
+                                                                         "rows_train", "rows_val")}
+        elif name == "attribute_labelled_sft":
+            r["labelled"] = {k: _meta(ev, k) for k in ("rows_out", "predicted", "rows_per_s", "histograms")}
         elif name == "hf_parquet":
             global_stats["export"] = {k: _meta(ev, k) for k in ("rows_sft", "rows_cot", "rows_preference",
-                                                                "rows_evol", "rows_generated", "rows_preference_synthetic",
+                                                                "rows_evol", "rows_generated", "rows_preference_synthetic", "rows_steerlm",
                                                                 "ties_excluded",
                                                                 "export_dir", "hub_status")}
         elif name == "dedup_clusters":
@@ -187,6 +203,25 @@ def magpie_funnels(key: str, r: dict) -> list[str]:
     return lines
 
 
+def steerlm_summary(results: dict[str, dict], global_stats: dict) -> str:
+    """The attribute data per source, the model's validation table, the labelled sources."""
+    lines = [f"  {k} attribute_training_data: {r['attribute_rows']['rows_out']} labelled replies "
+             f"(train {r['attribute_rows']['train_rows']}, val {r['attribute_rows']['val_rows']})"
+             for k, r in results.items() if r.get("attribute_rows")]
+    m = global_stats.get("attribute_model")
+    if m:
+        lines.append(f"  attribute_model {m['version']} ({m['backend']}; {m['rows_train']} train / {m['rows_val']} val "
+                     f"rows; {m['train_seconds']}s): beats the training-mean baseline on {m['beats_mean_baseline']}")
+        lines += ["    " + line for line in (m["validation"] or "").splitlines()]
+    for k, r in results.items():
+        lab = r.get("labelled")
+        if lab:
+            hist = ", ".join(f"{a} {h}" for a, h in (lab["histograms"] or {}).items() if a in ("quality", "helpfulness"))
+            lines.append(f"  {k} attribute_labelled_sft: {lab['rows_out']} rows ({lab['predicted']} predicted, "
+                         f"{lab['rows_per_s']} rows/s); {hist}")
+    return "\n".join(lines)
+
+
 def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
     from .definitions import PIPELINE, defs
 
@@ -205,7 +240,12 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
     for unresolved in PIPELINE:
         job = defs.resolve_job_def(unresolved.name)
         partitioned = job.partitions_def is not None
-        for key in (keys if partitioned else [None]):
+        if job.name in STEERLM_JOBS and not any(reg.get(k).kind == "attributes" for k in keys):
+            print(f"  {job.name}: skipped (no source of kind attributes to train the attribute model on)")
+            continue
+        run_keys = [k for k in keys if k in DEMO_ONLY.get(job.name, keys) and not (
+            job.name in NOT_FOR_ATTRIBUTE_SOURCES and reg.get(k).kind == "attributes")] if partitioned else [None]
+        for key in run_keys:
             t0 = time.monotonic()
             res = job.execute_in_process(partition_key=key, instance=instance,
                                          run_config={**QUIET, **DEMO_RUN_CONFIG.get(job.name, {})},
@@ -248,6 +288,10 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
         print("\nSynthesis funnels (demo-sized: 8 Magpie instructions; 2 seeds evolved for 2 rounds, 3 problems x 2 "
               "solutions per source; pairs for 4 prompts x 3 candidates):")
         print(funnels)
+    steer = steerlm_summary(results, global_stats)
+    if steer:
+        print("\nSteerLM:")
+        print(steer)
     for key, r in results.items():
         if r.get("all_rejected"):
             print(f"\n{key}: {r['all_rejected']} (its later steps ran on an empty table)")
@@ -257,7 +301,7 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
         e = global_stats["export"]
         print(f"\nHugging Face export: sft {e['rows_sft']}, cot {e['rows_cot']}, preference "
               f"{e['rows_preference']}, evol {e['rows_evol']}, generated {e['rows_generated']}, preference_synthetic "
-              f"{e['rows_preference_synthetic']} rows "
+              f"{e['rows_preference_synthetic']}, steerlm {e['rows_steerlm']} rows "
               f"(ties excluded: {e['ties_excluded']}) -> {e['export_dir']}")
         print(f"  hub: {e['hub_status']}")
     if global_stats.get("error"):

@@ -103,6 +103,28 @@ class ParquetStore:
                 pass
             raise
 
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """A file of any kind (a model artifact), written atomically like the tables."""
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open_output_stream(tmp) as fh:
+                fh.write(data)
+            self.fs.move(tmp, path)
+        except BaseException:
+            try:
+                self.fs.delete_file(tmp)
+            except (OSError, FileNotFoundError):
+                pass
+            raise
+
+    def read_bytes(self, path: str) -> bytes:
+        """Raises FileNotFoundError when there is no such file."""
+        if not self.exists(path):
+            raise FileNotFoundError(self.uri(path))
+        with self.fs.open_input_stream(path) as fh:
+            return fh.read()
+
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type == pafs.FileType.File
 

@@ -18,7 +18,7 @@ from posttrain_assets.selection.length import SEED_COLUMNS
 from posttrain_assets.synthesis.evolution import OUTPUT_SCHEMA as EVOL_SCHEMA
 from posttrain_assets.tagging import tasks as T
 from posttrain_assets.tagging.assets import quality_tags
-from posttrain_assets.tagging.inputs import INPUTS, input_items
+from posttrain_assets.common.inputs import INPUTS, input_items
 from posttrain_assets.tagging.neighbors import gen_dis
 from posttrain_assets.tagging.tags import OUTPUT_SCHEMA, TAGS
 from resources.llm import LLMResource, ModelSpec, TaskParseError

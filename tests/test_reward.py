@@ -12,7 +12,7 @@ import yaml
 
 from resources.llm import LLMResource, embedded_model_dir
 from resources.reward import (ASPECTS, RATING, RewardConfigError, RewardFailure, RewardResource, RewardScore,
-                              RewardUnavailable, vllm_reward_engine_kwargs, vllm_reward_request)
+                              vllm_reward_engine_kwargs, vllm_reward_request)
 from resources.reward.classifier import render_ids
 from resources.reward.judge import TEMPLATE, judge_row
 from resources.storage import StorageResource
@@ -206,13 +206,18 @@ def test_classifier_multi_objective_outputs_become_aspects():
 
 
 # ---------------------------------------------------------------------------------------- errors and config
-def test_attributes_backend_is_a_clear_error():
-    with pytest.raises(RewardUnavailable, match=r"not available yet \(issue 11: the SteerLM attribute model\)"):
-        RewardResource(backend="attributes").score(None, [("q", "a")])
+def test_attributes_backend_without_a_trained_model_is_a_clear_error(tmp_path):
+    from resources.storage import StorageResource
+
+    with pytest.raises(RewardConfigError, match=r"backend 'attributes' found no trained model under .*LATEST; "
+                                                r"materialise attribute_model"):
+        RewardResource(backend="attributes").score(None, [("q", "a")], storage=StorageResource(root=str(tmp_path)))
 
 
 @pytest.mark.parametrize("config, message", [
     ({"backend": "rm"}, "backend must be judge, classifier, attributes, got 'rm'"),
+    ({"backend": "attributes", "attribute_weights": {"kindness": 1.0}},
+     "attribute_weights must be a non-empty mapping over quality, toxicity"),
     ({"aspects": ["helpfulness", "harmlessness"]}, "aspects must be a non-empty subset of instruction_following"),
     ({"aspects": []}, "aspects must be a non-empty subset"),
     ({"aspects": ["honesty", "honesty"]}, "aspects must be without repeats"),

@@ -14,7 +14,7 @@ from .conftest import BUNDLED_REGISTRY, REPO
 from .helpers import write_registry
 
 KEYS = ["gsm8k", "hh_rlhf_harmless_base", "awesome_chatgpt_prompts", "self_instruct", "oasst_en",
-        "oasst2_labelled", "magpie_smollm2"]
+        "oasst2_labelled", "magpie_smollm2", "helpsteer", "helpsteer2", "oasst2_ja_edited"]
 
 
 def evaluate(instance, registry_path):
@@ -36,7 +36,7 @@ def test_sensor_adds_new_keys_and_never_removes(instance, tmp_path):
     assert list(req.partition_keys) == KEYS
     assert sorted(instance.get_dynamic_partitions("source")) == sorted(KEYS + ["retired_source"])
     again = evaluate(instance, BUNDLED_REGISTRY)
-    assert isinstance(again, dg.SkipReason) and again.skip_message == "7 sources, all present"
+    assert isinstance(again, dg.SkipReason) and again.skip_message == "10 sources, all present"
 
     data = yaml.safe_load(BUNDLED_REGISTRY.read_text())
     src = dict(data["sources"][0], key="gsm8k_test")
@@ -69,17 +69,17 @@ def test_cli_sync_list_validate(tmp_path):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     out = cli("sync", home=home)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"added 7 source partitions: {', '.join(KEYS)}; 0 already present"
+    assert out.stdout.strip() == f"added 10 source partitions: {', '.join(KEYS)}; 0 already present"
     out = cli("sync", home=home)
-    assert out.stdout.strip() == "added 0 source partitions: -; 7 already present"
+    assert out.stdout.strip() == "added 0 source partitions: -; 10 already present"
     from dagster._core.instance.ref import InstanceRef
 
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as inst:
         assert inst.get_dynamic_partitions("source") == KEYS
     out = cli("list", home=home)
-    assert out.stdout.count("partition present") == 7
+    assert out.stdout.count("partition present") == 10
     out = cli("validate", home=home)
-    assert out.returncode == 0 and out.stdout.strip().endswith("7 sources, valid")
+    assert out.returncode == 0 and out.stdout.strip().endswith("10 sources, valid")
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n  - key: x\n    kind: sft\n    licence: MIT\n")
     out = cli("validate", home=home, registry=bad)

@@ -83,7 +83,7 @@ def test_graph_partitions_and_lineage_over_graphql(webserver):
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert {"raw_records", "merged_prompts"} <= set(nodes)
     keys = ["gsm8k", "hh_rlhf_harmless_base", "awesome_chatgpt_prompts", "self_instruct",
-            "oasst_en", "oasst2_labelled", "magpie_smollm2"]
+            "oasst_en", "oasst2_labelled", "magpie_smollm2", "helpsteer", "helpsteer2", "oasst2_ja_edited"]
     for name in ("raw_records", "merged_prompts"):
         n = nodes[name]
         assert n["groupName"] == "ingest"

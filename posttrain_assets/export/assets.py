@@ -2,7 +2,8 @@
 tables where they were materialised (`evol` = evolved_instructions in the conversation format,
 `generated` = generated_solutions: problem, solution, answer, pass rate; `preference_synthetic` =
 preference_pairs in TRL's conversational preference format, a config of its own: see
-hf_dataset.preference_synthetic_config for why it is not mixed into `preference`), as a Hugging Face Parquet
+hf_dataset.preference_synthetic_config for why it is not mixed into `preference`; `steerlm` =
+steerlm_sft: both SteerLM training formats with the predicted label string and the model version), as a Hugging Face Parquet
 dataset (`data/<config>/<split>-0000i-of-0000N.parquet` + README.md card with YAML `configs`),
 optionally uploaded to the Hub (only changed files).
 
@@ -25,7 +26,7 @@ from .hf_dataset import (CONFIGS, MANIFEST_SCHEMA, dataset_card, generated_confi
 
 #: export config -> the synthetic asset it reads (where materialised)
 SYNTHETIC = {"evol": "evolved_instructions", "generated": "generated_solutions",
-             "preference_synthetic": "preference_pairs"}
+             "preference_synthetic": "preference_pairs", "steerlm": "steerlm_sft"}
 #: export config -> how the synthetic asset's rows become the config's rows (default: as they are)
 CONVERT = {"generated": generated_config, "preference_synthetic": preference_synthetic_config}
 

@@ -15,7 +15,7 @@ from resources.hub import sha256_file
 
 from ..common.schemas import MESSAGE_TYPE
 
-CONFIGS = ("sft", "cot", "preference", "evol", "generated", "preference_synthetic")
+CONFIGS = ("sft", "cot", "preference", "evol", "generated", "preference_synthetic", "steerlm")
 #: the column whose hash picks a row's split: an evolved prompt goes with its seed, every solution
 #: of a problem with the problem (no seed or problem on both sides of a train / test split)
 SPLIT_KEY = {"evol": "parent_id"}
@@ -151,7 +151,9 @@ def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *
               "solutions per problem, verified against the gold answer; pass_rate = correct / n); "
               "`preference_synthetic`: a prompt table -> preference_pairs (n candidate responses per prompt, "
               "scored by the reward model named in each row; chosen = best, rejected = worst; TRL's "
-              "conversational preference format). Synthetic rows "
+              "conversational preference format); `steerlm`: sft_records -> attribute_labelled_sft -> "
+              "steerlm_sft (attributes predicted by the attribute model whose version each row names, in NeMo's "
+              "SteerLM format and the llm-jp-sft format). Synthetic rows "
               "were written by the models named in `produced_by` and in each row.", "", "```yaml",
               yaml.safe_dump(produced_by, sort_keys=True).strip(), "```", ""]
     if body:

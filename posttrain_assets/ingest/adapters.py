@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import PurePath
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from partitions.registry import SourceSpec
 
@@ -261,6 +261,77 @@ def adapt_oasst_tree(row: dict, spec: SourceSpec, source_file: str, source_row: 
     return out
 
 
+#: HelpSteer / HelpSteer2 human score columns (0-4), kept raw in `labels` (mapped by the steerlm stage)
+HELPSTEER_SCORES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+#: HelpSteer2's multi-turn prompts put earlier turns inline behind these markers
+_HELPSTEER2_TURN = re.compile(r"\n?<extra_id_1>(User|Assistant)\n")
+
+
+def helpsteer_turns(prompt: str) -> list[dict]:
+    """A HelpSteer2 prompt -> user / assistant turns (one user turn when it has no markers)."""
+    parts = _HELPSTEER2_TURN.split(prompt)
+    turns = [{"role": "user", "content": parts[0]}]
+    for role, text in zip(parts[1::2], parts[2::2]):
+        turns.append({"role": role.lower(), "content": text})
+    return [t for t in turns if t["content"].strip()] or turns[:1]
+
+
+def adapt_helpsteer(row: dict, spec: SourceSpec, source_file: str, source_row: int) -> list:
+    """HelpSteer / HelpSteer2: prompt + response + the five human scores (kept in `labels`, raw)."""
+    prompt = _text(row, spec, "prompt")
+    response = _text(row, spec, "response")
+    labels = {name: row[col] for name in HELPSTEER_SCORES
+              if (col := spec.column(name)) is not None and row.get(col) is not None}
+    messages = helpsteer_turns(prompt)
+    return [_record(source_prompt_id=_row_id(row, spec, source_file, source_row),
+                    prompt=render_conversation(messages), messages=messages, response=response,
+                    labels=labels or None, metadata=_meta(row))]
+
+
+def oasst_message_trees(rows: Iterable[tuple[str, int, dict]], spec: SourceSpec
+                        ) -> Iterator[tuple[str, int, dict | RowReject]]:
+    """Flat OpenAssistant messages (one row per message with its id and parent id, e.g. the oasst2
+    message exports or oasst2_ja_edited's id-keyed JSON) -> one nested tree per root message, as
+    adapt_oasst_tree reads them (`replies`, `role`, `text` from the mapped text column, `labels`).
+    The editor's 1-5 `quality` (field `quality`) is kept as `labels.editor_quality`. A message
+    whose parent is not in the file, or that lacks its id, is a RowReject at its own row."""
+    cols = {k: spec.column(k) for k in ("id", "parent", "text", "role", "tree", "quality", "labels")}
+    nodes: dict[str, dict] = {}
+    where: dict[str, tuple[str, int]] = {}
+    order: list[str] = []
+    for source_file, source_row, row in rows:
+        mid = row.get(cols["id"])
+        if mid is None or str(mid).strip() == "":
+            yield source_file, source_row, RowReject("missing_field", cols["id"], "message id is empty")
+            continue
+        mid = str(mid)
+        if mid in nodes:
+            yield source_file, source_row, RowReject("duplicate_id", cols["id"], f"message {mid} seen before")
+            continue
+        labels = row.get(cols["labels"]) if cols["labels"] else None
+        labels = dict(labels) if isinstance(labels, dict) else {}
+        if cols["quality"] and row.get(cols["quality"]) is not None:
+            labels["editor_quality"] = row[cols["quality"]]
+        nodes[mid] = {"message_id": mid, "parent_id": row.get(cols["parent"]), "role": row.get(cols["role"]),
+                      "text": row.get(cols["text"]), "message_tree_id": row.get(cols["tree"]) if cols["tree"] else None,
+                      "labels": labels or None, "replies": []}
+        where[mid] = (source_file, source_row)
+        order.append(mid)
+    roots = []
+    for mid in order:
+        parent = nodes[mid]["parent_id"]
+        if parent is None:
+            roots.append(mid)
+        elif str(parent) in nodes:
+            nodes[str(parent)]["replies"].append(nodes[mid])
+        else:
+            f, r = where[mid]
+            yield f, r, RowReject("orphan_message", cols["parent"], f"message {mid}: parent {parent} is not in the source")
+    for mid in roots:
+        f, r = where[mid]
+        yield f, r, nodes[mid]
+
+
 HELPSTEER_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
 
 
@@ -476,4 +547,8 @@ ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
     "alpaca": adapt_alpaca,
     "sharegpt": adapt_sharegpt,
     "messages": adapt_messages,
+    "helpsteer": adapt_helpsteer,
+    "oasst_messages": adapt_oasst_tree,  # over the trees GROUPERS builds (root column ".")
 }
+#: adapters whose rows are first grouped across the file (message -> tree) before adapting
+GROUPERS = {"oasst_messages": oasst_message_trees}

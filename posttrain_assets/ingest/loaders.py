@@ -118,11 +118,15 @@ def _read_json(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) 
             yield from _read_jsonl(path, out, limit, offset)
             return
         raise SourceLoadError(f"{path.name}: not valid JSON: {exc}") from None
-    if isinstance(data, dict):
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        # an object keyed by id (e.g. oasst2_ja_edited: message_id -> message): one row per value,
+        # the key kept as `message_id` unless the value has that field
+        data = [v if "message_id" in v else {"message_id": k, **v} for k, v in data.items()]
+    elif isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
             raise SourceLoadError(f"{path.name}: a JSON file must hold a list of rows "
-                                  "(or an object with exactly one list)")
+                                  "(or an object with exactly one list, or an object of row objects keyed by id)")
         data = lists[0]
     if not isinstance(data, list):
         raise SourceLoadError(f"{path.name}: a JSON file must hold a list of rows")

@@ -15,7 +15,7 @@ from ..common.accounting import Accounting, RowIssue, raw_preview
 from ..common.language import detect_language
 from ..common.schemas import MESSAGE_TYPE
 from ..common.text import normalize_text, text_hash
-from .adapters import ADAPTERS, RowReject
+from .adapters import ADAPTERS, GROUPERS, RowReject
 from .loaders import RESERVED, table_to_rows
 
 MERGED_SCHEMA = pa.schema([
@@ -82,6 +82,9 @@ def merge_prompts(raw: pa.Table, spec: SourceSpec, *, max_prompt_chars: int = 20
     """
     check_field_mapping(raw, spec)
     adapter = ADAPTERS[spec.adapter]
+    rows = table_to_rows(raw)
+    if spec.adapter in GROUPERS:  # flat messages -> trees (a reject comes back in place of a row)
+        rows = GROUPERS[spec.adapter](rows, spec)
     issues: list[RowIssue] = []
     out: list[dict] = []
     seen_key: dict[str, str] = {}
@@ -89,12 +92,14 @@ def merge_prompts(raw: pa.Table, spec: SourceSpec, *, max_prompt_chars: int = 20
     candidates = 0
     t0 = time.monotonic()
     raw_rows = 0
-    for source_file, source_row, row in table_to_rows(raw):
+    for source_file, source_row, row in rows:
         raw_rows += 1
         if log and raw_rows % progress_every == 0:
             rate = raw_rows / max(time.monotonic() - t0, 1e-9)
             log(f"{spec.key}: merged {raw_rows:,}/{raw.num_rows:,} raw rows ({rate:,.0f} rows/s)")
         try:
+            if isinstance(row, RowReject):
+                raise row
             produced = adapter(row, spec, source_file, source_row)
         except RowReject as rj:
             candidates += 1
@@ -147,6 +152,8 @@ def merge_prompts(raw: pa.Table, spec: SourceSpec, *, max_prompt_chars: int = 20
                        prompt_norm_hash=text_hash(normalize_text(prompt)),
                        labels=None if rec["labels"] is None else json.dumps(rec["labels"], ensure_ascii=False))
             out.append(rec)
+    if spec.adapter in GROUPERS:
+        raw_rows = raw.num_rows  # the messages read, not the trees built from them
     table = pa.Table.from_pylist(out, schema=MERGED_SCHEMA)
     acc = Accounting.from_issues(candidates, table.num_rows, issues)
     return MergeResult(table=table, issues=issues, accounting=acc, raw_rows=raw_rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class RidgeHead:
     bias: dict[str, Optional[float]] = field(default_factory=dict)
     train_mean: dict[str, Optional[float]] = field(default_factory=dict)
     train_rows: dict[str, int] = field(default_factory=dict)
-    l2: float = 1.0
+    l2: float | dict = 1.0
 
     def predict(self, X: np.ndarray) -> dict[str, Optional[np.ndarray]]:
         """Raw predictions per attribute (None where the head has no weights)."""
@@ -53,8 +53,9 @@ class RidgeHead:
         return [{a: clamp_round(v[i]) for a, v in raw.items() if v is not None} for i in range(n)]
 
 
-def fit(X: np.ndarray, Y: np.ndarray, l2: float = 1.0) -> RidgeHead:
-    """X [n, d] vectors, Y [n, 9] targets with NaN for missing; a ridge regression per attribute on its rows."""
+def fit(X: np.ndarray, Y: np.ndarray, l2: float | Mapping[str, float] = 1.0) -> RidgeHead:
+    """X [n, d] vectors, Y [n, 9] targets with NaN for missing; a ridge regression per attribute on its
+    rows (`l2`: one value, or one per attribute)."""
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if X.ndim != 2 or Y.shape != (X.shape[0], len(ATTRIBUTES)):
@@ -63,7 +64,7 @@ def fit(X: np.ndarray, Y: np.ndarray, l2: float = 1.0) -> RidgeHead:
     scale = X.std(axis=0) if len(X) else np.ones(X.shape[1])
     scale[scale == 0] = 1.0
     Z = (X - mean) / scale
-    head = RidgeHead(mean=mean, scale=scale, l2=l2)
+    head = RidgeHead(mean=mean, scale=scale, l2=l2 if isinstance(l2, (int, float)) else dict(l2))
     for j, a in enumerate(ATTRIBUTES):
         rows = ~np.isnan(Y[:, j])
         head.train_rows[a] = int(rows.sum())
@@ -73,7 +74,8 @@ def fit(X: np.ndarray, Y: np.ndarray, l2: float = 1.0) -> RidgeHead:
         z, y = Z[rows], Y[rows, j]
         ym, zm = y.mean(), z.mean(axis=0)
         zc = z - zm
-        w = np.linalg.solve(zc.T @ zc + l2 * np.eye(z.shape[1]), zc.T @ (y - ym))
+        lam = l2 if isinstance(l2, (int, float)) else l2[a]
+        w = np.linalg.solve(zc.T @ zc + lam * np.eye(z.shape[1]), zc.T @ (y - ym))
         head.weights[a], head.bias[a], head.train_mean[a] = w, float(ym - zm @ w), float(ym)
     return head
 
@@ -86,19 +88,25 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     return float(spearmanr(a, b).statistic)
 
 
-def evaluate(head: RidgeHead, X: np.ndarray, Y: np.ndarray) -> dict[str, dict]:
-    """Per attribute on the rows that have it: n, MAE of the head (raw predictions clamped to [0, 4]),
-    MAE of predicting the training mean, Spearman of the head's raw predictions."""
+def evaluate_predictions(pred: dict[str, Optional[np.ndarray]], Y: np.ndarray,
+                         train_mean: dict[str, Optional[float]]) -> dict[str, dict]:
+    """Per attribute on the rows that have it: n, MAE of the predictions clamped to [0, 4], MAE of
+    predicting the training mean, Spearman of the raw predictions. Any model's outputs (head, LoRA)."""
     Y = np.asarray(Y, dtype=np.float64)
-    raw = head.predict(X)
     out = {}
     for j, a in enumerate(ATTRIBUTES):
         rows = ~np.isnan(Y[:, j])
-        if not rows.any() or raw[a] is None:
+        p_all = pred.get(a)
+        if not rows.any() or p_all is None or train_mean.get(a) is None or np.isnan(p_all[rows]).any():
             out[a] = {"n": int(rows.sum()), "mae": None, "baseline_mae": None, "spearman": None}
             continue
-        y, p = Y[rows, j], np.clip(raw[a][rows], 0, 4)
+        y, p = Y[rows, j], np.clip(p_all[rows], 0, 4)
         out[a] = {"n": int(rows.sum()), "mae": round(float(np.abs(p - y).mean()), 4),
-                  "baseline_mae": round(float(np.abs(head.train_mean[a] - y).mean()), 4),
-                  "spearman": None if (s := _spearman(raw[a][rows], y)) is None else round(s, 4)}
+                  "baseline_mae": round(float(np.abs(train_mean[a] - y).mean()), 4),
+                  "spearman": None if (s := _spearman(p_all[rows], y)) is None else round(s, 4)}
     return out
+
+
+def evaluate(head: RidgeHead, X: np.ndarray, Y: np.ndarray) -> dict[str, dict]:
+    """evaluate_predictions of the head's raw predictions of X."""
+    return evaluate_predictions(head.predict(X), Y, head.train_mean)

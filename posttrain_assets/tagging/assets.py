@@ -15,7 +15,7 @@ from resources.storage import StorageResource
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
                                stage_metadata, unique_check)
-from .inputs import INPUTS, input_items
+from ..common.inputs import INPUTS, input_items
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE
 from .tags import TAGS, TagSettings, empty_result, funnel_markdown, run_tags
 from .tasks import ALL_TASKS

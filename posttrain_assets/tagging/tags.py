@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from ..common.accounting import Accounting
 from ..common.language import detect_language
-from .inputs import Item
+from ..common.inputs import Item
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE, gen_dis
 from .tasks import (CATEGORY, DIFFICULTY, DIFFICULTY_LEVELS, GUARD, QUALITY, QUALITY_LEVELS, SAFETY_JUDGE,
                     SAFETY_VALUES, TASK_CATEGORIES, failure_reason, guard_prompt, judge_row, parse_guard_output)

@@ -6,7 +6,8 @@
     scores.py       RewardScore, RewardFailure, RewardResults, the input check
     templates/      ultrafeedback_rating.yaml (versioned, en + ja)
 
-Backend `attributes` (the SteerLM attribute model) is issue 11: a clear error until then."""
+Backend `attributes`: the SteerLM attribute model artifact (posttrain_assets/steerlm/model.py), loaded from the
+storage root; `overall` = a weighted sum of its predictions."""
 
 from .classifier import ARMORM_ATTRIBUTES, vllm_reward_engine_kwargs, vllm_reward_request
 from .judge import ASPECTS, RATING

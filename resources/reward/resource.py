@@ -6,7 +6,9 @@
   ranked right (bench/reward.py, judge.py).
 - `classifier`: a sequence-classification reward model (ArmoRM, Skywork-Reward, ...) with
   transformers or vLLM (GPU).
-- `attributes`: the SteerLM attribute model (issue 11), not available yet: a clear error.
+- `attributes`: the SteerLM attribute model the `attribute_model` asset trained (an artifact folder under
+  the storage root; `attribute_model` "" = the latest): `overall` = the weighted sum of its raw
+  predictions (`attribute_weights`, default helpfulness alone), the 9 predictions as aspects.
 
 Engines (the classifier, and the LLMResource the judge makes when none is passed) are owned in a
 private attribute, made on first use and closed when the step's execution ends."""
@@ -62,6 +64,9 @@ class RewardResource(dg.ConfigurableResource):
     aspect_names: list[str] = []  # names of a multi-objective output's columns (ArmoRM: ARMORM_ATTRIBUTES)
     num_labels: Optional[int] = None  # None = the checkpoint's; 1 to load a causal LM folder as a reward head
     gpu_memory_utilization: float = 0.9  # vllm
+    # --- attributes
+    attribute_model: str = ""  # artifact folder (path or URI); "" = <storage root>/models/attribute_model/LATEST
+    attribute_weights: dict[str, float] = {"helpfulness": 1.0}  # overall = sum(weight * predicted attribute)
 
     _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
 
@@ -75,8 +80,12 @@ class RewardResource(dg.ConfigurableResource):
         if self.backend not in BACKENDS:
             raise bad("backend", BACKENDS, self.backend)
         if self.backend == "attributes":
-            raise RewardUnavailable("reward backend 'attributes' is not available yet (issue 11: the SteerLM "
-                                    "attribute model); use backend 'judge' or 'classifier'")
+            from posttrain_assets.steerlm.attributes import ATTRIBUTES
+
+            if not self.attribute_weights or any(a not in ATTRIBUTES for a in self.attribute_weights):
+                raise bad("attribute_weights", f"a non-empty mapping over {', '.join(ATTRIBUTES)}",
+                          self.attribute_weights)
+            return
         if self.backend == "judge":
             if not self.aspects or any(a not in ASPECTS for a in self.aspects):
                 raise bad("aspects", f"a non-empty subset of {', '.join(ASPECTS)}", self.aspects)
@@ -112,6 +121,8 @@ class RewardResource(dg.ConfigurableResource):
 
     @property
     def model_name(self) -> str:
+        if self.backend == "attributes":
+            return f"attributes:{self.attribute_model or 'latest'}"
         if self.backend == "classifier":
             return f"classifier:{self.model}"
         return f"judge:{self.judge_model}"
@@ -153,6 +164,8 @@ class RewardResource(dg.ConfigurableResource):
         t0 = time.monotonic()
         if self.backend == "judge":
             meta = self._score_judge(context, valid, out, llm=llm, storage=storage, languages=languages)
+        elif self.backend == "attributes":
+            meta = self._score_attributes(valid, out, storage)
         else:
             meta = self._score_classifier(context, valid, out)
         res = RewardResults(out)
@@ -179,6 +192,48 @@ class RewardResource(dg.ConfigurableResource):
             out[i] = to_score(result, tuple(self.aspects), f"judge:{model}")
         return {**session.metadata(), "reward_model": f"judge:{model}", "reward_template_version": RATING.version,
                 "reward_aspects": ", ".join(self.aspects)}
+
+    def attribute_predictor(self, storage=None, embeddings=None):
+        """The attribute model artifact loaded (once per step) with the embedder it was trained with."""
+        from posttrain_assets.steerlm import model as am
+        from resources.embeddings import EmbeddingClient
+        from resources.storage import ParquetStore, StorageResource
+
+        def make():
+            store = (storage or StorageResource()).store()
+            folder = self.attribute_model
+            if folder and "://" in folder:
+                store, folder = ParquetStore(folder), ParquetStore(folder).base
+            elif not folder:
+                latest = f"{store.base}/{am.MODEL_DIR}/LATEST"
+                if not store.exists(latest):
+                    raise RewardConfigError("reward: backend 'attributes' found no trained model under "
+                                            f"{store.uri(latest)}; materialise attribute_model or set attribute_model")
+                folder = am.artifact_dir(store.base, store.read_bytes(latest).decode().strip())
+            emb = embeddings or EmbeddingClient()
+            return am.load(store, folder, embed=emb.encode, embedder_name=emb.model_name, device=self.device)
+
+        return self._engines.get_or_make("attributes", make)
+
+    def _score_attributes(self, valid, out, storage) -> dict:
+        if not valid:
+            return {}
+        from posttrain_assets.steerlm.attributes import ATTRIBUTES
+        from posttrain_assets.steerlm.training_data import render
+
+        predictor = self.attribute_predictor(storage)
+        model = f"attributes:{predictor.version}"
+        raw = predictor.predict([render(m, r) for _, m, r in valid], [r for _, _, r in valid])
+        for (i, _, _), row in zip(valid, raw):
+            aspects = {a: float(v) for a, v in zip(ATTRIBUTES, row) if math.isfinite(v)}
+            missing = [a for a in self.attribute_weights if a not in aspects]
+            if missing:
+                out[i] = RewardFailure("non_finite", f"the attribute model has no head for {', '.join(missing)}",
+                                       model=model)
+                continue
+            overall = sum(w * aspects[a] for a, w in self.attribute_weights.items())
+            out[i] = RewardScore(overall=overall, aspects=aspects, model=model, backend="attributes")
+        return {"reward_model": model, "reward_attribute_weights": dict(self.attribute_weights)}
 
     def _score_classifier(self, context, valid, out) -> dict:
         if not valid:

@@ -1,4 +1,4 @@
-"""The prompt / SFT tables `quality_tags` can read (config `input_asset`), each normalised to
+"""The prompt / SFT tables a model stage can read (config `input_asset`: quality_tags, attribute_labelled_sft), each normalised to
 (row id, instruction, response or null). Pure: pyarrow only.
 
     magpie_instructions   uuid            instruction  response
