@@ -27,14 +27,14 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     assert table["oasst2_labelled"][2:10] == ["60", "0", "130", "129", "1", "0", "exact_duplicate=1", "129"]
     # the Magpie source: 8 instructions written and answered by the embedded model, then ingested like any source
     assert table["magpie_smollm2"][1:6] == ["synthetic", "8", "0", "8", "8"]
-    assert len(table) == 7
+    assert len(table) == 10
     assert "7 sources, 1,458 merged prompts" in out.stdout
     assert "| awesome_chatgpt_prompts | 210 | 208 | 1 | 1 | 0 | 2 |" in out.stdout  # dedup summary
     assert "Hugging Face export: sft 313, cot 300, preference 394, evol " in out.stdout
     # synthesis at demo size: a funnel line per source and asset; 3 problems x 2 solutions where there
     # is a gold answer, 2 seeds evolved
     assert "Synthesis funnels" in out.stdout
-    for key in ("gsm8k", "self_instruct", "oasst_en", "oasst2_labelled", "magpie_smollm2"):
+    for key in ("gsm8k", "self_instruct", "oasst_en", "magpie_smollm2"):
         assert f"  {key} generated_solutions: problems 3, solutions 6 -> generated 6 -> " in out.stdout
         assert f"  {key} evolved_instructions: width 4->" in out.stdout
     assert "generated_solutions: problems 0" not in out.stdout  # sources without problems print no line
@@ -54,14 +54,15 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
             "dedup_cluster_report", "deduplicated_prompts", "sft_records", "cot_records",
             "preference_records", "difficulty_scores", "selected_seeds", "generated_solutions",
             "solution_pass_rates", "hard_problems", "evolved_instructions", "magpie_instructions", "quality_tags",
-            "filtered_instructions", "preference_pairs", "hf_parquet", "rejects"} == views
+            "filtered_instructions", "preference_pairs", "attribute_training_data", "attribute_model",
+            "attribute_labelled_sft", "steerlm_sft", "hf_parquet", "rejects"} == views
     # scoring and selection at demo size: 12 scored items and 60 length-selected seeds per source
     # with gold answers; none for the prompt-only and preference sources
     scored = dict(con.execute("SELECT source, count(*) FROM difficulty_scores GROUP BY 1").fetchall())
-    assert scored == {"gsm8k": 12, "self_instruct": 12, "oasst_en": 12, "oasst2_labelled": 12, "magpie_smollm2": 8}
+    # the model jobs are not run for the `attributes` sources in the demo (DEMO: NOT_FOR_ATTRIBUTE_SOURCES)
+    assert scored == {"gsm8k": 12, "self_instruct": 12, "oasst_en": 12, "magpie_smollm2": 8}
     seeds = dict(con.execute("SELECT source, count(*) FROM selected_seeds GROUP BY 1").fetchall())
-    # oasst2_labelled has 33 SFT rows: its longer bins hold fewer rows than their targets
-    assert seeds == {"gsm8k": 60, "self_instruct": 60, "oasst_en": 60, "oasst2_labelled": 29, "magpie_smollm2": 8}
+    assert seeds == {"gsm8k": 60, "self_instruct": 60, "oasst_en": 60, "magpie_smollm2": 8}
     assert table["hh_rlhf_harmless_base"][10:12] == ["0", "0"] and table["gsm8k"][10:12] == ["12", "60"]
     assert con.execute("SELECT after, removed_other_source FROM dedup_summary WHERE source = "
                        "'awesome_chatgpt_prompts'").fetchall() == [(208, 1)]
@@ -70,8 +71,7 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
                        "'awesome_chatgpt_prompts:prompts_act_prompt_2025-02-03:12'").fetchall() == [("oasst_en", "semantic")]
     rates = con.execute("SELECT source, count(*), count(*) FILTER (WHERE status = 'ok' OR status = 'no_verdict') "
                         "FROM solution_pass_rates GROUP BY 1").fetchall()
-    assert {r[0]: r[2] for r in rates} == {"gsm8k": 3, "self_instruct": 3, "oasst_en": 3, "oasst2_labelled": 3,
-                                           "magpie_smollm2": 3}
+    assert {r[0]: r[2] for r in rates} == {"gsm8k": 3, "self_instruct": 3, "oasst_en": 3, "magpie_smollm2": 3}
     assert {r[0]: r[1] for r in rates} == seeds  # one row per problem loaded (the rest: not_sampled)
     kept = con.execute("SELECT count(*) FROM generated_solutions").fetchone()[0]
     # the Magpie chain in SQL: tags keep the generated uuid, the pairs name rows the filter kept

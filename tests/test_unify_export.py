@@ -248,7 +248,7 @@ def test_hf_parquet_exports_the_synthetic_configs_where_materialised(tmp_path, i
     md = mat_metadata(run, "hf_parquet")
     assert (md["rows_evol"], md["rows_generated"], md["rows_sft"]) == (6, 6, 0)
     assert md["synthetic_missing"] == {"evol": ["other"], "generated": ["other"],
-                                       "preference_synthetic": ["gsm8k", "other"]}
+                                       "preference_synthetic": ["gsm8k", "other"], "steerlm": ["gsm8k", "other"]}
     out = tmp_path / "storage" / "hf_export"
     def load(config):  # every split the export wrote for `config`
         present = [s for s in ("train", "test") if list((out / "data" / config).glob(f"{s}-*"))]
