@@ -89,12 +89,12 @@ class ParquetStore:
         return self.uri(f"{self.asset_dir(asset)}/*/{DATA_FILE}" if partitioned else self.path(asset, None))
 
     # ---------------------------------------------------------------- io
-    def write(self, table: pa.Table, path: str) -> None:
-        parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
+    def _atomic(self, path: str, write_tmp) -> None:
+        """write_tmp(tmp) writes a temp file beside `path`, then it is moved over `path` (deleted on failure)."""
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
-            pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
+            write_tmp(tmp)
             self.fs.move(tmp, path)
         except BaseException:
             try:
@@ -103,20 +103,16 @@ class ParquetStore:
                 pass
             raise
 
+    def write(self, table: pa.Table, path: str) -> None:
+        self._atomic(path, lambda tmp: pq.write_table(table, tmp, filesystem=self.fs, compression="zstd"))
+
     def write_bytes(self, path: str, data: bytes) -> None:
         """A file of any kind (a model artifact), written atomically like the tables."""
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
+        def write_tmp(tmp: str) -> None:
             with self.fs.open_output_stream(tmp) as fh:
                 fh.write(data)
-            self.fs.move(tmp, path)
-        except BaseException:
-            try:
-                self.fs.delete_file(tmp)
-            except (OSError, FileNotFoundError):
-                pass
-            raise
+
+        self._atomic(path, write_tmp)
 
     def read_bytes(self, path: str) -> bytes:
         """Raises FileNotFoundError when there is no such file."""
