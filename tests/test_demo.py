@@ -21,16 +21,25 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     # raw rows, raw rejected, records in, kept, removed, rejected, reasons, after global dedup
     assert table["gsm8k"][2:10] == ["300", "0", "300", "300", "0", "0", "-", "300"]
     assert table["hh_rlhf_harmless_base"][2:10] == ["300", "0", "300", "299", "0", "1", "empty_response=1", "299"]
-    assert table["awesome_chatgpt_prompts"][2:10] == ["211", "1", "210", "210", "0", "0", "csv_extra_columns=1", "208"]
+    assert table["awesome_chatgpt_prompts"][2:10] == ["211", "1", "210", "210", "0", "0", "csv_extra_columns=1", "207"]
     # 129 after dedup: with the multilingual default embedder the two Russian follow-ups that MiniLM
     # merged (unrelated questions) stay
     assert table["oasst2_labelled"][2:10] == ["60", "0", "130", "129", "1", "0", "exact_duplicate=1", "129"]
     # the Magpie source: 8 instructions written and answered by the embedded model, then ingested like any source
     assert table["magpie_smollm2"][1:6] == ["synthetic", "8", "0", "8", "8"]
     assert len(table) == 10
-    assert "7 sources, 1,458 merged prompts" in out.stdout
-    assert "| awesome_chatgpt_prompts | 210 | 208 | 1 | 1 | 0 | 2 |" in out.stdout  # dedup summary
-    assert "Hugging Face export: sft 313, cot 300, preference 394, evol " in out.stdout
+    assert table["helpsteer"][2:10] == ["500", "0", "500", "468", "32", "0", "exact_duplicate=32", "468"]
+    assert table["oasst2_ja_edited"][1:10] == ["attributes", "30", "0", "18", "18", "0", "0", "-", "18"]
+    assert "10 sources, 2,044 merged prompts" in out.stdout
+    # one more awesome-chatgpt-prompts prompt is also a HelpSteer prompt
+    assert "| awesome_chatgpt_prompts | 210 | 207 | 1 | 2 | 0 | 3 |" in out.stdout  # dedup summary
+    assert "Hugging Face export: sft 894, cot 300, preference 394, evol " in out.stdout
+    # SteerLM: the attribute sources' rows, the CPU model, one source labelled
+    assert "  helpsteer attribute_training_data: 468 labelled replies (train 376, val 92)" in out.stdout
+    assert re.search(r"  attribute_model [0-9a-f]{16} \(head; 506 train / 139 val rows; [0-9.]+s\): beats the "
+                     r"training-mean baseline on .*helpfulness, correctness, coherence", out.stdout)
+    assert "  oasst_en attribute_labelled_sft: 97 rows (97 predicted, " in out.stdout
+    assert ", steerlm 97 rows" in out.stdout
     # synthesis at demo size: a funnel line per source and asset; 3 problems x 2 solutions where there
     # is a gold answer, 2 seeds evolved
     assert "Synthesis funnels" in out.stdout
@@ -65,7 +74,7 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     assert seeds == {"gsm8k": 60, "self_instruct": 60, "oasst_en": 60, "magpie_smollm2": 8}
     assert table["hh_rlhf_harmless_base"][10:12] == ["0", "0"] and table["gsm8k"][10:12] == ["12", "60"]
     assert con.execute("SELECT after, removed_other_source FROM dedup_summary WHERE source = "
-                       "'awesome_chatgpt_prompts'").fetchall() == [(208, 1)]
+                       "'awesome_chatgpt_prompts'").fetchall() == [(207, 2)]
     # the advertiser prompt of awesome-chatgpt-prompts also opens an OASST conversation
     assert con.execute("SELECT representative_source, match FROM dedup_clusters WHERE all_prompt_id = "
                        "'awesome_chatgpt_prompts:prompts_act_prompt_2025-02-03:12'").fetchall() == [("oasst_en", "semantic")]

@@ -18,7 +18,7 @@ from ..common.schemas import MESSAGE_TYPE
 CONFIGS = ("sft", "cot", "preference", "evol", "generated", "preference_synthetic", "steerlm")
 #: the column whose hash picks a row's split: an evolved prompt goes with its seed, every solution
 #: of a problem with the problem (no seed or problem on both sides of a train / test split)
-SPLIT_KEY = {"evol": "parent_id"}
+SPLIT_KEY = {"evol": "parent_id", "steerlm": "id"}  # steerlm: the labelled row's id (all_prompt_id for sft_records)
 MANIFEST_SCHEMA = pa.schema([
     ("path", pa.string()), ("config", pa.string()), ("split", pa.string()), ("rows", pa.int64()),
     ("bytes", pa.int64()), ("sha256", pa.string()), ("upload", pa.string()),
