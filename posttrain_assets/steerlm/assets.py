@@ -6,6 +6,7 @@ and the two SteerLM training formats.
     source, over sft_records / evolved_instructions / magpie_instructions) -> steerlm_sft (per source)
 """
 
+import dataclasses
 import tempfile
 import time
 
@@ -25,6 +26,7 @@ from ..common.pools import GPU_POOL, GPU_STEP_TAGS
 from . import model as am
 from .attributes import ATTRIBUTES
 from .head import evaluate_predictions
+from .lora import LoraSettings
 from .labelling import INPUT_ASSETS, Checkpoint, conversations, histograms, label, steerlm_rows
 from .training_data import SCHEMA as TRAINING_SCHEMA, attribute_rows, label_counts
 
@@ -111,9 +113,9 @@ def attribute_model(context: dg.AssetExecutionContext, config: AttributeModelCon
     train_mean = {a: (float(np.nanmean(Y[tr, j])) if (~np.isnan(Y[tr, j])).any() else None)
                   for j, a in enumerate(ATTRIBUTES)}
     cfg = config.model_dump()
+    # the settings that shape the model (they enter its version); lora: LoraSettings' own fields
     settings = ({k: cfg[k] for k in ("max_chars", "l2_grid")} if config.backend == "head" else
-                {k: cfg[k] for k in ("base_model", "learning_rate", "epochs", "max_steps", "lora_r", "lora_alpha",
-                                     "lora_dropout", "max_length", "batch_size", "seed")})
+                {f.name: cfg[f.name] for f in dataclasses.fields(LoraSettings) if f.name != "device"})
     embedder = embeddings.model_name if config.backend == "head" else None
     version = am.data_version([r["id"] for r in rows], texts, labels, splits,
                               {"backend": config.backend, "settings": settings, "embedder": embedder,
@@ -130,7 +132,7 @@ def attribute_model(context: dg.AssetExecutionContext, config: AttributeModelCon
             if va.any() else np.zeros((0, len(ATTRIBUTES)))
         extra = {"l2": l2}
     else:
-        from .lora import LoraSettings, lora_files, train_lora
+        from .lora import lora_files, train_lora
 
         s = LoraSettings(**settings, device=config.device)
         local = tempfile.mkdtemp(prefix="attribute-lora-")
