@@ -91,7 +91,7 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     evol = con.execute("SELECT count(*) FROM evolved_instructions").fetchone()[0]
     con.close()
     export = tmp_path / "storage" / "hf_export"
-    assert f"evol {evol}, generated {kept}, preference_synthetic {pairs} rows" in out.stdout
+    assert f"evol {evol}, generated {kept}, preference_synthetic {pairs}, steerlm 97 rows" in out.stdout
     assert datasets.load_dataset(str(export), "cot", split="train").num_rows == 300
     assert datasets.load_dataset(str(export), "preference", split="train").num_rows == 394
     assert f"DuckDB:    {tmp_path / 'storage' / 'catalog.duckdb'}" in out.stdout
