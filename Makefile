@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE ?= 1
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	# system packages the tests use: PostgreSQL (a throwaway cluster per test) and Chromium (the UI test)
+	command -v chromium >/dev/null && test -x "$$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -1)" || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first, so no multi-GB CUDA build is pulled in as a dependency
