@@ -15,6 +15,7 @@ from resources.reward import RewardResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
+from .deployment import select_deployment
 from .sensors import sources_registry_sensor
 
 
@@ -99,10 +100,14 @@ def build_resources() -> dict:
     }
 
 
+#: POSTTRAIN_DEPLOYMENT (local | k8s): the executor and the resources that differ (deployment.py)
+DEPLOYMENT = select_deployment(all_assets)
+
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=PIPELINE,
     sensors=[sources_registry_sensor],
-    resources=build_resources(),
+    resources={**build_resources(), **DEPLOYMENT.resources},
+    executor=DEPLOYMENT.executor,
 )

@@ -145,15 +145,15 @@ def all_rejected_metadata(context: dg.AssetExecutionContext, source: str, acc: A
 def model_asset(name: str, *, group: str, description: str, unique: str, deps: Iterable[str] = (),
                 kinds: frozenset = frozenset({"parquet", "pytorch"})):
     """The decorator of a per-source step that loads a model: partitioned by source, in the `gpu`
-    pool with its Kubernetes GPU request, a blocking `row_accounting` check and `<unique>_unique`
+    pool (on Kubernetes: a GPU step, posttrain_assets/deployment.py), a blocking `row_accounting` check and `<unique>_unique`
     (the id column whose values must be unique). `deps`: tables it reads through storage by config."""
     from partitions import source_partitions
 
-    from .pools import GPU_POOL, GPU_STEP_TAGS
+    from .pools import GPU_POOL
 
     return dg.asset(
         name=name, partitions_def=source_partitions, group_name=group, kinds=set(kinds), pool=GPU_POOL,
-        op_tags=GPU_STEP_TAGS, description=description, deps=[dg.AssetDep(a) for a in deps] or None,
+        description=description, deps=[dg.AssetDep(a) for a in deps] or None,
         check_specs=[dg.AssetCheckSpec("row_accounting", asset=name, blocking=True),
                      dg.AssetCheckSpec(f"{unique}_unique", asset=name)])
 

@@ -23,7 +23,7 @@ from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, markdown_preview, report_issues, stage_metadata, unique_check
-from ..common.pools import GPU_POOL, GPU_STEP_TAGS
+from ..common.pools import GPU_POOL
 from .duplicates import cluster_prompts, language_markdown, select_survivors, summary_markdown
 from .embedding import embed_in_chunks, embedding_fingerprint, embedding_parts
 
@@ -40,7 +40,6 @@ class PromptEmbeddingsConfig(dg.Config):
     description="all_prompt_id + float32 embedding of the prompt: [final user turn ; earlier turns] / "
                 "sqrt(2) (length-sorted batches, chunked and resumable), whether the model can represent "
                 "the prompt (`representable`), and the model. Model and dimension in metadata.",
-    op_tags=GPU_STEP_TAGS,
     pool=GPU_POOL,
     check_specs=[dg.AssetCheckSpec("row_accounting", asset="prompt_embeddings", blocking=True)],
 )

@@ -22,7 +22,7 @@ from resources.storage import StorageResource
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, markdown_preview, model_asset,
                                read_input_partition, stage_metadata, unique_check)
-from ..common.pools import GPU_POOL, GPU_STEP_TAGS
+from ..common.pools import GPU_POOL
 from . import model as am
 from .attributes import ATTRIBUTES
 from .head import evaluate_predictions
@@ -91,7 +91,7 @@ MODEL_SCHEMA = pa.schema([
 ])
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet", "pytorch"}, pool=GPU_POOL, op_tags=GPU_STEP_TAGS,
+@dg.asset(group_name=GROUP, kinds={"parquet", "pytorch"}, pool=GPU_POOL,
           ins={"attribute_training_data": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
           description="The SteerLM attribute model trained on every source's attribute_training_data (masked: a row "
                       "trains only the attributes it has); an artifact under <storage>/models/attribute_model/<version>/, "

@@ -21,7 +21,7 @@ from resources.storage import StorageResource
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
                                stage_metadata, unique_check)
-from ..common.pools import GPU_POOL, GPU_STEP_TAGS
+from ..common.pools import GPU_POOL
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
 from .pairs import INPUTS as PAIR_INPUTS
@@ -171,7 +171,6 @@ def _llm_metadata(sessions: list) -> dict:
     check_specs=[dg.AssetCheckSpec("row_accounting", asset="generated_solutions", blocking=True),
                  dg.AssetCheckSpec("row_accounting", asset="solution_pass_rates", blocking=True),
                  dg.AssetCheckSpec("all_prompt_id_unique", asset="solution_pass_rates")],
-    op_tags=GPU_STEP_TAGS,
 )
 def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConfig, llm: LLMResource,
                         storage: StorageResource, selected_seeds: pa.Table, cot_records: pa.Table,
