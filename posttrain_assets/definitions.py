@@ -15,6 +15,7 @@ from resources.reward import RewardResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
+from .automation import automation_sensor, with_automation
 from .deployment import select_deployment
 from .sensors import sources_registry_sensor
 
@@ -104,10 +105,10 @@ def build_resources() -> dict:
 DEPLOYMENT = select_deployment(all_assets)
 
 defs = dg.Definitions(
-    assets=all_assets,
+    assets=with_automation(all_assets),  # the automation conditions, set in one place
     asset_checks=all_checks,
     jobs=PIPELINE,
-    sensors=[sources_registry_sensor],
+    sensors=[sources_registry_sensor, automation_sensor],
     resources={**build_resources(), **DEPLOYMENT.resources},
     executor=DEPLOYMENT.executor,
 )

@@ -1,0 +1,188 @@
+"""Declarative automation: which assets Dagster materialises by itself, and when.
+
+Adding a source to the registry is all a user does: `sources_registry_sensor` adds its `source`
+partition, then the automation sensor (`posttrain_automation_sensor`, running by default) requests
+
+* the per-source chain without a model, for a new partition or after an upstream update (`eager`):
+  magpie_instructions (only for sources that are not synthetic: an empty partition, no model),
+  raw_records -> merged_prompts -> prompt_embeddings, attribute_training_data;
+* the global dedup (dedup_clusters + report + summary) at most once per tick of `POSTTRAIN_DEDUP_CRON`
+  (default hourly), when any source's prompts or embeddings changed since the last dedup, once no
+  source is missing them and none is running or requested (`dedup_cooldown`);
+* deduplicated_prompts of every source after each dedup (`after_dedup`), then the records (`eager`);
+* the hf_parquet export when the records (or an LLM output) changed, once no record or its input is
+  missing, running or requested (`export_after_records`).
+
+The LLM stages (and magpie_instructions of synthetic sources) stay on demand: they cost money or GPU
+hours. `POSTTRAIN_EAGER_LLM` (comma-separated asset names) makes the named ones `eager` as well.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import dagster as dg
+
+from partitions.registry import RegistryError
+from resources.sources import SourceRegistryResource
+
+AC = dg.AutomationCondition
+
+#: the cooldown of the global dedup: at most one dedup per tick of this cron schedule
+DEDUP_CRON_ENV = "POSTTRAIN_DEDUP_CRON"
+DEFAULT_DEDUP_CRON = "0 * * * *"
+#: LLM assets a user wants eager anyway (comma-separated names)
+EAGER_LLM_ENV = "POSTTRAIN_EAGER_LLM"
+
+GENERATOR = "magpie_instructions"  # LLM for synthetic sources, an empty partition for the others
+EAGER = ("raw_records", "merged_prompts", "prompt_embeddings", "attribute_training_data",
+         "sft_records", "cot_records", "preference_records")
+DEDUP = ("dedup_clusters", "dedup_cluster_report", "dedup_summary")  # one multi-asset: one condition
+AFTER_DEDUP = "deduplicated_prompts"
+RECORDS = ("sft_records", "cot_records", "preference_records")
+EXPORT = "hf_parquet"
+AUTOMATED = (GENERATOR, *EAGER, *DEDUP, AFTER_DEDUP, EXPORT)
+
+#: what the README offers for the LLM stages (opt in through POSTTRAIN_EAGER_LLM)
+LLM_EAGER = AC.eager()
+
+
+class SourceNotSynthetic(AC):
+    """True for the `source` partitions whose registry entry is not synthetic (no generator, so
+    magpie_instructions writes an empty partition without a model). A custom condition: it needs the
+    sensor to run in the code location (`use_user_code_server=True`)."""
+
+    def __init__(self, registry: SourceRegistryResource):
+        self.registry = registry
+
+    @property
+    def name(self) -> str:
+        return "source_not_synthetic"
+
+    @property
+    def description(self) -> str:
+        return "the source's registry entry is not synthetic (no model runs)"
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        candidates = context.candidate_subset
+        if candidates.is_empty:
+            return dg.AutomationResult(context, candidates)
+        try:
+            reg = self.registry.load()
+        except RegistryError as exc:
+            context.log.warning(f"sources registry invalid, no {GENERATOR} partition requested: {exc}")
+            return dg.AutomationResult(context, context.get_empty_subset())
+        free = {k for k in candidates.expensively_compute_partition_keys()
+                if k in reg.keys and not reg.get(k).synthetic}
+        return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(free))
+
+
+def _deps_updated(*keys: str) -> AC:
+    return AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(*keys))
+
+
+def generator_condition(registry: SourceRegistryResource) -> AC:
+    """A new partition of a source that is not synthetic (free); synthetic ones stay on demand."""
+    return (AC.on_missing() & SourceNotSynthetic(registry)).with_label("on_missing_if_not_synthetic")
+
+
+def dedup_condition(cron: str, timezone: str = "UTC") -> AC:
+    """Once per cron tick at most, when any source's prompts / embeddings changed since the last
+    dedup; waits while any of them is missing, running or requested (the fan-in reads them all)."""
+    busy = AC.in_progress() | AC.will_be_requested()
+    return (
+        AC.cron_tick_passed(cron, timezone).since_last_handled()
+        & AC.any_deps_updated().since_last_handled()
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_match(busy).with_label("any_deps_in_progress_or_requested")
+        & ~AC.in_progress()
+    ).with_label(f"dedup_cooldown({cron})")
+
+
+def after_dedup_condition() -> AC:
+    """After each dedup, and only after one newer than the partition's own merged prompts (a
+    partition never reads clusters that were made without its rows)."""
+    handled = AC.newly_requested() | AC.newly_updated() | AC.initial_evaluation()
+    return (
+        _deps_updated(DEDUP[0]).since(handled | _deps_updated("merged_prompts")).with_label("dedup_since_own_prompts")
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label("after_dedup")
+
+
+def export_condition() -> AC:
+    """When any input changed (the records; an LLM output materialised on demand); every source's
+    records must exist (the LLM outputs are optional), and no record nor its input may be running or
+    requested, so that one export follows the records of all sources after a dedup."""
+    records = dg.AssetSelection.assets(*RECORDS)
+    busy = AC.in_progress() | AC.will_be_requested()
+    return (
+        AC.any_deps_updated().since_last_handled()
+        & ~AC.any_deps_missing().allow(records)
+        & ~AC.any_deps_match(busy | AC.any_deps_match(busy)).with_label("upstream_in_progress_or_requested")
+        & ~AC.in_progress()
+    ).with_label("export_after_records")
+
+
+def dedup_cron(env: dict | None = None) -> str:
+    cron = (env if env is not None else os.environ).get(DEDUP_CRON_ENV) or DEFAULT_DEDUP_CRON
+    try:
+        AC.cron_tick_passed(cron)
+    except Exception:
+        raise ValueError(f"{DEDUP_CRON_ENV}={cron!r}: not a cron schedule (e.g. '0 * * * *')") from None
+    return cron
+
+
+def eager_llm(env: dict | None = None) -> tuple[str, ...]:
+    raw = (env if env is not None else os.environ).get(EAGER_LLM_ENV, "")
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
+def conditions(registry: SourceRegistryResource, cron: str, eager_llm_assets: Sequence[str] = ()) -> dict[str, AC]:
+    """{asset name: its automation condition}; the assets not named here run on demand only."""
+    out: dict[str, AC] = {GENERATOR: generator_condition(registry)}
+    out.update({k: AC.eager() for k in EAGER})
+    dedup = dedup_condition(cron)
+    out.update({k: dedup for k in DEDUP})
+    out[AFTER_DEDUP] = after_dedup_condition()
+    out[EXPORT] = export_condition()
+    clash = sorted(set(eager_llm_assets) & (set(AUTOMATED) - {GENERATOR}))
+    if clash:
+        raise ValueError(f"{EAGER_LLM_ENV}: {', '.join(clash)} already automated (name LLM stages only)")
+    out.update({k: LLM_EAGER for k in eager_llm_assets})
+    return out
+
+
+def with_automation(assets: Iterable, registry: SourceRegistryResource | None = None, cron: str | None = None,
+                    eager_llm_assets: Sequence[str] | None = None) -> list:
+    """The assets with their automation conditions set (the stage packages carry no policy).
+    `registry`: where SourceNotSynthetic reads the sources (default: the registry resource's default,
+    $POSTTRAIN_SOURCES or partitions/sources.yaml, which is what sources_registry_sensor reads)."""
+    assets = list(assets)
+    by_name = conditions(registry or SourceRegistryResource(), cron or dedup_cron(),
+                         eager_llm() if eager_llm_assets is None else eager_llm_assets)
+    names = {spec.key.to_user_string() for a in assets for spec in a.specs}
+    unknown = sorted(set(by_name) - names)
+    if unknown:
+        raise ValueError(f"automation names unknown assets: {', '.join(unknown)}")
+
+    def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
+        cond = by_name.get(spec.key.to_user_string())
+        return spec.replace_attributes(automation_condition=cond) if cond is not None else spec
+
+    return dg.map_asset_specs(apply, assets)
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "posttrain_automation_sensor", target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    use_user_code_server=True,  # SourceNotSynthetic is custom Python: evaluated in the code location
+    description="Evaluates the assets' automation conditions (posttrain_assets/automation.py): the "
+                "per-source chain of a new source, the global dedup once per cooldown tick, the records, "
+                "the export. LLM stages are on demand.")
