@@ -42,6 +42,14 @@ class MissingPartitionError(FileNotFoundError):
     pass
 
 
+class CorruptPartitionError(OSError):
+    """A Parquet file that exists but cannot be read (truncated, overwritten, not Parquet)."""
+
+
+class StorageWriteError(OSError):
+    """A write that failed (no space left, no permission); the previous file is unchanged."""
+
+
 class ParquetStore:
     """Plain helper (no Dagster) over a root URI: paths, atomic writes, reads."""
 
@@ -96,11 +104,16 @@ class ParquetStore:
         try:
             write_tmp(tmp)
             self.fs.move(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             try:
                 self.fs.delete_file(tmp)
             except (OSError, FileNotFoundError):
                 pass
+            if isinstance(exc, OSError):
+                err = StorageWriteError(f"cannot write {self.uri(path)}: {exc}; the file there before "
+                                        "(if any) is unchanged")
+                err.errno = exc.errno  # ENOSPC, EACCES, ... as the OS said
+                raise err from exc
             raise
 
     def write(self, table: pa.Table, path: str) -> None:
@@ -127,7 +140,11 @@ class ParquetStore:
     def read(self, path: str) -> pa.Table:
         if not self.exists(path):
             raise MissingPartitionError(f"no Parquet file at {self.uri(path)}")
-        return pq.read_table(path, filesystem=self.fs)
+        try:
+            return pq.read_table(path, filesystem=self.fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptPartitionError(f"unreadable Parquet file at {self.uri(path)} "
+                                        f"({type(exc).__name__}: {exc})") from None
 
     def delete_dir(self, path: str) -> None:
         if self.fs.get_file_info(path).type == pafs.FileType.Directory:
@@ -208,6 +225,13 @@ class StorageResource(dg.ConfigurableResource):
     root: str = ""  # "" = $POSTTRAIN_STORAGE, else ./storage under the working directory
     catalog_path: Optional[str] = None
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """At each step start: stop when an earlier run still writes the same asset partitions."""
+        if context.dagster_run is not None and context.instance is not None:
+            from .run_guard import check_partition_free
+
+            check_partition_free(context.instance, context.dagster_run)
+
     def store(self) -> ParquetStore:
         return ParquetStore(self.root or default_storage_root())
 
@@ -255,19 +279,28 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         self.storage.catalog().register({asset: store.glob(asset, partition is not None)})
         context.add_output_metadata({"path": dg.MetadataValue.path(store.uri(path))})
 
+    @staticmethod
+    def _read(store: ParquetStore, asset: str, key: Optional[str]) -> pa.Table:
+        try:
+            return store.read(store.path(asset, key))
+        except CorruptPartitionError as exc:
+            where = f"partition {PARTITION_DIM}={key!r}" if key is not None else "(unpartitioned)"
+            raise CorruptPartitionError(f"{asset} {where}: {exc}; materialise {asset} for it again "
+                                        "to rewrite the file") from None
+
     def load_input(self, context: dg.InputContext) -> pa.Table:
         store = self.storage.store()
         asset = view_name(context.asset_key)
         if not context.has_asset_partitions:
-            return store.read(store.path(asset, None))
+            return self._read(store, asset, None)
         keys = list(context.asset_partition_keys)
         fan_in = not context.has_partition_key or len(keys) != 1
         if not fan_in:
-            return store.read(store.path(asset, keys[0]))
+            return self._read(store, asset, keys[0])
         tables = []
         for key in keys:
             try:
-                t = store.read(store.path(asset, key))
+                t = self._read(store, asset, key)
             except MissingPartitionError:
                 raise MissingPartitionError(
                     f"{asset}: partition {PARTITION_DIM}={key!r} has not been materialised; "
