@@ -159,11 +159,10 @@ def test_a_new_source_runs_its_chain_then_dedup_records_and_export_for_real(tmp_
     requested = auto.tick(at(11, 1))
     assert requested == {a: {"gsm8k"} for a in AFTER_DEDUP}
     res = run(requested)
-    cot_rows = mat_metadata(res, "cot_records")["dagster/row_count"]
-    assert cot_rows == mat_metadata(res, "deduplicated_prompts")["dagster/row_count"] > 0
+    assert [mat_metadata(res, a)["dagster/row_count"] for a in AFTER_DEDUP] == [300, 0, 300, 0]  # kind cot
     assert auto.tick(at(11, 2)) == {"hf_parquet": {None}}
-    res = run({"hf_parquet": {None}})
-    assert mat_metadata(res, "hf_parquet")["dagster/row_count"] == cot_rows
+    export = mat_metadata(run({"hf_parquet": {None}}), "hf_parquet")
+    assert (export["rows_cot"], export["rows_sft"], export["dagster/row_count"]) == (300, 0, 2)  # shard + card
     assert auto.tick(at(11, 3)) == {}
     assert auto.tick(at(12, 0, 30)) == {}  # a tick without a change: no dedup
 
