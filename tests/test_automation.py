@@ -229,3 +229,20 @@ def test_a_synthetic_source_waits_for_its_on_demand_generation(tmp_path, instanc
     assert auto.tick(at(11, 5)) == {a: {"magpie_new"} for a in CHAIN[1:]}
     report(instance, CHAIN[1:], ["magpie_new"])
     assert auto.tick(at(11, 6)) == {a: {None} for a in DEDUP}
+
+
+def test_the_automation_sensor_itself_requests_one_run_for_the_new_sources_chain(tmp_path, instance, monkeypatch):
+    """The sensor's own evaluation (what the code location runs for the daemon, custom condition
+    included): one run for the new source's chain, nothing before the source exists."""
+    sensor = next(s for s in defs.get_repository_def().sensor_defs if s.name == "posttrain_automation_sensor")
+
+    def evaluate(cursor):
+        with dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def(),
+                                     cursor=cursor) as ctx:
+            return sensor(ctx)
+
+    first = evaluate(None)
+    assert first.run_requests == []
+    add_sources(instance, tmp_path / "sources.yaml", prompt_sources(tmp_path, ["fresh"]), monkeypatch)
+    (run,) = evaluate(first.cursor).run_requests
+    assert (set(run.asset_selection), run.partition_key) == ({dg.AssetKey(a) for a in CHAIN}, "fresh")
