@@ -64,7 +64,8 @@ def score(rows: list[dict], args) -> tuple:
     from resources.llm import LLMResource
 
     cot = dev_records(rows)
-    cfg = DifficultyConfig(samples=args.samples, max_new_tokens=args.max_new_tokens)
+    cfg = DifficultyConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, max_input_chars=4000,
+                           max_gold_chars=2000)  # the full-size guards (the auto defaults resolve in the asset)
     tmp = tempfile.TemporaryDirectory() if args.fresh else None
     cache_dir = tmp.name if tmp else str(RESULTS / "difficulty_dev_cache")
     llm = LLMResource(cache_dir=cache_dir)

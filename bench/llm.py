@@ -145,7 +145,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             llm = LLMResource(cache_dir=tmp)
             with llm.sessions(names=["generator"]) as sessions:
-                out, issues, _ = score_items(items, sessions, DifficultyConfig(samples=1, max_new_tokens=96))
+                cfg = DifficultyConfig(samples=1, max_new_tokens=96, max_input_chars=4000, max_gold_chars=2000)
+                out, issues, _ = score_items(items, sessions, cfg)
         z = out["difficulty_z"].to_numpy()
         steps = np.array([items[int(i)]["steps"] for i in out["all_prompt_id"].to_pylist()])
         lp = out["avg_logprob"].to_numpy()

@@ -21,31 +21,20 @@ from resources.storage import StorageResource
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-#: demo-sized LLM work on 2 CPU cores (README): scoring 12 items per source, 2 samples, short
-#: answers; synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions; tags over
-#: the Magpie source, its filter, pairs for 4 prompts x 3 candidates
+#: the demo's own choices. Its LLM work sizes (scoring 12 items per source, 2 samples, short answers;
+#: synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions; pairs for 4 prompts x 3
+#: candidates) are the defaults on the embedded engine (posttrain_assets/common/sizing.py), as in the UI
 DEMO_RUN_CONFIG = {
-    "scoring_job": {"ops": {
-        "difficulty_scores": {"config": {"max_items": 12, "samples": 2, "max_new_tokens": 64,
-                                         "max_input_chars": 1500, "max_gold_chars": 1000}},
-        "selected_seeds": {"config": {"total_samples": 60}}}},
-    "synthesis_job": {"ops": {
-        "evolved_instructions": {"config": {"max_prompts": 2, "rounds": 2, "evolve_max_tokens": 64,
-                                            "judge_max_tokens": 48, "answer_max_tokens": 96,
-                                            "max_input_chars": 1500}},
-        # the 135M judge writes an unparseable verdict for about a third of free-form answers
-        # (counted judge_failed rejects, never accepted): the demo allows that many
-        "generated_solutions": {"config": {"max_problems": 3, "n": 2, "max_tokens": 128,
-                                           "judge_max_tokens": 48, "judge_max_chars": 1000,
-                                           "max_input_chars": 1500, "max_judge_failure_rate": 0.75}}}},
+    "scoring_job": {"ops": {"selected_seeds": {"config": {"total_samples": 60}}}},
+    # the 135M judge writes an unparseable verdict for about a third of free-form answers
+    # (counted judge_failed rejects, never accepted): the demo allows that many
+    "synthesis_job": {"ops": {"generated_solutions": {"config": {"max_judge_failure_rate": 0.75}}}},
     # Magpie's tags over the magpie source's instructions, its filter, and one preference-pair pass on
     # what the filter keeps. The 135M tagger's quality ratings do not parse (null, counted: README,
     # Synthesis II), so the demo turns the quality rule off; the colon and near-duplicate rules stay
     "tagging_job": {"ops": {
-        "quality_tags": {"config": {"max_tokens": 96}},
         "filtered_instructions": {"config": {"qualities": []}},
-        "preference_pairs": {"config": {"max_prompts": 4, "samples_per_setting": 2, "max_tokens": 96,
-                                        "max_reward_failure_rate": 0.9}}}},
+        "preference_pairs": {"config": {"max_reward_failure_rate": 0.9}}}},
 }
 
 

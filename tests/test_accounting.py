@@ -6,6 +6,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
+from posttrain_assets.common.sizing import full_sizes
 from posttrain_assets.ingest import assets as ingest_assets
 from posttrain_assets.ingest.loaders import load_rows, rows_to_table
 from posttrain_assets.ingest.merging import merge_prompts
@@ -89,7 +90,8 @@ def test_records_lose_a_row(monkeypatch, instance, tables, asset, target, key):
 
 
 def test_scoring_loses_a_row(monkeypatch, instance, tables):
-    run = {"ops": {"difficulty_scores": {"config": {"max_items": 2, "samples": 1, "max_new_tokens": 8}}}}
+    run = {"ops": {"difficulty_scores": {"config": {**full_sizes(scoring_assets.DifficultyConfig), "max_items": 2,
+                                                    "samples": 1, "max_new_tokens": 8}}}}
     ok = _run(instance, tables, upstream_specs("cot_records", "sft_records") + [scoring_assets.difficulty_scores],
               "gsm8k", run)
     passed, md = _accounting(ok)

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from posttrain_assets.common.sizing import full_sizes
 from posttrain_assets.synthesis import evolution as E
 from posttrain_assets.synthesis import tasks as T
-from posttrain_assets.synthesis.assets import evolved_instructions
+from posttrain_assets.synthesis.assets import EvolConfig, evolved_instructions
 from resources.llm import Completion, LLMCache, LLMError, LLMResource, ModelSpec, TaskParseError
 from resources.llm.base import Backend
 from resources.llm.session import LLMSession, TaskFailure
@@ -28,7 +29,8 @@ from .conftest import BUNDLED_REGISTRY
 from .helpers import SAMPLE, mat_metadata, resources_for, upstream_specs
 
 JA_PROMPT = "りんごが5個あります。2個食べると、残りは何個ですか？"
-SMALL = {"evolve_max_tokens": 48, "judge_max_tokens": 48, "answer_max_tokens": 48, "chunk": 4}
+# the full-size defaults pinned (on the embedded engine they are the CPU sizes: common/sizing.py)
+SMALL = {**full_sizes(EvolConfig), "evolve_max_tokens": 48, "judge_max_tokens": 48, "answer_max_tokens": 48, "chunk": 4}
 
 
 # ------------------------------------------------------------------------------ the rules, constructed cases

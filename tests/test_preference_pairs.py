@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from posttrain_assets.common.sizing import full_sizes
 from posttrain_assets.export.assets import hf_parquet
 from posttrain_assets.export.hf_dataset import PREFERENCE_SYNTHETIC_PROVENANCE, preference_synthetic_config
 from posttrain_assets.magpie.generation import OUTPUT_SCHEMA as MAGPIE_SCHEMA
 from posttrain_assets.records.unify import COT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA
-from posttrain_assets.synthesis.assets import preference_pairs
+from posttrain_assets.synthesis.assets import PairsConfig, preference_pairs
 from posttrain_assets.synthesis.pairs import (INPUTS, PAIRS_SCHEMA, RESPONSE, Candidate, Setting, assemble,
                                               choose_pair, classify, conversation, funnel_markdown,
                                               generation_settings, margin_histogram, prompt_items,
@@ -197,7 +198,8 @@ def test_bad_prompt_rows_are_counted_with_row_and_field():
 PROMPTS = [("u-en-1", "Give me three tips for staying focused while studying.", "en"),
            ("u-en-2", "Name the largest planet in the solar system.", "en"),
            ("u-ja-1", JA, "ja")]
-SMALL = {"input_asset": "magpie_instructions", "temperatures": [0.0, 1.0], "samples_per_setting": 1,
+# the full-size defaults pinned (on the embedded engine they are the CPU sizes: common/sizing.py)
+SMALL = {**full_sizes(PairsConfig), "input_asset": "magpie_instructions", "temperatures": [0.0, 1.0], "samples_per_setting": 1,
          "max_tokens": 48, "chunk": 4, "max_reward_failure_rate": 1.0}  # the 135M judge: see resources/reward/judge.py
 
 

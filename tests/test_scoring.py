@@ -17,6 +17,7 @@ import pytest
 
 from posttrain_assets.ingest.loaders import load_rows, rows_to_table
 from posttrain_assets.ingest.merging import merge_prompts
+from posttrain_assets.common.sizing import full_sizes
 from posttrain_assets.scoring.assets import DifficultyConfig, difficulty_scores
 from posttrain_assets.scoring.difficulty import (DEFAULT_WEIGHTS, SCORES_SCHEMA, check_weights, difficulty_z,
                                                  gold_items, label_pass_rate)
@@ -26,7 +27,9 @@ from resources.storage import ParquetStore
 from .conftest import BUNDLED_REGISTRY, REPO
 from .helpers import mat_metadata, resources_for, upstream_specs
 
-RUN = {"ops": {"difficulty_scores": {"config": {"max_items": 4, "samples": 2, "max_new_tokens": 24, "chunk": 1}}}}
+# the full-size guards pinned (on the embedded engine the defaults are the CPU sizes: common/sizing.py)
+RUN = {"ops": {"difficulty_scores": {"config": {**full_sizes(DifficultyConfig), "max_items": 4, "samples": 2,
+                                                "max_new_tokens": 24, "chunk": 1}}}}
 
 
 @pytest.fixture

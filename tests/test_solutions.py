@@ -13,18 +13,20 @@ import pytest
 
 from posttrain_assets.common.accounting import Accounting
 from posttrain_assets.common.pass_rate import filter_by_pass_rate, pass_rates_from_scored
+from posttrain_assets.common.sizing import full_sizes
 from posttrain_assets.records.unify import COT_SCHEMA, SFT_SCHEMA
 from posttrain_assets.synthesis.solutions import (PASS_RATES_SCHEMA, SOLUTIONS_SCHEMA, SOLVE_MATH_PROBLEM, Sample,
                                                   assemble, is_math_answer, pass_rate_histogram, problems_from_records,
                                                   problems_from_seeds, roc_auc, to_judge)
-from posttrain_assets.synthesis.assets import generated_solutions
+from posttrain_assets.synthesis.assets import SolutionsConfig, generated_solutions
 from resources.llm import LLMCache, LLMResource, cache_key
 from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY, SHARED_DATA, needs_shared
 from .helpers import SAMPLE, mat_metadata, resources_for, step_error, upstream_specs
 
-SMALL = {"n": 2, "max_tokens": 64, "chunk": 2}
+# the full-size defaults pinned (on the embedded engine they are the CPU sizes: common/sizing.py)
+SMALL = {**full_sizes(SolutionsConfig), "n": 2, "max_tokens": 64, "chunk": 2}
 JA_PROBLEM = "リンゴが3個あります。さらに4個もらいました。リンゴは全部で何個ですか？"
 
 

@@ -15,6 +15,8 @@
   `weights`, defaults chosen on MATH levels, see bench/difficulty_dev.py), per partition; a
   constant component is left out."""
 
+from typing import Optional
+
 import dagster as dg
 import pyarrow as pa
 
@@ -23,6 +25,7 @@ from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, all_rejected_metadata, model_asset, stage_metadata, unique_check
+from ..common.sizing import auto, resolve_sizes
 from .difficulty import DEFAULT_WEIGHTS, SCORES_SCHEMA, check_weights, gold_items, sample_items, score_items
 
 GROUP = "scoring"
@@ -33,10 +36,11 @@ class DifficultyConfig(dg.Config):
     ensemble: list[str] = ["generator"]  # respondents: every model x `samples` answers
     samples: int = 2
     temperature: float = 0.7
-    max_new_tokens: int = 256
-    max_items: int = 0  # score at most this many items (a deterministic sample; 0 = all)
-    max_input_chars: int = 4000  # OOM guards (the seed's): longer prompts / golds are truncated, counted
-    max_gold_chars: int = 2000
+    max_new_tokens: Optional[int] = auto(64, 256, "new tokens per ensemble answer")
+    max_items: Optional[int] = auto(12, 0, "score at most this many items (a deterministic sample; 0 = all)")
+    # OOM guards (the seed's): longer prompts / golds are truncated, counted
+    max_input_chars: Optional[int] = auto(1500, 4000, "prompts longer than this are truncated (counted)")
+    max_gold_chars: Optional[int] = auto(1000, 2000, "golds longer than this are truncated (counted)")
     chunk: int = 8  # prompts per committed cache chunk
     seed: int = 0
     # difficulty_z = weighted mean of the components' z-scores (aligned: higher = harder; lengths on
@@ -53,6 +57,7 @@ class DifficultyConfig(dg.Config):
 def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfig, llm: LLMResource,
                       storage: StorageResource, cot_records: pa.Table, sft_records: pa.Table):
     key = context.partition_key
+    config = resolve_sizes(config, llm, [config.primary, *config.ensemble], context.log.info)
     try:
         check_weights(config.weights)  # a typo fails the run before a model loads
     except ValueError as exc:

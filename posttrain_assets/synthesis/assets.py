@@ -22,6 +22,7 @@ from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
                                stage_metadata, unique_check)
 from ..common.pools import GPU_POOL
+from ..common.sizing import auto, resolve_sizes
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
 from .pairs import INPUTS as PAIR_INPUTS
@@ -49,13 +50,14 @@ class EvolConfig(dg.Config):
     depth_methods: list[str] = list(DEPTH_METHODS)  # drawn per prompt, round and step (seeded)
     generator: str = "generator"  # LLMResource model names: evolutions + answers
     judge: str = "judge"  # equality judge (rule 1) + the seed's quality judge
-    max_prompts: int = 0  # evolve at most this many input rows (a seeded sample; 0 = all)
-    max_input_chars: int = 4000  # longer prompts are removed (counted)
+    max_prompts: Optional[int] = auto(2, 0, "evolve at most this many input rows (a seeded sample; 0 = all)")
+    max_input_chars: Optional[int] = auto(1500, 4000, "longer prompts are removed (counted)")
     evolve_temperature: float = 0.7
-    evolve_max_tokens: int = 256
-    judge_max_tokens: int = 128  # judges: greedy unless the judge model's spec says otherwise
+    evolve_max_tokens: Optional[int] = auto(64, 256, "new tokens per evolution")
+    judge_max_tokens: Optional[int] = auto(48, 128, "new tokens per verdict (judges: greedy unless the judge "
+                                                    "model's spec says otherwise)")
     answer_temperature: float = 0.0
-    answer_max_tokens: int = 512
+    answer_max_tokens: Optional[int] = auto(96, 512, "new tokens per answer to an evolved instruction")
     refusal_max_words: int = 80  # rule 2: a refusal under this many words (WizardLM) ...
     refusal_max_chars: int = 200  # ... or characters for ja / zh
     chunk: int = 8  # prompts per committed cache chunk
@@ -69,6 +71,7 @@ class EvolConfig(dg.Config):
 def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, llm: LLMResource,
                          storage: StorageResource):
     key = context.partition_key
+    config = resolve_sizes(config, llm, [config.generator, config.judge], context.log.info)
     source_table = read_input_partition(storage, config.input_asset, key, EVOL_INPUTS)
     try:
         parse_chain(config.chain)
@@ -129,18 +132,22 @@ class SolutionsConfig(dg.Config):
     answer_kind: str = "auto"  # auto (math: a short gold math-verify reads, or a CoT record) | math | free
     generator: str = "generator"  # the LLMResource model names
     judge: str = "judge"
-    n: int = 4  # solutions per problem
+    n: Optional[int] = auto(2, 4, "solutions per problem")
     temperature: float = 0.7
-    max_tokens: int = 512
+    max_tokens: Optional[int] = auto(128, 512, "new tokens per solution")
     seed: int = 0
     judge_math: bool = False  # also judge the math answers math-verify decided (disagreements counted)
-    judge_max_tokens: int = 128
-    max_judge_failure_rate: float = 0.2  # unparseable deciding verdicts above this share fail the step
-    judge_max_chars: int = 2000  # question / gold / response (its end) cut to this for the judge
-    max_input_chars: int = 4000  # OOM guard for the problem text
+    judge_max_tokens: Optional[int] = auto(48, 128, "new tokens per verdict")
+    # the 135M judge writes an unparseable verdict for about a third of free-form answers (counted
+    # judge_failed rejects, never accepted): on the embedded engine that many are allowed
+    max_judge_failure_rate: Optional[float] = auto(0.75, 0.2, "unparseable deciding verdicts above this share "
+                                                              "fail the step")
+    judge_max_chars: Optional[int] = auto(1000, 2000, "question / gold / response (its end) cut to this for the judge")
+    max_input_chars: Optional[int] = auto(1500, 4000, "OOM guard for the problem text")
     keep: str = "correct"  # correct | all (incorrect solutions kept too, e.g. for preference pairs)
     max_pass_rate: Optional[float] = None  # the seed's label filter on our own generations (<= kept)
-    max_problems: int = 0  # a deterministic sample of the problems (0 = all); the rest: status not_sampled
+    max_problems: Optional[int] = auto(3, 0, "a deterministic sample of the problems (0 = all); the rest: "
+                                             "status not_sampled")
     chunk: int = 8  # problems per committed cache chunk
 
 
@@ -176,6 +183,7 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
                         storage: StorageResource, selected_seeds: pa.Table, cot_records: pa.Table,
                         sft_records: pa.Table):
     key = context.partition_key
+    config = resolve_sizes(config, llm, [config.generator, config.judge], context.log.info)
     if config.input == "selected_seeds":
         loaded = problems_from_seeds(selected_seeds, config.answer_kind)
     elif config.input == "records":
@@ -256,13 +264,15 @@ class PairsConfig(dg.Config):
     models: list[str] = ["generator"]  # LLMResource model names; each answers at every temperature
     temperatures: list[float] = [0.0, 1.0]  # 0 = greedy: one sample (more would be copies)
     samples_per_setting: int = 2  # samples per (model, sampled temperature)
-    max_tokens: int = 256
+    max_tokens: Optional[int] = auto(96, 256, "new tokens per candidate response")
     seed: int = 0
     min_margin: float = 0.0  # best - worst below this: removed (on the reward's own scale; 0 keeps every strict preference)
     drop_truncated: bool = False  # candidates cut at max_tokens: dropped (counted) instead of scored
-    max_prompts: int = 0  # a seeded sample of the prompts (0 = all); the rest: not_sampled
+    max_prompts: Optional[int] = auto(4, 0, "a seeded sample of the prompts (0 = all); the rest: not_sampled")
     max_input_chars: int = 4000  # longer prompt conversations are removed (counted)
-    max_reward_failure_rate: float = 0.5  # unusable reward answers (parse_failed, ...) above this share fail the step
+    # the 135M judge as the reward parses for about 5 of 12 candidates (README, Synthesis II)
+    max_reward_failure_rate: Optional[float] = auto(0.9, 0.5, "unusable reward answers (parse_failed, ...) above "
+                                                              "this share fail the step")
     chunk: int = 8  # prompts per committed cache chunk
 
 
@@ -273,6 +283,7 @@ class PairsConfig(dg.Config):
 def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm: LLMResource,
                      reward: RewardResource, storage: StorageResource):
     key = context.partition_key
+    config = resolve_sizes(config, llm, config.models, context.log.info)
     try:
         settings = generation_settings(config.models, config.temperatures, config.samples_per_setting)
         reward.check()

@@ -5,6 +5,8 @@ taxonomy), instruct reward (the `reward` resource), language, and the nearest-ne
 repeat count / first similar row (tags.py, neighbors.py). One row per taggable input row; a tag
 the model fails to produce is null and counted, never a default."""
 
+from typing import Optional
+
 import dagster as dg
 
 from resources.embeddings import EmbeddingClient
@@ -16,6 +18,7 @@ from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
                                stage_metadata, unique_check)
 from ..common.inputs import INPUTS, input_items
+from ..common.sizing import auto, resolve_sizes
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE
 from .tags import TAGS, TagSettings, empty_result, funnel_markdown, run_tags
 from .tasks import ALL_TASKS
@@ -31,7 +34,7 @@ class QualityTagsConfig(dg.Config):
     guard_model: str = ""  # an LLMResource model name serving Llama Guard 3: safety through its format; "" = the tagger judges
     repeat_threshold: float = REPEAT_THRESHOLD  # gen_dis: squared L2 (unit vectors) below which two rows repeat
     search_space: int = SEARCH_SPACE  # gen_dis: neighbours searched per row
-    max_tokens: int = 0  # JSON tags; 0 = each template's default
+    max_tokens: Optional[int] = auto(96, 0, "new tokens per JSON tag answer (0 = each template's default)")
     guard_max_tokens: int = 0  # 0 = the guard template's (16)
     seed: int = 0
     chunk: int = 16  # requests per committed cache chunk
@@ -48,6 +51,7 @@ def _failure(msg: str) -> dg.Failure:
 def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, llm: LLMResource,
                  reward: RewardResource, embeddings: EmbeddingClient, storage: StorageResource):
     key = context.partition_key
+    config = resolve_sizes(config, llm, [config.tagger, config.guard_model], context.log.info)
     settings = TagSettings(tags=tuple(dict.fromkeys(config.tags)), max_tokens=config.max_tokens or None,
                            guard_max_tokens=config.guard_max_tokens or None, seed=config.seed,
                            repeat_threshold=config.repeat_threshold, search_space=config.search_space)
