@@ -91,9 +91,10 @@ def start_cluster(user: str = "dagster", db: str = "dagster"):
     started = False
     try:
         _run([str(pg_bin / "initdb"), "-D", str(data), "-U", user, f"--pwfile={pwfile}", "--auth=scram-sha-256",
-              "--encoding=UTF8", "--locale=C", "--no-instructions"], "initdb")
+              "--encoding=UTF8", "--locale=C", "--no-instructions", "--no-sync"], "initdb")
         port = free_port()
-        # loopback only; fsync off: the cluster is thrown away (a Dagster restart is what is tested)
+        # loopback only; no fsync (here and initdb's --no-sync): the cluster is thrown away (a Dagster
+        # restart is what is tested, not a PostgreSQL crash)
         opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off -c full_page_writes=off"
         _run([str(pg_bin / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(log), "-o", opts],
              "pg_ctl start", log)
