@@ -112,6 +112,32 @@ def transformers_serve(log_dir: Path, env: dict | None = None):
             proc.wait(timeout=30)
 
 
+@contextmanager
+def dagster_dev(tmp_path: Path, env: dict):
+    """`dagster dev -w workspace.yaml` (webserver + daemon) on a free loopback port with the instance at
+    env["DAGSTER_HOME"]; yields the UI's url. Stopped by process group: SIGTERM, then SIGKILL if it has
+    not exited within 30 s (it may not, once it has launched runs: ../shared/GUIDE.md)."""
+    import signal
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("dagster")
+    log_path = tmp_path / "webserver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(proc, f"{url}/server_info", 120, log_path)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
 HH_SAMPLE = SAMPLE / "hh_rlhf_harmless_base" / "test_300.jsonl.gz"
 
 

@@ -2,17 +2,15 @@
 UI drives it: the assets, their `source` partitions and lineage edge, then a backfill by source."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from .conftest import REPO
-from .helpers import free_port, wait_until_up
+from .helpers import dagster_dev
 
 QUERY = """
 {
@@ -38,23 +36,8 @@ def webserver(tmp_path_factory):
     env = {**os.environ, "DAGSTER_HOME": str(home), "POSTTRAIN_STORAGE": str(tmp_path / "storage")}
     subprocess.run([sys.executable, "-m", "partitions", "sync"], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=120)
-    port = free_port()
-    exe = Path(sys.executable).with_name("dagster")
-    log = open(tmp_path / "webserver.log", "w")
-    proc = subprocess.Popen([str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(proc, f"{url}/server_info", 120, tmp_path / "webserver.log")
+    with dagster_dev(tmp_path, env) as url:
         yield url, tmp_path / "storage"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def post(url, query, variables=None):
@@ -96,7 +79,7 @@ def test_graph_partitions_and_lineage_over_graphql(webserver):
     checks = {c["name"]: c["blocking"] for c in nodes["merged_prompts"]["assetChecksOrError"]["checks"]}
     assert checks == {"row_accounting": True, "all_prompt_id_unique": False, "required_columns": False}
     sensors = {s["name"]: s["sensorState"]["status"] for s in data["sensorsOrError"]["results"]}
-    assert sensors == {"sources_registry_sensor": "RUNNING"}
+    assert sensors == {"sources_registry_sensor": "RUNNING", "posttrain_automation_sensor": "RUNNING"}
 
 
 BACKFILL = """
