@@ -86,7 +86,7 @@ class StageCase:
     asset: object  # the asset (or multi-asset) definition
     op: str  # its op name (run config)
     outputs: tuple[str, ...]  # the tables it writes
-    row_id: str  # the id column of outputs[0] (unique)
+    row_id: tuple[str, ...]  # the columns that identify a row of outputs[0] (unique)
     upstream: tuple[str, ...]  # asset keys the test writes itself (specs in the materialisation)
     config: dict
     key: str  # the partition
@@ -116,34 +116,35 @@ def model_calls(md: dict) -> int:
 #: chunk = 1 everywhere: one committed cache chunk per prompt (the kill point counts chunks)
 STAGES: dict[str, StageCase] = {
     "scoring": StageCase(
-        difficulty_scores, "difficulty_scores", ("difficulty_scores",), "all_prompt_id", ("cot_records", "sft_records"),
+        difficulty_scores, "difficulty_scores", ("difficulty_scores",), ("all_prompt_id",), ("cot_records", "sft_records"),
         {"max_items": 3, "samples": 2, "max_new_tokens": 24, "chunk": 1, "ensemble": ["generator"],
          "max_input_chars": 4000, "max_gold_chars": 2000, "temperature": 0.7, "seed": 0},
         "gsm8k", _gsm_records),
     "evolution": StageCase(
-        evolved_instructions, "evolved_instructions", ("evolved_instructions",), "id",
+        evolved_instructions, "evolved_instructions", ("evolved_instructions",), ("id",),
         EVOL_INPUTS,
         {"input_asset": "selected_seeds", "chain": ["width", "depth"], "rounds": 1, "depth_methods": list(DEPTH_METHODS),
          "max_prompts": 0, "max_input_chars": 4000, "evolve_max_tokens": 24, "judge_max_tokens": 24,
          "answer_max_tokens": 24, "evolve_temperature": 0.7, "answer_temperature": 0.0, "chunk": 1, "seed": 0},
         "gsm8k", lambda root: write_seeds(root, SHORT_SEEDS)),
     "generation": StageCase(
-        generated_solutions, "generated_solutions", ("generated_solutions", "solution_pass_rates"), "all_prompt_id",
+        generated_solutions, "generated_solutions", ("generated_solutions", "solution_pass_rates"),
+        ("all_prompt_id", "sample"),
         ("selected_seeds", "cot_records", "sft_records"),
         {"input": "selected_seeds", "n": 2, "max_tokens": 32, "temperature": 0.7, "max_problems": 0, "keep": "all",
          "judge_max_tokens": 24, "judge_max_chars": 2000, "max_input_chars": 4000, "max_judge_failure_rate": 1.0,
          "chunk": 1, "seed": 0},
         "gsm8k", lambda root: write_seeds(root, gsm8k_seeds(3))),
     "magpie": StageCase(
-        magpie_instructions, "magpie_instructions", ("magpie_instructions",), "uuid", (), {"chunk": 1},
+        magpie_instructions, "magpie_instructions", ("magpie_instructions",), ("uuid",), (), {"chunk": 1},
         MAGPIE_ENTRY["key"], lambda root: None, registry=[MAGPIE_ENTRY]),
     "tagging": StageCase(
-        quality_tags, "quality_tags", ("quality_tags",), "id", tuple(TAG_INPUTS),
+        quality_tags, "quality_tags", ("quality_tags",), ("id",), tuple(TAG_INPUTS),
         {"input_asset": "magpie_instructions", "tags": ["input_quality", "difficulty", "instruct_reward"],
          "max_tokens": 32, "guard_max_tokens": 16, "chunk": 1, "seed": 0},
         "magpie_rel", lambda root: _magpie_rows(root, "magpie_rel", PROMPTS)),
     "pairs": StageCase(
-        preference_pairs, "preference_pairs", ("preference_pairs",), "id", tuple(PAIR_INPUTS),
+        preference_pairs, "preference_pairs", ("preference_pairs",), ("id",), tuple(PAIR_INPUTS),
         {"input_asset": "magpie_instructions", "models": ["generator"], "temperatures": [0.0, 1.0],
          "samples_per_setting": 1, "max_tokens": 24, "max_prompts": 0, "max_input_chars": 4000,
          "max_reward_failure_rate": 1.0, "min_margin": 0.0, "chunk": 1, "seed": 0},

@@ -3,8 +3,6 @@ the same weights, openai against a real `transformers serve` on loopback); sessi
 batch independence, JSON-schema tasks, engine ownership and failure accounting."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from resources.llm.openai_backend import request_body, response_format
 from resources.llm.vllm_backend import vllm_engine_kwargs, vllm_sampling_kwargs
 
 from .helpers import transformers_serve
+from .llm_servers import ChatHandler, serve
 
 Q = [{"role": "user", "content": "What is 2+3?"}]
 QUESTIONS = ["What is 2+3?", "Name a fruit.", "What is the capital of France?", "Write a haiku about rain.",
@@ -243,38 +242,29 @@ def test_engines_live_for_the_step_and_are_closed_after_it(tmp_path):
     assert next(iter(seen["engines_during"].values())).gen is None
 
 
-class _Broken(BaseHTTPRequestHandler):
+class _Broken(ChatHandler):
     """A deliberately broken server (errors and garbage cannot be provoked from a real one)."""
     hits = 0
 
-    def do_POST(self):
+    def respond(self, body):
         _Broken.hits += 1
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["messages"][-1]["content"]
         if text.startswith("500"):
-            self.send_response(500); self.end_headers(); self.wfile.write(b"boom")  # noqa: E702
+            self.reply(500, b"boom")
         elif text.startswith("garbage"):
-            self.send_response(200); self.end_headers(); self.wfile.write(b"<html>not json")  # noqa: E702
+            self.reply(200, b"<html>not json")
         elif text.startswith("empty"):
-            self.send_response(200); self.end_headers(); self.wfile.write(b'{"choices": []}')  # noqa: E702
+            self.reply(200, b'{"choices": []}')
         elif "response_format" in body:
-            self.send_response(400); self.end_headers()  # noqa: E702
-            self.wfile.write(b'{"error": "response_format is not supported"}')
+            self.reply(400, b'{"error": "response_format is not supported"}')
         else:
-            self.send_response(200); self.end_headers()  # noqa: E702
-            self.wfile.write(json.dumps({"choices": [{"message": {"content": "ok " + text}, "finish_reason": "stop"}],
-                                         "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode())
-
-    def log_message(self, *a):
-        pass
+            self.answer("ok " + text)
 
 
 @pytest.fixture
 def broken_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_port}/v1"
-    srv.shutdown()
+    with serve(_Broken) as url:
+        yield url
 
 
 def test_errors_and_garbage_become_counted_failed_rows(tmp_path, broken_server):
@@ -288,7 +278,7 @@ def test_errors_and_garbage_become_counted_failed_rows(tmp_path, broken_server):
     assert texts == ["ok fine 1", None, None, None, "ok fine 2"]
     assert "HTTP 500" in str(out[1][0]) and "not JSON" in str(out[2][0]) and "unexpected answer" in str(out[3][0])
     assert (s.stats.calls, s.stats.failures, s.stats.cache_hits) == (5, 3, 0)
-    assert _Broken.hits == 5 + 2  # the 500 was retried (3 attempts), the rest sent once
+    assert _Broken.hits == 5 + 2 + 2  # the 500 and the garbage were retried (3 attempts), the rest sent once
     assert cache.count() == 2  # failures are not cached: the next run asks again
     again = llm.session(name="b", cache=cache)
     again.chat(payloads)

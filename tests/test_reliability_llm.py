@@ -20,8 +20,11 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import REPO, mat_metadata
-from .stage_cases import CACHE, STAGES, model_calls
+from resources.llm import LLMResource, ModelSpec
+
+from .helpers import REPO, mat_metadata, step_error
+from .llm_servers import faulty_server
+from .stage_cases import CACHE, STAGES, model_calls, write_seeds
 
 KILL_ENV = "POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS"
 
@@ -91,7 +94,75 @@ def test_sigkill_mid_stage_then_the_rerun_asks_only_for_what_is_missing(stage, k
     got = tables(root, case)
     for name, table in expected.items():
         assert got[name].equals(table), name
-    ids = got[case.outputs[0]][case.row_id].to_pylist()
+    ids = list(zip(*(got[case.outputs[0]][c].to_pylist() for c in case.row_id)))
     assert len(ids) == len(set(ids)) == ref_md["rows_out"]
     assert all(e.passed for e in result.get_asset_check_evaluations())
     assert md["rows_in"] == md["rows_out"] + md["removed"] + md["rejected"]
+
+
+# ------------------------------------------------------------------------------ a faulty LLM server
+
+ANSWER = "2 + 3 = 5.\n#### 5"
+#: problems (gold 5) whose requests the server answers, or fails as the marker says (llm_servers.FAULTS)
+FAULT_SEEDS = [{"all_prompt_id": f"faults:{name}", "source": "gsm8k", "prompt": f"What is {q}? {marker}".strip(),
+                "answer": "5", "solution": ANSWER}
+               for name, q, marker in (("fine0", "2 + 3", ""), ("fine1", "1 + 4", ""), ("flaky", "3 + 2", "[fault:flaky]"),
+                                       ("500", "4 + 1", "[fault:500]"), ("hang", "0 + 5", "[fault:hang]"),
+                                       ("garbage", "5 + 0", "[fault:garbage]"))]
+FAILING = ("500", "hang", "garbage")
+
+
+def _faulty_llm(url: str, max_failure_rate: float) -> LLMResource:
+    # a request that hangs times out after timeout_s; every transient failure is tried max_retries times
+    return LLMResource(models={"generator": ModelSpec(backend="openai", model="faulty", base_url=url)},
+                       timeout_s=5.0, max_retries=3, max_concurrency=4, max_failure_rate=max_failure_rate)
+
+
+@pytest.mark.slow
+def test_a_faulty_server_is_retried_then_counted_and_fails_the_partition_only_above_the_limit(tmp_path, instance):
+    """generated_solutions over the openai backend, 6 problems x n = 2: 2 fine, 1 flaky (a 500 on each
+    request's first attempt), 1 always 500, 1 hanging past the client's timeout, 1 answering HTML."""
+    case = STAGES["generation"]
+    root = str(tmp_path / "storage")
+    write_seeds(root, FAULT_SEEDS)
+    config = {"n": 2, "keep": "correct", "max_problems": 0, "max_tokens": 32, "chunk": 1}
+    with faulty_server(ANSWER) as (url, server):
+        result = case.materialise(root, instance, llm=_faulty_llm(url, 0.5), config=config)
+        # retries, counted at the server per (fault, seed): 3 attempts for each failing request,
+        # 2 for each flaky one, 1 for each fine one (2 fine problems share a key)
+        assert dict(server.hits) == {("", 0): 2, ("", 1): 2, ("[fault:flaky]", 0): 2, ("[fault:flaky]", 1): 2,
+                                     **{(f"[fault:{f}]", s): 3 for f in FAILING for s in (0, 1)}}
+        md = mat_metadata(result, "generated_solutions")
+        # 6 of 12 requests failed: 50%, not above max_failure_rate 0.5 -> the partition is written
+        assert (md["llm_calls"], md["llm_failures"], md["llm_cache_hits"]) == (12, 6, 0)
+        assert (md["rows_in"], md["rows_out"], md["removed"], md["rejected"]) == (12, 6, 0, 6)
+        assert md["rejected_by_reason"] == {"llm_failed": 6}
+        assert cache_rows(root) == 6  # failures are not cached
+        out = tables(root, case)
+        sols, rates, rejects = out["generated_solutions"], out["solution_pass_rates"], out["rejects"]
+        # the data holds real answers only: no row, no placeholder for a failed request
+        assert sorted((r["all_prompt_id"], r["sample"]) for r in sols.to_pylist()) == \
+            [(f"faults:{p}", s) for p in ("fine0", "fine1", "flaky") for s in (0, 1)]
+        assert set(sols["solution"].to_pylist()) == {ANSWER} and all(sols["correct"].to_pylist())
+        assert {r["all_prompt_id"]: (r["status"], r["generated"], r["n"], r["pass_rate"]) for r in rates.to_pylist()} == {
+            **{f"faults:{p}": ("ok", 2, 2, 1.0) for p in ("fine0", "fine1", "flaky")},
+            **{f"faults:{p}": ("all_failed", 0, 0, None) for p in FAILING}}
+        # each failed request: a reject naming the problem, the sample and the error
+        details = sorted(rejects["detail"].to_pylist())
+        assert set(rejects["reason"].to_pylist()) == {"llm_failed"} and len(details) == 6
+        assert details[:2] == ["faults:500 sample 0: llm_failed: /chat/completions: HTTP 500: boom",
+                               "faults:500 sample 1: llm_failed: /chat/completions: HTTP 500: boom"]
+        assert details[2:4] == [f"faults:garbage sample {s}: llm_failed: /chat/completions: answer is not JSON: "
+                                "'<html>502 Bad Gateway</html>'" for s in (0, 1)]
+        assert all(d.startswith(f"faults:hang sample {s}: llm_failed: /chat/completions: ReadTimeout: ") and
+                   d.endswith("Read timed out. (read timeout=5.0)") for s, d in zip((0, 1), details[4:]))
+
+        # max_failure_rate 0.4: the 6 answers come from the cache, the 6 failing requests are asked
+        # again (3 attempts each) and fail the partition with the numbers and the first error
+        server.hits.clear()
+        strict = case.materialise(root, instance, llm=_faulty_llm(url, 0.4), config=config, raise_on_error=False)
+        assert not strict.success
+        assert step_error(strict) == ("source 'gsm8k': 6/12 solutions failed (50% > max_failure_rate 40%); first: "
+                                      "llm_failed: faults:500 sample 0: llm_failed: /chat/completions: HTTP 500: boom")
+        assert dict(server.hits) == {(f"[fault:{f}]", s): 3 for f in FAILING for s in (0, 1)}
+    assert cache_rows(root) == 6

@@ -1,6 +1,7 @@
 """The `openai` backend: any OpenAI-compatible server (`vllm serve`, `transformers serve`,
 llama.cpp, a hosted API). Bounded concurrency, timeouts, retries with backoff on connection
-errors / 429 / 5xx (tenacity); other failures are one LLMError per request.
+errors / timeouts / 429 / 5xx / an answer that is not JSON (tenacity); other failures are one
+LLMError per request.
 
 Sample `s` of a request is sent with `seed + s`, so a request's answers do not depend on its batch.
 JSON-schema tasks send `response_format: {type: json_schema, ...}`; a server that refuses it
@@ -19,6 +20,10 @@ class _HTTPStatus(Exception):
     def __init__(self, status: int, body: str):
         super().__init__(f"HTTP {status}")
         self.status, self.body = status, body
+
+
+class _NotJSON(LLMError):
+    """An HTTP 200 whose body is not JSON (a proxy's error page, a cut connection): retried like a 5xx."""
 
 
 def safe(fn):
@@ -67,7 +72,7 @@ class OpenAIBackend(Backend):
         from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
         def transient(exc: BaseException) -> bool:
-            if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            if isinstance(exc, (requests.ConnectionError, requests.Timeout, _NotJSON)):
                 return True
             return isinstance(exc, _HTTPStatus) and (exc.status == 429 or exc.status >= 500)
 
@@ -82,7 +87,7 @@ class OpenAIBackend(Backend):
             try:
                 return r.json()
             except ValueError:
-                raise LLMError(f"{path}: answer is not JSON: {r.text[:200]!r}") from None
+                raise _NotJSON(f"{path}: answer is not JSON: {r.text[:200]!r}") from None
 
         try:
             return call()
