@@ -245,6 +245,7 @@ def test_helm_values():
         "schedulerName", "securityContext", "runK8sConfig"}
     pg = VALUES["postgresql"]
     assert (pg["enabled"], pg["postgresqlPassword"], VALUES["generatePostgresqlPasswordSecret"]) == (False, "", False)
+    assert pg["postgresqlScheme"] == "postgresql+psycopg2"  # as deploy/dagster-postgres.yaml: psycopg 3 is not installed
     assert VALUES["global"]["postgresqlSecretName"] == "dagster-postgresql-secret"
     coordinator = VALUES["dagsterDaemon"]["runCoordinator"]
     assert (coordinator["enabled"], coordinator["type"]) == (True, "QueuedRunCoordinator")
