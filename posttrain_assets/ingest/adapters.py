@@ -191,7 +191,9 @@ def adapt_self_instruct(row: dict, spec: SourceSpec, source_file: str, source_ro
         raise RowReject("no_instances", spec.column("instances"), "expected a non-empty list")
     out = []
     for i, inst in enumerate(instances):
-        if not isinstance(inst, dict) or not isinstance(inst.get("output"), str):
+        # a non-text input would otherwise crash at .strip() below
+        if (not isinstance(inst, dict) or not isinstance(inst.get("output"), str)
+                or not isinstance(inst.get("input"), (str, type(None)))):
             raise RowReject("bad_instance", f"{spec.column('instances')}[{i}]",
                             "expected {input, output} strings")
         inp = inst.get("input") or ""
@@ -205,6 +207,15 @@ def adapt_self_instruct(row: dict, spec: SourceSpec, source_file: str, source_ro
 
 
 OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
+
+
+def _oasst_rank(value: Any) -> int | None:
+    """A reply's rank as the int64 column takes it (whole floats such as 1.0 too); else RowReject."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63):
+        return value
+    raise RowReject("bad_rank", "rank", f"expected a whole number or null, got {value!r}")
 
 
 def _oasst_message_meta(m: dict) -> dict:
@@ -225,7 +236,8 @@ def adapt_oasst_tree(row: dict, spec: SourceSpec, source_file: str, source_row: 
     out: list = []
 
     def visit(msg: dict, path: list[dict], deleted_above: bool) -> None:
-        if not isinstance(msg.get("text"), str) or msg.get("role") not in OASST_ROLES:
+        # role as given may be any JSON value (a list is unhashable): only a known string counts
+        if not isinstance(msg.get("text"), str) or not isinstance(msg.get("role"), str) or msg["role"] not in OASST_ROLES:
             out.append(RowReject("bad_message", "text/role",
                                  f"message {msg.get('message_id')} lacks text or a known role"))
             return
@@ -248,9 +260,14 @@ def adapt_oasst_tree(row: dict, spec: SourceSpec, source_file: str, source_row: 
                 elif not isinstance(r.get("text"), str):
                     out.append(RowReject("bad_message", "text", f"message {r.get('message_id')} has no text"))
                 else:
+                    try:  # a rank the int64 column cannot hold is this reply's reject, not a crash
+                        rank = _oasst_rank(r.get("rank"))
+                    except RowReject as rj:
+                        out.append(RowReject(rj.reason, rj.field, f"message {r.get('message_id')}: {rj.detail}"))
+                        continue
                     out.append(_record(
                         source_prompt_id=str(r.get("message_id")), prompt=render_conversation(here),
-                        messages=here, response=r["text"], rank=r.get("rank"), labels=r.get("labels"),
+                        messages=here, response=r["text"], rank=rank, labels=r.get("labels"),
                         metadata=_meta({"message_tree_id": tree_id,
                                         "prompt_message": _oasst_message_meta(msg),
                                         "reply_message": _oasst_message_meta(r)})))
@@ -352,6 +369,8 @@ def adapt_helpsteer3(row: dict, spec: SourceSpec, source_file: str, source_row: 
     elif isinstance(context, list) and context and all(isinstance(m, dict) for m in context):
         try:
             messages = [{"role": HELPSTEER_ROLES[m["role"]], "content": m["content"]} for m in context]
+            if not all(isinstance(m["content"], str) for m in messages):  # e.g. a number: no text to render
+                raise TypeError("content")
         except (KeyError, TypeError):
             raise RowReject("bad_context", spec.column("context"),
                             "messages need role user/assistant/system and string content") from None
