@@ -9,16 +9,20 @@ export). The cooldown tests with 20 sources report the materialisations instead
 only add CPU minutes to what the first test already proves runs."""
 
 import datetime as dt
+import os
+import time
 
 import dagster as dg
 import pytest
+import requests
 
 from posttrain_assets import automation
 from posttrain_assets.automation import AUTOMATED, DEFAULT_DEDUP_CRON
 from posttrain_assets.definitions import defs
 from posttrain_assets.sensors import sources_registry_sensor
 
-from .helpers import SAMPLE, mat_metadata, resources_for, write_registry
+from .conftest import REPO
+from .helpers import SAMPLE, dagster_dev, mat_metadata, resources_for, write_registry
 
 CHAIN = ("magpie_instructions", "raw_records", "merged_prompts", "prompt_embeddings", "attribute_training_data")
 DEDUP = ("dedup_clusters", "dedup_cluster_report", "dedup_summary")
@@ -246,3 +250,65 @@ def test_the_automation_sensor_itself_requests_one_run_for_the_new_sources_chain
     add_sources(instance, tmp_path / "sources.yaml", prompt_sources(tmp_path, ["fresh"]), monkeypatch)
     (run,) = evaluate(first.cursor).run_requests
     assert (set(run.asset_selection), run.partition_key) == ({dg.AssetKey(a) for a in CHAIN}, "fresh")
+
+
+
+TICKS = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
+  ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }"""
+
+
+def wait_for(fn, what: str, timeout_s: float = 900):
+    """Poll `fn` until it returns something truthy (a generous overall bound, no assertion on time)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"no {what} within {timeout_s:.0f} s")
+
+
+def sensor_ticks(url: str, name: str) -> list:
+    selector = {"repositoryName": "__repository__", "repositoryLocationName": "posttrain", "sensorName": name}
+    r = requests.post(f"{url}/graphql", json={"query": TICKS, "variables": {"s": selector}}, timeout=30)
+    state = (r.json().get("data") or {}).get("sensorOrError", {}).get("sensorState") if r.ok else None
+    return state["ticks"] if state else []
+
+
+def sft_source(tmp_path, key: str, n: int) -> dict:
+    path = tmp_path / f"{key}.jsonl"
+    path.write_text("".join(f'{{"instruction": "Write fact number {i * 7} about the {key} river.", '
+                            f'"output": "Fact {i}."}}\n' for i in range(n)))
+    return {"key": key, "kind": "sft", "adapter": "generic", "fields": {"prompt": "instruction", "response": "output"},
+            "loader": {"path": str(path)}, "licence": "MIT"}
+
+
+@pytest.mark.slow
+def test_dagster_dev_adding_a_source_is_all_a_user_does(tmp_path, monkeypatch):
+    """The real daemons (`dagster dev`): a source materialised before it starts; after the automation
+    sensor's first tick a second source is written into the registry and nothing else is done: the
+    registry sensor adds it, the automation sensor runs its chain, one dedup (cron every minute
+    here), both sources' survivors and records, then the export. No LLM stage runs."""
+    home, storage, reg = tmp_path / "home", str(tmp_path / "storage"), tmp_path / "sources.yaml"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
+    seed, new = sft_source(tmp_path, "seed", 4), sft_source(tmp_path, "new", 3)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "POSTTRAIN_STORAGE": storage,
+           "POSTTRAIN_SOURCES": str(reg), "POSTTRAIN_DEDUP_CRON": "* * * * *"}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        add_sources(instance, reg, [seed], monkeypatch)
+        assert dg.materialize(defs.assets, selection=list(CHAIN), partition_key="seed", instance=instance,
+                              resources=resources_for(storage, reg)).success
+        with dagster_dev(tmp_path, env) as url:
+            wait_for(lambda: sensor_ticks(url, "posttrain_automation_sensor"), "automation sensor tick")
+            write_registry(reg, [seed, new])  # all the user does
+            export = wait_for(lambda: instance.get_latest_materialization_event(dg.AssetKey("hf_parquet")),
+                              "export")
+        md = {k: v.value for k, v in export.asset_materialization.metadata.items()}
+        assert (md["rows_sft"], md["rows_cot"], md["rows_preference"]) == (7, 0, 0)
+        mats = {a: sorted(r.partition_key or "-" for r in instance.fetch_materializations(dg.AssetKey(a), limit=50).records)
+                for a in ("merged_prompts", "dedup_clusters", "deduplicated_prompts", "sft_records", "hf_parquet")}
+        assert mats == {"merged_prompts": ["new", "seed"], "dedup_clusters": ["-"],  # one dedup
+                        "deduplicated_prompts": ["new", "seed"], "sft_records": ["new", "seed"], "hf_parquet": ["-"]}
+        for asset in ("difficulty_scores", "quality_tags", "evolved_instructions", "attribute_model"):
+            assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is None  # on demand
