@@ -235,6 +235,17 @@ def test_a_synthetic_source_waits_for_its_on_demand_generation(tmp_path, instanc
     assert auto.tick(at(11, 6)) == {a: {None} for a in DEDUP}
 
 
+
+def test_a_registry_broken_after_the_sync_requests_nothing(tmp_path, instance, monkeypatch, caplog):
+    """SourceNotSynthetic cannot tell a free source from a synthetic one: no generator partition, so
+    nothing downstream either; the reason is logged."""
+    auto = Automation(instance)
+    auto.tick(at(10, 0, 30))
+    add_sources(instance, tmp_path / "sources.yaml", prompt_sources(tmp_path, ["plain"]), monkeypatch)
+    (tmp_path / "sources.yaml").write_text("sources: []\n")
+    assert auto.tick(at(10, 5)) == {}
+    assert "sources registry invalid, no magpie_instructions partition requested" in caplog.text
+
 def test_the_automation_sensor_itself_requests_one_run_for_the_new_sources_chain(tmp_path, instance, monkeypatch):
     """The sensor's own evaluation (what the code location runs for the daemon, custom condition
     included): one run for the new source's chain, nothing before the source exists."""
