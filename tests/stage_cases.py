@@ -101,7 +101,7 @@ class StageCase:
             write_registry(Path(root).parent / f"{Path(root).name}-registry.yaml", self.registry)
         resources = resources_for(root, registry)
         resources["llm"] = llm or LLMResource()
-        resources["reward"] = RewardResource(max_tokens=24, chunk=1)  # the judge backend on the embedded model
+        resources["reward"] = RewardResource(max_tokens=64, chunk=1)  # the judge on the embedded model (64: some ratings parse)
         return dg.materialize(upstream_specs(*self.upstream) + [self.asset], selection=[self.asset],
                               partition_key=self.key, instance=instance, resources=resources,
                               run_config={"ops": {self.op: {"config": {**self.config, **(config or {})}}}},

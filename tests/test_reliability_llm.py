@@ -51,21 +51,21 @@ def tables(root: str, case) -> dict:
     return {name: pq.read_table(p) for name, p in paths.items()}
 
 
-# (stage, kill after chunk k, requests committed by then, requests of an uninterrupted run). chunk = 1
-# prompt everywhere; a chunk commits n answers (the prompt's samples):
+# (stage, kill after chunk k, requests committed by then, requests of an uninterrupted run, its output
+# rows). chunk = 1 prompt everywhere; a chunk commits n answers (the prompt's samples):
 #   scoring     3 gold + 3 question log-probs (1 each), then 3 items x 2 samples: 6 + 1 x 2 = 8 of 12
-#   evolution   2 width + 2 depth evolutions (every 24-token evolution is then eliminated: no judge): 3 of 4
+#   evolution   2 width + 2 depth evolutions (all cut at 24 tokens, eliminated: no judge, 0 rows): 3 of 4
 #   generation  3 problems x 2 samples, then the judge on the 1 answer math-verify cannot read: 2 x 2 = 4 of 7
 #   magpie      2 instruction calls x 2 samples, then 3 responses (1 truncated instruction): 2 + 2 + 1 = 5 of 7
 #   tagging     3 rows x 2 JSON tags, then the reward judge on the 2 rows with a response: 4 of 8
-#   pairs       2 prompts x (greedy + 1 sample), then the reward judge on the 4 candidates: 4 + 1 = 5 of 8
-KILLS = [("scoring", 7, 8, 12), ("evolution", 3, 3, 4), ("generation", 2, 4, 7), ("magpie", 3, 5, 7),
-         ("tagging", 4, 4, 8), ("pairs", 5, 5, 8)]
+#   pairs       2 prompts x (greedy + 1 sample), then the reward judge on the 4 candidates (1 pair): 4 + 1 = 5 of 8
+KILLS = [("scoring", 7, 8, 12, 3), ("evolution", 3, 3, 4, 0), ("generation", 2, 4, 7, 5), ("magpie", 3, 5, 7, 3),
+         ("tagging", 4, 4, 8, 3), ("pairs", 5, 5, 8, 1)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,kill_after,committed,total", KILLS, ids=[k[0] for k in KILLS])
-def test_sigkill_mid_stage_then_the_rerun_asks_only_for_what_is_missing(stage, kill_after, committed, total,
+@pytest.mark.parametrize("stage,kill_after,committed,total,rows", KILLS, ids=[k[0] for k in KILLS])
+def test_sigkill_mid_stage_then_the_rerun_asks_only_for_what_is_missing(stage, kill_after, committed, total, rows,
                                                                         tmp_path, instance):
     assert KILL_ENV not in os.environ
     case = STAGES[stage]
@@ -75,7 +75,7 @@ def test_sigkill_mid_stage_then_the_rerun_asks_only_for_what_is_missing(stage, k
 
     # an uninterrupted run: every request asked once, none failed
     ref_md = mat_metadata(case.materialise(reference, instance), case.outputs[0])
-    assert (model_calls(ref_md), cache_hits(ref_md), cache_rows(reference)) == (total, 0, total)
+    assert (model_calls(ref_md), cache_hits(ref_md), cache_rows(reference), ref_md["rows_out"]) == (total, 0, total, rows)
     expected = tables(reference, case)
 
     # the killed run: SIGKILLed right after its k-th committed chunk, nothing written but the cache
@@ -95,7 +95,7 @@ def test_sigkill_mid_stage_then_the_rerun_asks_only_for_what_is_missing(stage, k
     for name, table in expected.items():
         assert got[name].equals(table), name
     ids = list(zip(*(got[case.outputs[0]][c].to_pylist() for c in case.row_id)))
-    assert len(ids) == len(set(ids)) == ref_md["rows_out"]
+    assert len(ids) == len(set(ids)) == rows
     assert all(e.passed for e in result.get_asset_check_evaluations())
     assert md["rows_in"] == md["rows_out"] + md["removed"] + md["rejected"]
 
