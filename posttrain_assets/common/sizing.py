@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, TypeVar
 
-import dagster as dg
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-C = TypeVar("C", bound=dg.Config)
+C = TypeVar("C", bound=BaseModel)  # a dagster Config (a pydantic model)
 
 
 def auto(cpu: Any, full: Any, doc: str) -> Any:
@@ -36,11 +35,11 @@ def resolve_sizes(config: C, llm, models: Iterable[str], log=None) -> C:
     return config.model_copy(update=sizes)
 
 
-def _auto_fields(config_cls: type[dg.Config]) -> dict[str, dict]:
+def _auto_fields(config_cls: type[BaseModel]) -> dict[str, dict]:
     return {name: field.json_schema_extra["auto"] for name, field in config_cls.model_fields.items()
             if isinstance(field.json_schema_extra, dict) and "auto" in field.json_schema_extra}
 
 
-def full_sizes(config_cls: type[dg.Config]) -> dict[str, Any]:
+def full_sizes(config_cls: type[BaseModel]) -> dict[str, Any]:
     """The full size of every auto field of a Config class (run config that pins them on any backend)."""
     return {name: both["full"] for name, both in _auto_fields(config_cls).items()}
