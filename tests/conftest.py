@@ -34,7 +34,7 @@ def storage_root(tmp_path):
 
 #: what `make test-fast` leaves out: servers, subprocess kill/resume runs, the whole demo
 SLOW_MODULES = {"test_demo.py", "test_demo_formats.py", "test_webserver.py", "test_pool.py", "test_embeddings_resume.py"}
-SLOW_TESTS = {"test_openai_backend_against_transformers_serve", "test_sigkill_resume_loses_and_repeats_nothing",
+SLOW_TESTS = {"test_openai_backend_against_transformers_serve",
               "test_generated_solutions_over_the_openai_backend_against_transformers_serve"}
 
 

@@ -1,13 +1,7 @@
-"""difficulty_scores through Dagster with the embedded model: cached re-runs make zero model calls;
-a run killed with SIGKILL resumes without losing or repeating work; the weighted difficulty_z on
-constructed numbers."""
+"""difficulty_scores through Dagster with the embedded model: cached re-runs make zero model calls; the
+weighted difficulty_z on constructed numbers. (A run killed with SIGKILL: tests/test_reliability_llm.py.)"""
 
 import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
 
 import dagster as dg
 import numpy as np
@@ -24,7 +18,7 @@ from posttrain_assets.scoring.difficulty import (DEFAULT_WEIGHTS, SCORES_SCHEMA,
 from posttrain_assets.records.unify import SFT_SCHEMA, cot_from
 from resources.storage import ParquetStore
 
-from .conftest import BUNDLED_REGISTRY, REPO
+from .conftest import BUNDLED_REGISTRY
 from .helpers import mat_metadata, resources_for, upstream_specs
 
 # the full-size guards pinned (on the embedded engine the defaults are the CPU sizes: common/sizing.py)
@@ -78,31 +72,6 @@ def test_second_materialisation_makes_no_model_calls(gsm_records, instance):
     cols = {c: t1[c].to_numpy().astype(float) for c in ("avg_logprob", "ensemble_acc", "irt_beta", "gold_chars",
                                                         "prompt_chars", "prompt_logprob")}
     assert np.allclose(t1["difficulty_z"].to_numpy(), difficulty_z(**cols, weights=DEFAULT_WEIGHTS))
-
-
-def test_sigkill_resume_loses_and_repeats_nothing(gsm_records, instance):
-    """The worker SIGKILLs itself right after its 14th committed cache chunk (chunk = 1 item): the 6
-    gold and 6 question avg_logprob answers and 2 items x 2 samples are cached, nothing else. The
-    re-run asks only for the rest."""
-    cache_file = os.path.join(gsm_records, "_llm_cache", "llm_cache.sqlite")
-    run = json.loads(json.dumps(RUN))
-    run["ops"]["difficulty_scores"]["config"].update(max_items=6, max_new_tokens=48)
-    env = {**os.environ, "POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS": "14"}
-    proc = subprocess.run([sys.executable, "-m", "tests.score_worker", gsm_records, str(BUNDLED_REGISTRY),
-                           "gsm8k", json.dumps(run)], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert proc.returncode == -signal.SIGKILL
-    con = sqlite3.connect(cache_file)
-    before = con.execute("SELECT count(*) FROM answers").fetchone()[0]
-    con.close()
-    total = 6 + 6 + 6 * 2  # 2 logprobs per item + 2 samples per item
-    assert before == 6 + 6 + 2 * 2
-    md = mat_metadata(score(instance, gsm_records, run), "difficulty_scores")
-    assert md["llm_calls"] == total - before and md["llm_cache_hits"] == before
-    con = sqlite3.connect(cache_file)
-    assert con.execute("SELECT count(*) FROM answers").fetchone()[0] == total  # nothing asked twice
-    con.close()
-    assert md["rows_out"] == 6
 
 
 def test_difficulty_z_weights_constant_and_nan():
