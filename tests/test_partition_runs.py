@@ -43,9 +43,9 @@ def run_of(instance, name) -> dg.DagsterRun:
 
 
 def test_second_run_of_a_partition_stops_and_the_table_is_one_runs_output(tmp_path, home_instance):
-    instance, root, gate = home_instance, str(tmp_path / "storage"), tmp_path / "gate"
-    first = subprocess.Popen(worker(root, 7, "first", gate), cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    instance, root = home_instance, str(tmp_path / "storage")
+    first = subprocess.Popen(worker(root, 7, "first", "gate"), cwd=REPO, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _read_until(first, "at the gate: run ")
         store = ParquetStore(root)
@@ -74,8 +74,7 @@ def test_second_run_of_a_partition_stops_and_the_table_is_one_runs_output(tmp_pa
                                resources=resources_for(root, BUNDLED_REGISTRY))
         assert other.success
 
-        gate.touch()
-        out = first.communicate(timeout=300)[0]
+        out = first.communicate("open\n", timeout=300)[0]  # open the gate
         assert first.returncode == 0, out
     finally:
         if first.poll() is None:
