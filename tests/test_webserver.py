@@ -1,5 +1,6 @@
 """`dagster dev -w workspace.yaml` (webserver + daemon) on loopback, driven over GraphQL the way the
-UI drives it: the assets, their `source` partitions and lineage edge, then a backfill by source."""
+UI drives it: the assets, their `source` partitions and lineage edge (a backfill launched from
+the UI itself: tests/test_ui.py)."""
 
 import os
 import subprocess
@@ -80,37 +81,3 @@ def test_graph_partitions_and_lineage_over_graphql(webserver):
     assert checks == {"row_accounting": True, "all_prompt_id_unique": False, "required_columns": False}
     sensors = {s["name"]: s["sensorState"]["status"] for s in data["sensorsOrError"]["results"]}
     assert sensors == {"sources_registry_sensor": "RUNNING", "posttrain_automation_sensor": "RUNNING"}
-
-
-BACKFILL = """
-mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
-  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }
-"""
-BACKFILL_STATUS = """
-query($id: String!) { partitionBackfillOrError(backfillId: $id) {
-  ... on PartitionBackfill { status numPartitions } } }
-"""
-
-
-def test_backfill_by_source_like_the_ui(webserver):
-    """`launchPartitionBackfill` (what the UI's Materialize -> partitions dialog sends) for two
-    sources: the daemon runs them and the Parquet files and DuckDB views appear."""
-    url, storage = webserver
-    graphql(url, QUERY)  # wait for the code location
-    params = {"assetSelection": [{"path": ["raw_records"]}, {"path": ["merged_prompts"]}],
-              "partitionNames": ["gsm8k", "self_instruct"], "fromFailure": False}
-    res = post(url, BACKFILL, {"p": params})["launchPartitionBackfill"]
-    assert res["__typename"] == "LaunchBackfillSuccess", res
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        st = post(url, BACKFILL_STATUS, {"id": res["backfillId"]})["partitionBackfillOrError"]
-        if st["status"] != "REQUESTED":
-            break
-        time.sleep(2)
-    assert st == {"status": "COMPLETED_SUCCESS", "numPartitions": 2}
-    import duckdb
-
-    con = duckdb.connect(str(storage / "catalog.duckdb"), read_only=True)
-    counts = dict(con.execute("SELECT source, count(*) FROM merged_prompts GROUP BY 1").fetchall())
-    con.close()
-    assert counts == {"gsm8k": 300, "self_instruct": 175}
