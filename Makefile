@@ -35,7 +35,7 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 ## the tests (what CI runs)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 ## the inner loop: pure functions and in-process materialisation (no servers, no subprocess runs, no demo)
 test-fast: $(STAMP)
