@@ -1,6 +1,8 @@
 """The deployment switch, the one place that reads `POSTTRAIN_DEPLOYMENT`:
 
-- `local` (default): today's setup, the Definitions' default executor and `build_resources()` as is.
+- `local` (default): `build_resources()` as is; one process per step as before, but forked from a
+  server that has the code location loaded (`forkserver`), so a step starts without importing torch,
+  transformers and the graph again (Dagster's default `spawn` re-imports them for every step).
 - `k8s`: dagster-k8s's `k8s_job_executor` (one Kubernetes Job per step) and the Parquet root on object
   storage (`POSTTRAIN_STORAGE=s3://…` or `gs://…`; step pods share no disk). The instance (Postgres,
   `K8sRunLauncher`, run queue, the `gpu` pool's limit) comes from the Helm values, deploy/helm/values.yaml.
@@ -34,6 +36,12 @@ DEFAULT_STEPS_FILE = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "s
 FORWARDED_ENV = ("POSTTRAIN_LLM_CONFIG", "POSTTRAIN_GPU_POOL", "AWS_REGION")
 
 
+#: local runs (`make ui`, backfills): the multiprocess executor with the `forkserver` start method;
+#: Dagster preloads the code location's module in the server
+LOCAL_EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}},
+                                                     name="multiprocess_forkserver")
+
+
 class DeploymentError(ValueError):
     pass
 
@@ -41,7 +49,7 @@ class DeploymentError(ValueError):
 @dataclass(frozen=True)
 class Deployment:
     name: str
-    executor: Optional[dg.ExecutorDefinition] = None  # None = the Definitions' default (local)
+    executor: Optional[dg.ExecutorDefinition] = None
     resources: dict = field(default_factory=dict)  # overrides of build_resources()
 
 
@@ -124,7 +132,7 @@ def select_deployment(assets: Iterable) -> Deployment:
     """The executor and resource overrides for $POSTTRAIN_DEPLOYMENT (a clear error for anything else)."""
     name = deployment_name()
     if name == "local":
-        return Deployment("local")
+        return Deployment("local", LOCAL_EXECUTOR)
     from dagster_k8s import k8s_job_executor
 
     from resources.storage import ParquetIOManager, StorageResource
