@@ -154,6 +154,15 @@ class SourceSpec:
     generator: str | None = None
     generator_config: dict[str, Any] = field(default_factory=dict)
     version: int = 1
+    # the model stages (MODEL_STAGES) that take this source's rows; None = its kind's default
+    model_stages: tuple[str, ...] | None = None
+
+    def runs_stage(self, stage: str) -> bool:
+        """Whether the model stage `stage` works on this source's rows (registry `model_stages`, else
+        the kind's default); the stage's assets count the rows of a source it skips as removed."""
+        if stage not in MODEL_STAGES:
+            raise ValueError(f"unknown model stage {stage!r}; one of {', '.join(MODEL_STAGES)}")
+        return stage in (default_model_stages(self.kind) if self.model_stages is None else self.model_stages)
 
     @property
     def synthetic(self) -> bool:
@@ -231,9 +240,22 @@ def default_registry_path() -> str:
     return os.environ.get("POSTTRAIN_SOURCES") or str(Path(__file__).with_name("sources.yaml"))
 
 
+#: the stages that run a model over a source's rows (asset groups): `model_stages` lists those a
+#: source takes part in. Default: all of them, but only `steerlm` (labelling its SFT rows) for kind
+#: `attributes`: human-rated replies are the attribute model's training data, not seeds to score,
+#: evolve or tag (a source that should be both lists the stages it wants)
+MODEL_STAGES = ("scoring", "synthesis", "tagging", "steerlm")
+DEFAULT_MODEL_STAGES = {"attributes": ("steerlm",)}
+
+
+def default_model_stages(kind: str) -> tuple[str, ...]:
+    return DEFAULT_MODEL_STAGES.get(kind, MODEL_STAGES)
+
+
 _TOP_KEYS = {"version", "sources"}
 _SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
-                "description", "priority", "dedup_key", "turns", "generator", "generator_config", "version"}
+                "description", "priority", "dedup_key", "turns", "generator", "generator_config", "version",
+                "model_stages"}
 _SYNTHETIC_ONLY = ("generator", "generator_config", "version")
 _LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit", "offset"}
 
@@ -274,6 +296,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         raise _fail(where, label, "adapter",
                     f"must be one of {', '.join(ADAPTER_FIELDS)}, got {adapter!r}")
     licence, priority, dedup_key = _common_fields(raw, label, where)
+    model_stages = _model_stages(raw, label, where)
 
     fields = raw.get("fields") or {}
     if not isinstance(fields, dict):
@@ -325,7 +348,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     spec = SourceSpec(
         key=key, kind=kind, adapter=adapter, loader=loader, licence=licence,
         fields={k: v for k, v in fields.items()}, description=str(raw.get("description") or ""),
-        priority=priority, dedup_key=dedup_key, turns=turns, base_dir=base_dir,
+        priority=priority, dedup_key=dedup_key, turns=turns, base_dir=base_dir, model_stages=model_stages,
     )
     mapped = spec.mapped_columns()
     options = ADAPTER_REQUIRED[adapter]
@@ -354,6 +377,17 @@ def _common_fields(raw: dict, label: str, where: str) -> tuple[str, int, str]:
     return licence.strip(), priority, dedup_key
 
 
+def _model_stages(raw: dict, label: str, where: str) -> tuple[str, ...] | None:
+    """`model_stages`: a list of MODEL_STAGES (may be empty), or absent (the kind's default)."""
+    if "model_stages" not in raw:
+        return None
+    value = raw["model_stages"]
+    if not isinstance(value, list) or any(s not in MODEL_STAGES for s in value):
+        raise _fail(where, label, "model_stages", f"must be a list of {', '.join(MODEL_STAGES)} (or [] for "
+                                                  f"none), got {value!r}")
+    return tuple(dict.fromkeys(value))
+
+
 def _parse_synthetic(raw: dict, label: str, where: str, base_dir: str) -> SourceSpec:
     """A `kind: synthetic` source: `generator` (magpie), `generator_config`, `version`; no loader."""
     for name in SYNTHETIC_FORBIDDEN:
@@ -365,6 +399,7 @@ def _parse_synthetic(raw: dict, label: str, where: str, base_dir: str) -> Source
         raise _fail(where, label, "generator",
                     f"required for kind {SYNTHETIC!r}: one of {', '.join(GENERATORS)}, got {generator!r}")
     licence, priority, dedup_key = _common_fields(raw, label, where)
+    model_stages = _model_stages(raw, label, where)
     version = raw.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise _fail(where, label, "version", f"must be a positive integer, got {version!r}")
@@ -373,6 +408,7 @@ def _parse_synthetic(raw: dict, label: str, where: str, base_dir: str) -> Source
         key=raw["key"], kind=SYNTHETIC, adapter="generic", loader=LoaderSpec(), licence=licence,
         fields=dict(MAGPIE_FIELDS), description=str(raw.get("description") or ""), priority=priority,
         dedup_key=dedup_key, base_dir=base_dir, generator=generator, generator_config=config, version=version,
+        model_stages=model_stages,
     )
 
 

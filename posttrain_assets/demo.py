@@ -41,9 +41,11 @@ DEMO_RUN_CONFIG = {
 #: per-source jobs the demo runs for a few sources only: the SteerLM labelling of one SFT source
 DEMO_ONLY = {"steerlm_job": ("oasst_en",)}
 STEERLM_JOBS = ("attribute_model_job", "steerlm_job")
-#: the model jobs the demo does not run for sources of kind `attributes` (human-rated replies kept as
-#: the attribute model's training data; scoring and evolving them would add ~1.5 min per source on 2 cores)
-NOT_FOR_ATTRIBUTE_SOURCES = ("scoring_job", "synthesis_job", "tagging_job")
+#: the model stages (registry `model_stages`) of each per-source model job: the demo skips a job for a
+#: source that takes none of them (by default the `attributes` sources' scoring, synthesis and tagging:
+#: their assets would only count the rows removed, as "Materialize all" in the UI does)
+JOB_STAGES = {"scoring_job": ("scoring",), "synthesis_job": ("synthesis",),
+              "tagging_job": ("tagging", "synthesis"), "steerlm_job": ("steerlm",)}
 
 
 def ensure_instance() -> dg.DagsterInstance:
@@ -232,8 +234,8 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
         if job.name in STEERLM_JOBS and not any(reg.get(k).kind == "attributes" for k in keys):
             print(f"  {job.name}: skipped (no source of kind attributes to train the attribute model on)")
             continue
-        run_keys = [k for k in keys if k in DEMO_ONLY.get(job.name, keys) and not (
-            job.name in NOT_FOR_ATTRIBUTE_SOURCES and reg.get(k).kind == "attributes")] if partitioned else [None]
+        run_keys = [k for k in keys if k in DEMO_ONLY.get(job.name, keys) and (job.name not in JOB_STAGES or any(
+            reg.get(k).runs_stage(st) for st in JOB_STAGES[job.name]))] if partitioned else [None]
         for key in run_keys:
             t0 = time.monotonic()
             res = job.execute_in_process(partition_key=key, instance=instance,

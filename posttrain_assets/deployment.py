@@ -1,8 +1,10 @@
 """The deployment switch, the one place that reads `POSTTRAIN_DEPLOYMENT`:
 
-- `local` (default): `build_resources()` as is; one process per step as before, but forked from a
-  server that has the code location loaded (`forkserver`), so a step starts without importing torch,
-  transformers and the graph again (Dagster's default `spawn` re-imports them for every step).
+- `local` (default): `build_resources()` as is; a run's steps one after another in the run's own
+  process (`in_process`), sharing its resources: the embedded engine and the embedder load once per
+  run, not once per step, and no step process re-imports torch, transformers and the graph. Parallel
+  work comes from the run queue (deploy/dagster.yaml); `execution: config: multiprocess: {}` in the
+  launchpad gives a run Dagster's process per step instead.
 - `k8s`: dagster-k8s's `k8s_job_executor` (one Kubernetes Job per step) and the Parquet root on object
   storage (`POSTTRAIN_STORAGE=s3://…` or `gs://…`; step pods share no disk). The instance (Postgres,
   `K8sRunLauncher`, run queue, the `gpu` pool's limit) comes from the Helm values, deploy/helm/values.yaml.
@@ -36,10 +38,20 @@ DEFAULT_STEPS_FILE = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "s
 FORWARDED_ENV = ("POSTTRAIN_LLM_CONFIG", "POSTTRAIN_GPU_POOL", "AWS_REGION")
 
 
-#: local runs (`make ui`, backfills): the multiprocess executor with the `forkserver` start method;
-#: Dagster preloads the code location's module in the server
-LOCAL_EXECUTOR = dg.multiprocess_executor.configured({"start_method": {"forkserver": {}}},
-                                                     name="multiprocess_forkserver")
+@dg.executor(
+    name="local_in_process",
+    config_schema=dg.Field(
+        dg.Selector({mode: f.config_type for mode, f in  # Dagster's default executor's own two modes
+                     dg.multi_or_in_process_executor.config_schema.config_type.fields.items()}),
+        default_value={"in_process": {}},
+        description="in_process (default): a run's steps one after another in the run's process, sharing its "
+                    "resources (one engine load per model per run); multiprocess: a process per step"),
+    requirements=dg.multi_or_in_process_executor.get_requirements,  # multiprocess: a persistent instance
+)
+def LOCAL_EXECUTOR(init_context):
+    """Local runs (`make ui`, backfills, schedules): Dagster's own in-process or multiprocess executor,
+    in_process by default (the launchpad's `execution: config: multiprocess: {}` picks the other)."""
+    return dg.multi_or_in_process_executor.executor_creation_fn(init_context)
 
 
 class DeploymentError(ValueError):

@@ -115,27 +115,83 @@ def transformers_serve(log_dir: Path, env: dict | None = None):
 @contextmanager
 def dagster_dev(tmp_path: Path, env: dict):
     """`dagster dev -w workspace.yaml` (webserver + daemon) on a free loopback port with the instance at
-    env["DAGSTER_HOME"]; yields the UI's url. Stopped by process group: SIGTERM, then SIGKILL if it has
+    env["DAGSTER_HOME"]; yields a `DevServer` (its `url`; `expect_line` blocks on its output). Its output
+    is also written to tmp_path/webserver.log. Stopped by process group: SIGTERM, then SIGKILL if it has
     not exited within 30 s (it may not, once it has launched runs: ../shared/GUIDE.md)."""
     import signal
 
     port = free_port()
     exe = Path(sys.executable).with_name("dagster")
     log_path = tmp_path / "webserver.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True, errors="replace")
+    dev = DevServer(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        dev.expect_line(r"Serving dagster-webserver on", 180)
+        yield dev
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            wait_until_up(proc, f"{url}/server_info", 120, log_path)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        dev.reader.join(timeout=30)
+
+
+ANSI = __import__("re").compile(r"\x1b\[[0-9;]*m")
+
+
+#: the backfill daemon's line once an asset backfill has reached a final status (dagster's asset_backfill.py)
+BACKFILL_DONE = (r"Asset backfill (?P<id>\w+) completed (?:cancellation )?iteration with status "
+                 r"BulkActionStatus\.(?P<status>COMPLETED_SUCCESS|COMPLETED_FAILED|COMPLETED|FAILED|CANCELED)\b")
+
+
+class DevServer:
+    """A running `dagster dev`: `url`, and its output lines (ANSI colours stripped) read by a thread
+    into the log file and a queue, so a test waits for what the daemon reports instead of polling."""
+
+    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path):
+        import queue
+        import threading
+
+        self.url, self.proc, self.log_path = url, proc, log_path
+        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        with open(self.log_path, "w") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                self.lines.put(ANSI.sub("", line.rstrip("\n")))
+        self.lines.put(None)  # the server's output ended
+
+    def expect_line(self, pattern: str, timeout_s: float, on_line=None):
+        """The `re.Match` of the first next output line that matches `pattern` (blocking on the next
+        line, at most timeout_s in all); fails if the server's output ends first. `on_line` sees
+        every line read."""
+        import queue
+        import re
+
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout_s:.0f} s; "
+                                     f"log: {self.log_path}") from None
+            if line is None:
+                raise AssertionError(f"dagster dev ended before a line matching {pattern!r}:\n"
+                                     f"{self.log_path.read_text()[-4000:]}")
+            if on_line is not None:
+                on_line(line)
+            match = rx.search(line)
+            if match:
+                return match
 
 
 HH_SAMPLE = SAMPLE / "hh_rlhf_harmless_base" / "test_300.jsonl.gz"

@@ -10,11 +10,9 @@ only add CPU minutes to what the first test already proves runs."""
 
 import datetime as dt
 import os
-import time
 
 import dagster as dg
 import pytest
-import requests
 
 from posttrain_assets import automation
 from posttrain_assets.automation import AUTOMATED, DEFAULT_DEDUP_CRON
@@ -264,28 +262,6 @@ def test_the_automation_sensor_itself_requests_one_run_for_the_new_sources_chain
 
 
 
-TICKS = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
-  ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }"""
-
-
-def wait_for(fn, what: str, timeout_s: float = 900):
-    """Poll `fn` until it returns something truthy (a generous overall bound, no assertion on time)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"no {what} within {timeout_s:.0f} s")
-
-
-def sensor_ticks(url: str, name: str) -> list:
-    selector = {"repositoryName": "__repository__", "repositoryLocationName": "posttrain", "sensorName": name}
-    r = requests.post(f"{url}/graphql", json={"query": TICKS, "variables": {"s": selector}}, timeout=30)
-    state = (r.json().get("data") or {}).get("sensorOrError", {}).get("sensorState") if r.ok else None
-    return state["ticks"] if state else []
-
-
 def sft_source(tmp_path, key: str, n: int) -> dict:
     path = tmp_path / f"{key}.jsonl"
     path.write_text("".join(f'{{"instruction": "Write fact number {i * 7} about the {key} river.", '
@@ -314,11 +290,13 @@ def test_dagster_dev_adding_a_source_is_all_a_user_does(tmp_path, monkeypatch):
         add_sources(instance, reg, [seed], monkeypatch)
         assert dg.materialize(defs.assets, selection=list(CHAIN), partition_key="seed", instance=instance,
                               resources=resources_for(storage, reg)).success
-        with dagster_dev(tmp_path, env) as url:
-            wait_for(lambda: sensor_ticks(url, "posttrain_automation_sensor"), "automation sensor tick")
+        with dagster_dev(tmp_path, env) as dev:
+            # the sensor daemon's first evaluation of the automation sensor has ended
+            dev.expect_line(r"(Sensor posttrain_automation_sensor skipped|No run requests returned for "
+                            r"posttrain_automation_sensor|Completed launch of run \S+ for posttrain_automation_sensor)", 300)
             write_registry(reg, [seed, new])  # all the user does
-            export = wait_for(lambda: instance.get_latest_materialization_event(dg.AssetKey("hf_parquet")),
-                              "export")
+            dev.expect_line(r" - hf_parquet - ASSET_MATERIALIZATION - ", 900)
+            export = instance.get_latest_materialization_event(dg.AssetKey("hf_parquet"))
         md = {k: v.value for k, v in export.asset_materialization.metadata.items()}
         assert (md["rows_sft"], md["rows_cot"], md["rows_preference"]) == (7, 0, 0)
         mats = {a: sorted(r.partition_key or "-" for r in instance.fetch_materializations(dg.AssetKey(a), limit=50).records)

@@ -68,7 +68,7 @@ def test_demo_materialises_everything_and_prints_summary(tmp_path):
     # scoring and selection at demo size: 12 scored items and 60 length-selected seeds per source
     # with gold answers; none for the prompt-only and preference sources
     scored = dict(con.execute("SELECT source, count(*) FROM difficulty_scores GROUP BY 1").fetchall())
-    # the model jobs are not run for the `attributes` sources in the demo (DEMO: NOT_FOR_ATTRIBUTE_SOURCES)
+    # the `attributes` sources take only labelling (registry model_stages default): no scoring job for them
     assert scored == {"gsm8k": 12, "self_instruct": 12, "oasst_en": 12, "magpie_smollm2": 8}
     seeds = dict(con.execute("SELECT source, count(*) FROM selected_seeds GROUP BY 1").fetchall())
     assert seeds == {"gsm8k": 60, "self_instruct": 60, "oasst_en": 60, "magpie_smollm2": 8}

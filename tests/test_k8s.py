@@ -51,8 +51,8 @@ def test_unknown_deployment_is_a_clear_error(monkeypatch):
 def test_local_is_today(monkeypatch):
     monkeypatch.delenv("POSTTRAIN_DEPLOYMENT", raising=False)
     dep = select_deployment(definitions.all_assets)
-    assert (dep.name, dep.executor.name, dep.resources) == ("local", "multiprocess_forkserver", {})
-    assert definitions.defs.executor.name == "multiprocess_forkserver"  # a process per step, forked
+    assert (dep.name, dep.executor.name, dep.resources) == ("local", "local_in_process", {})
+    assert definitions.defs.executor.name == "local_in_process"  # a run's steps in its process
 
 
 @pytest.mark.parametrize("root", ["", "./storage", "/data/posttrain", "memory://x", "file:///data"])

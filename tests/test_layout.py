@@ -97,7 +97,7 @@ def test_model_steps_run_in_the_gpu_pool():
                                 "quality_tags", "preference_pairs", "attribute_model", "attribute_labelled_sft"}
     assert all(pools == {GPU_POOL} for pools in using_models.values()), using_models
     cfg = yaml.safe_load((PKG.parent / "deploy" / "dagster.yaml").read_text())
-    assert cfg["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
+    assert cfg["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op", "op_granularity_run_buffer": 1}
 
 
 def test_task_templates_are_versioned_with_en_and_ja():

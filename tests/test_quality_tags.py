@@ -25,7 +25,8 @@ from resources.llm import LLMResource, ModelSpec, TaskParseError
 from resources.reward import RewardResource
 from resources.storage import ParquetStore
 
-from .helpers import mat_metadata, resources_for, step_error, upstream_specs, write_registry
+from .conftest import BUNDLED_REGISTRY
+from .helpers import mat_metadata, resources_for, step_error, upstream_specs
 
 # ------------------------------------------------------------------------------ parsers
 
@@ -175,7 +176,7 @@ def _write_input(root, key, rows, asset="magpie_instructions"):
 def _materialize(tmp_path, instance, key, config=None, llm=None):
     if key not in instance.get_dynamic_partitions("source"):
         instance.add_dynamic_partitions("source", [key])
-    resources = resources_for(str(tmp_path / "storage"), write_registry(tmp_path / "reg.yaml", []))
+    resources = resources_for(str(tmp_path / "storage"), BUNDLED_REGISTRY)  # the keys here: tables written by the test
     resources["llm"] = llm or LLMResource(cache_dir=str(tmp_path / "cache"))
     resources["reward"] = RewardResource(max_tokens=32)
     return dg.materialize([quality_tags, *upstream_specs(*INPUTS)], selection=[quality_tags], partition_key=key,

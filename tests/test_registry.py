@@ -44,6 +44,8 @@ def test_bundled_registry_loads(bundled):
     ({"kind": "preference", "adapter": "generic", "fields": {"prompt": "p"}}, "g", "fields",
      "needs 'chosen' and 'rejected'"),
     ({"adapter": "generic", "fields": {}}, "g", "fields", "needs prompt mapped"),
+    ({"model_stages": "scoring"}, "g", "model_stages", "must be a list of scoring, synthesis, tagging, steerlm"),
+    ({"model_stages": ["scoring", "evolution"]}, "g", "model_stages", "got ['scoring', 'evolution']"),
 ])
 def test_invalid_entries_name_source_and_field(patch, source, field, words):
     entry = {**GOOD, **patch}
@@ -84,3 +86,21 @@ def test_relative_paths_resolve_against_registry_file(tmp_path):
     reg_file.write_text(yaml.safe_dump({"sources": [{**GOOD, "loader": {"path": "d/*.jsonl"}}]}))
     (path,) = load_registry(reg_file).get("g").resolved_paths()
     assert path == tmp_path / "d" / "a.jsonl"
+
+
+def test_model_stages_default_by_kind_and_explicit():
+    attrs = {"key": "a", "kind": "attributes", "adapter": "helpsteer", "loader": {"path": "x.jsonl"}, "licence": "MIT"}
+    reg = parse_registry({"sources": [GOOD, attrs, {**attrs, "key": "a2", "model_stages": ["scoring", "steerlm"]},
+                                      {**GOOD, "key": "none", "model_stages": []}]}, where="reg.yaml")
+    runs = {s.key: [st for st in ("scoring", "synthesis", "tagging", "steerlm") if s.runs_stage(st)]
+            for s in reg.sources}
+    assert runs == {"g": ["scoring", "synthesis", "tagging", "steerlm"], "a": ["steerlm"],
+                    "a2": ["scoring", "steerlm"], "none": []}
+    with pytest.raises(ValueError, match="unknown model stage 'dedup'"):
+        reg.get("g").runs_stage("dedup")
+
+
+def test_bundled_attribute_sources_take_only_labelling(bundled):
+    assert [s.key for s in bundled.sources if not s.runs_stage("scoring")] == [
+        "oasst2_labelled", "helpsteer", "helpsteer2", "oasst2_ja_edited"]
+    assert all(s.runs_stage("steerlm") for s in bundled.sources)

@@ -8,7 +8,6 @@ checks. Screenshots go to the test's temp dir (ui-*.png)."""
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import requests
 from posttrain_assets.definitions import defs
 
 from .conftest import REPO
-from .helpers import SAMPLE, dagster_dev, write_registry
+from .helpers import BACKFILL_DONE, SAMPLE, dagster_dev, write_registry
 
 pytestmark = pytest.mark.slow
 playwright = pytest.importorskip("playwright.sync_api")
@@ -49,15 +48,11 @@ def graphql(url: str, query: str) -> dict:
     return body["data"]
 
 
-def wait_for_backfill(url: str) -> dict:
-    """The one backfill of the instance, once it is no longer in progress (polled; overall limit)."""
-    deadline = time.monotonic() + BACKFILL_TIMEOUT_S
-    while True:
-        (backfill,) = graphql(url, BACKFILLS)["partitionBackfillsOrError"]["results"]
-        if backfill["status"] not in ("REQUESTED", "CANCELING"):
-            return backfill
-        assert time.monotonic() < deadline, f"backfill {backfill['id']} still {backfill['status']}: {backfill['runs']}"
-        time.sleep(5)
+def wait_for_backfill(dev) -> dict:
+    """The one backfill of the instance, once the backfill daemon has logged its final status."""
+    dev.expect_line(BACKFILL_DONE, BACKFILL_TIMEOUT_S)
+    (backfill,) = graphql(dev.url, BACKFILLS)["partitionBackfillsOrError"]["results"]
+    return backfill
 
 
 @pytest.fixture
@@ -75,12 +70,12 @@ def ui(tmp_path):
     for cmd in ([dagster, "sensor", "stop", "posttrain_automation_sensor", "-w", "workspace.yaml"],
                 [sys.executable, "-m", "partitions", "sync"]):
         subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
-    with dagster_dev(tmp_path, env) as url:
-        yield url
+    with dagster_dev(tmp_path, env) as dev:
+        yield dev
 
 
 def test_materialize_all_from_the_lineage_page(ui, tmp_path):
-    url = ui
+    url = ui.url
     n_assets = len(defs.resolve_asset_graph().materializable_asset_keys)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -104,7 +99,7 @@ def test_materialize_all_from_the_lineage_page(ui, tmp_path):
         dialog.get_by_role("button", name="Launch backfill").click()
         expect(dialog).to_be_hidden()
 
-        backfill = wait_for_backfill(url)
+        backfill = wait_for_backfill(ui)
         runs = backfill["runs"]
         assert (backfill["status"], backfill["numPartitions"]) == ("COMPLETED_SUCCESS", 2), backfill
         assert [r["status"] for r in runs] == ["SUCCESS"] * len(runs), runs

@@ -37,8 +37,8 @@ def webserver(tmp_path_factory):
     env = {**os.environ, "DAGSTER_HOME": str(home), "POSTTRAIN_STORAGE": str(tmp_path / "storage")}
     subprocess.run([sys.executable, "-m", "partitions", "sync"], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=120)
-    with dagster_dev(tmp_path, env) as url:
-        yield url, tmp_path / "storage"
+    with dagster_dev(tmp_path, env) as dev:
+        yield dev.url, tmp_path / "storage"
 
 
 def post(url, query, variables=None):

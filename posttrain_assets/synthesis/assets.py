@@ -16,6 +16,7 @@ import pyarrow as pa
 from partitions import source_partitions
 from resources.llm import LLMResource
 from resources.reward import RewardConfigError, RewardResource
+from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
@@ -23,6 +24,7 @@ from ..common.metadata import (accounting_check, all_rejected_metadata, model_as
                                stage_metadata, unique_check)
 from ..common.pools import GPU_POOL
 from ..common.sizing import auto, resolve_sizes
+from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
 from .pairs import INPUTS as PAIR_INPUTS
@@ -69,7 +71,7 @@ class EvolConfig(dg.Config):
     description="Evol-Instruct (width / depth / flatten, elimination, judge, answer) over a source's prompts: "
                 "conversation rows with lineage.")
 def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, llm: LLMResource,
-                         storage: StorageResource):
+                         registry: SourceRegistryResource, storage: StorageResource):
     key = context.partition_key
     config = resolve_sizes(config, llm, [config.generator, config.judge], context.log.info)
     source_table = read_input_partition(storage, config.input_asset, key, EVOL_INPUTS)
@@ -84,8 +86,9 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
         items, dropped = input_items(source_table, key, config.max_input_chars)
     except ValueError as exc:
         raise dg.Failure(description=f"source {key!r}, {config.input_asset}: {exc}", allow_retries=False) from None
-    sampled = sample_items(items, config.max_prompts, config.seed)
-    not_sampled = len(items) - len(sampled)
+    skipped = source_skipped(registry, key, GROUP, context.log.info)
+    sampled = [] if skipped else sample_items(items, config.max_prompts, config.seed)
+    not_sampled = 0 if skipped else len(items) - len(sampled)
 
     llm_md: dict = {}
     extra: dict = {}
@@ -115,6 +118,8 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
     acc = Accounting.from_issues(rows_in, with_output, dropped + issues)
     if not_sampled:
         acc.removed_by_reason["not_sampled"] += not_sampled  # max_prompts: counted, not written as rejects
+    if skipped and items:
+        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += len(items)
     yield dg.Output(table, metadata=stage_metadata(
         table, acc, text_column="input", preview_columns=["id", "language", "evolution_path", "input", "output"],
         extra={**llm_md, **extra, "output_rows": table.num_rows, "inputs_with_output": with_output,
@@ -180,8 +185,8 @@ def _llm_metadata(sessions: list) -> dict:
                  dg.AssetCheckSpec("all_prompt_id_unique", asset="solution_pass_rates")],
 )
 def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConfig, llm: LLMResource,
-                        storage: StorageResource, selected_seeds: pa.Table, cot_records: pa.Table,
-                        sft_records: pa.Table):
+                        registry: SourceRegistryResource, storage: StorageResource, selected_seeds: pa.Table,
+                        cot_records: pa.Table, sft_records: pa.Table):
     key = context.partition_key
     config = resolve_sizes(config, llm, [config.generator, config.judge], context.log.info)
     if config.input == "selected_seeds":
@@ -194,8 +199,11 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
         raise dg.Failure(description=f"keep must be correct or all, got {config.keep!r}")
     with_gold = [p for p in loaded if p["gold"]]
     skipped = [(p, "no_gold_answer") for p in loaded if not p["gold"]]
-    problems, not_sampled = sample_problems(with_gold, config.max_problems, config.seed)
-    skipped += [(p, "not_sampled") for p in not_sampled]
+    if source_skipped(registry, key, GROUP, context.log.info):  # one pass-rate row each, n = 0
+        problems, skipped = [], skipped + [(p, NOT_IN_MODEL_STAGES) for p in with_gold]
+    else:
+        problems, not_sampled = sample_problems(with_gold, config.max_problems, config.seed)
+        skipped += [(p, "not_sampled") for p in not_sampled]
 
     sessions, samples, gen_model, judge_model, gen_s = [], [], "", "", 0.0
     if problems:  # no model is loaded for an empty partition
@@ -281,7 +289,7 @@ class PairsConfig(dg.Config):
     description="On-policy preference pairs: n candidate responses per prompt (models x temperatures), scored "
                 "by the reward resource; chosen = best, rejected = worst, with scores, margin and lineage.")
 def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm: LLMResource,
-                     reward: RewardResource, storage: StorageResource):
+                     reward: RewardResource, registry: SourceRegistryResource, storage: StorageResource):
     key = context.partition_key
     config = resolve_sizes(config, llm, config.models, context.log.info)
     try:
@@ -297,8 +305,9 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm
         items, dropped = prompt_items(source_table, config.input_asset, key, config.max_input_chars)
     except ValueError as exc:
         raise dg.Failure(description=f"source {key!r}: {exc}", allow_retries=False) from None
-    sampled = sample_items(items, config.max_prompts, config.seed)
-    not_sampled = len(items) - len(sampled)
+    skipped = source_skipped(registry, key, GROUP, context.log.info)
+    sampled = [] if skipped else sample_items(items, config.max_prompts, config.seed)
+    not_sampled = 0 if skipped else len(items) - len(sampled)
 
     llm_md, reward_md = {}, {}
     if sampled:  # no model is loaded for an empty partition
@@ -329,6 +338,8 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm
     acc = Accounting.from_issues(rows_in, res.table.num_rows, issues)
     if not_sampled:
         acc.removed_by_reason["not_sampled"] += not_sampled  # max_prompts: counted, not written as rejects
+    if skipped and items:
+        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += len(items)
     removed = {**acc.removed_by_reason, **acc.rejected_by_reason}
     hist = margin_histogram(res.margins)
     reward_scalars = {k: v for k, v in reward_md.items() if k.startswith("reward_") and isinstance(v, (int, float, str))}

@@ -12,6 +12,7 @@ import dagster as dg
 from resources.embeddings import EmbeddingClient
 from resources.llm import LLMResource
 from resources.reward import RewardResource
+from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
@@ -19,6 +20,7 @@ from ..common.metadata import (accounting_check, all_rejected_metadata, model_as
                                stage_metadata, unique_check)
 from ..common.inputs import INPUTS, input_items
 from ..common.sizing import auto, resolve_sizes
+from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE
 from .tags import TAGS, TagSettings, empty_result, funnel_markdown, run_tags
 from .tasks import ALL_TASKS
@@ -49,7 +51,8 @@ def _failure(msg: str) -> dg.Failure:
     description="Magpie's unitag + gen_dis over a source's prompt or SFT table: quality, difficulty, category, "
                 "safety, reward, language, nearest-neighbour distance; failed tags null and counted.")
 def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, llm: LLMResource,
-                 reward: RewardResource, embeddings: EmbeddingClient, storage: StorageResource):
+                 reward: RewardResource, embeddings: EmbeddingClient, registry: SourceRegistryResource,
+                 storage: StorageResource):
     key = context.partition_key
     config = resolve_sizes(config, llm, [config.tagger, config.guard_model], context.log.info)
     settings = TagSettings(tags=tuple(dict.fromkeys(config.tags)), max_tokens=config.max_tokens or None,
@@ -64,6 +67,9 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
         items, issues = input_items(table, key, config.input_asset)
     except ValueError as exc:
         raise _failure(str(exc)) from None
+    skipped = len(items) if source_skipped(registry, key, GROUP, context.log.info) else 0
+    if skipped:
+        items = []
 
     llm_md: dict = {}
     use_guard = "safety" in settings.tags and bool(config.guard_model)
@@ -101,6 +107,8 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
 
     rejects_uri = storage.write_rejects(context.asset_key, key, rejects_table(key, ASSET, issues))
     acc = Accounting.from_issues(table.num_rows, res.table.num_rows, issues)
+    if skipped:
+        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += skipped
     out = res.table
     yield dg.Output(out, metadata=stage_metadata(
         out, acc, text_column="instruction",

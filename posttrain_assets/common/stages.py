@@ -1,0 +1,23 @@
+"""Which sources a model stage works on: the registry's `model_stages` (partitions/registry.py; by
+default every stage, only `steerlm` for kind `attributes`). A stage that leaves a source out loads no
+model and writes an empty table; the rows it loaded count as removed with NOT_IN_MODEL_STAGES."""
+
+#: the removal reason of a row whose source does not list the stage in `model_stages`
+NOT_IN_MODEL_STAGES = "not_in_model_stages"
+
+
+def source_skipped(registry, key: str, stage: str, log=None) -> bool:
+    """Whether model stage `stage` leaves source `key` out (logged when it does). A partition the
+    registry does not list is worked on: its tables were written by other means (the ingest and
+    records assets of the graph stop on an unknown source key before any model stage runs)."""
+    reg = registry.load()
+    if key not in reg.keys:
+        return False
+    spec = reg.get(key)
+    if spec.runs_stage(stage):
+        return False
+    if log is not None:
+        log(f"source {key!r} (kind {spec.kind}) does not take the {stage} stage (registry model_stages: "
+            f"{', '.join(spec.model_stages) if spec.model_stages is not None else 'the kind default'}): "
+            f"no model is loaded, its rows are counted removed ({NOT_IN_MODEL_STAGES})")
+    return True
