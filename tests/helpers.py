@@ -128,7 +128,7 @@ def dagster_dev(tmp_path: Path, env: dict):
                             start_new_session=True, text=True, errors="replace")
     dev = DevServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        dev.expect_line(r"Serving dagster-webserver on", 180)
+        wait_until_up(proc, f"{dev.url}/server_info", 180, log_path)  # its "Serving ..." line comes before it listens
         yield dev
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
