@@ -46,6 +46,9 @@ def test_demo_on_every_format_and_an_all_rejected_source(tmp_path):
     assert con.execute("SELECT count(*), count(*) FILTER (WHERE NOT keep AND representative_source = "
                        "'self_instruct') FROM dedup_clusters WHERE source = 'alpaca_seed_tasks'").fetchall() == [(40, 40)]
     scored = dict(con.execute("SELECT source, count(*) FROM difficulty_scores GROUP BY 1").fetchall())
-    # oasst2_labelled is of kind `attributes`: the demo trains the attribute model on it, no LLM jobs
-    assert scored == {"gsm8k": 12, "self_instruct": 12, "oasst_en": 12, "sharegpt_glaive_toolcall": 12,
-                      "messages_kto_mix": 12}
+    # oasst2_labelled is of kind `attributes` (labelling only); the bundled sources with `model_stages: []`
+    # have no scoring run, nor any other model job
+    assert scored == {"gsm8k": 12, "sharegpt_glaive_toolcall": 12, "messages_kto_mix": 12}
+    assert {r[0] for r in con.execute("SELECT DISTINCT source FROM evolved_instructions").fetchall()} <= {
+        "gsm8k", "sharegpt_glaive_toolcall", "messages_kto_mix", "turns_realpersonachat",
+        "turns_realpersonachat_first", "alpaca_seed_tasks", "sharegpt_as_generic"}

@@ -47,7 +47,8 @@ def stages(tmp_path_factory):
             res = dg.materialize([*assets, *upstream_specs("deduplicated_prompts", "sft_records", "cot_records")],
                                  partition_key=key, instance=inst, resources=resources_for(root, reg),
                                  selection=[k for a in assets for k in a.keys],
-                                 run_config={} if scored_only else RUN_CONFIG)
+                                 run_config={"ops": {"difficulty_scores": {"config": {"max_items": 3}}}}
+                                 if scored_only else RUN_CONFIG)
             out[key] = {a: mat_metadata(res, a) for a in ("difficulty_scores", "evolved_instructions",
                                                           "generated_solutions", "quality_tags", "preference_pairs")
                         if any(ev.asset_key.to_user_string() == a for ev in res.get_asset_materialization_events())}

@@ -120,6 +120,23 @@ def test_cpu_model_beats_the_mean_on_helpsteer_and_is_saved(chain):
     assert store.read_bytes(f"{store.base}/{am.MODEL_DIR}/LATEST").decode() == version
 
 
+def test_a_source_without_the_steerlm_stage_is_not_labelled(chain, tmp_path):
+    """Registry `model_stages` without steerlm: no row predicted, all 97 counted not_in_model_stages."""
+    entry = {**next(s for s in SOURCES if s["key"] == "oasst_en"), "key": "oasst_en_off", "model_stages": ["scoring"]}
+    reg = write_registry(tmp_path / "sources.yaml", [entry])
+    store = chain["store"]
+    store.write(store.read(store.path("sft_records", "oasst_en")), store.path("sft_records", "oasst_en_off"))
+    with dg.DagsterInstance.ephemeral() as inst:
+        inst.add_dynamic_partitions("source", ["oasst_en_off"])
+        res = dg.materialize([attribute_labelled_sft, dg.AssetSpec("attribute_model"), *upstream_specs("sft_records")],
+                             partition_key="oasst_en_off", instance=inst, resources=resources_for(chain["root"], reg),
+                             selection=["attribute_labelled_sft"])
+    md = mat_metadata(res, "attribute_labelled_sft")
+    assert (md["rows_in"], md["rows_out"], md["predicted"], dict(md["removed_by_reason"])) == (
+        97, 0, 0, {"not_in_model_stages": 97})
+    assert all(c.passed for c in res.get_asset_check_evaluations())
+
+
 def test_labelled_sft_and_both_formats(chain):
     lab, st = chain["labelled"], chain["steerlm"]
     assert chain["label_md"]["rows_in"] == lab.num_rows == st.num_rows == 97

@@ -2,6 +2,8 @@
 default every stage, only `steerlm` for kind `attributes`). A stage that leaves a source out loads no
 model and writes an empty table; the rows it loaded count as removed with NOT_IN_MODEL_STAGES."""
 
+from typing import Callable
+
 #: the removal reason of a row whose source does not list the stage in `model_stages`
 NOT_IN_MODEL_STAGES = "not_in_model_stages"
 
@@ -21,3 +23,13 @@ def source_skipped(registry, key: str, stage: str, log=None) -> bool:
             f"{', '.join(spec.model_stages) if spec.model_stages is not None else 'the kind default'}): "
             f"no model is loaded, its rows are counted removed ({NOT_IN_MODEL_STAGES})")
     return True
+
+
+def stage_items(items: list, skipped: bool, sample: Callable[[list], list]) -> tuple[list, dict[str, int]]:
+    """The items a stage works on and the removal counts of the others: none, every item removed as
+    NOT_IN_MODEL_STAGES, when the stage leaves the source out; else `sample(items)`, the rest removed
+    as not_sampled (a size limit: counted, not written as rejects)."""
+    if skipped:
+        return [], ({NOT_IN_MODEL_STAGES: len(items)} if items else {})
+    picked = sample(items)
+    return picked, ({"not_sampled": len(items) - len(picked)} if len(items) > len(picked) else {})

@@ -27,7 +27,7 @@ from resources.storage import StorageResource
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import accounting_check, all_rejected_metadata, model_asset, stage_metadata, unique_check
 from ..common.sizing import auto, resolve_sizes
-from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped
+from ..common.stages import source_skipped, stage_items
 from .difficulty import DEFAULT_WEIGHTS, SCORES_SCHEMA, check_weights, gold_items, sample_items, score_items
 
 GROUP = "scoring"
@@ -67,9 +67,8 @@ def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfi
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     rows_in = cot_records.num_rows + sft_records.num_rows
     available, no_gold = gold_items(cot_records, sft_records, config.pass_rate_field)
-    skipped = source_skipped(registry, key, GROUP, context.log.info)
-    items = [] if skipped else sample_items(available, config.max_items, config.seed)
-    not_sampled = max(0, len(available) - config.max_items) if config.max_items and not skipped else 0
+    items, removed = stage_items(available, source_skipped(registry, key, GROUP, context.log.info),
+                                 lambda xs: sample_items(xs, config.max_items, config.seed))
     llm_md: dict = {}
     if items:  # no model is loaded for an empty partition
         with llm.sessions(context, [config.primary, *config.ensemble], storage=storage,
@@ -80,10 +79,7 @@ def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfi
         table, issues, truncated = SCORES_SCHEMA.empty_table(), [], 0
     storage.write_rejects(context.asset_key, key, rejects_table(key, "difficulty_scores", no_gold + issues))
     acc = Accounting.from_issues(rows_in, table.num_rows, no_gold + issues)
-    if not_sampled:
-        acc.removed_by_reason["not_sampled"] += not_sampled  # max_items: counted, not written as rejects
-    if skipped and available:
-        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += len(available)
+    acc.removed_by_reason.update(removed)
     rate = len(issues) / max(len(items), 1)
     if rate > llm.max_failure_rate:
         raise dg.Failure(description=f"source {key!r}: {len(issues)}/{len(items)} items failed "

@@ -23,7 +23,7 @@ from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, markdown_preview, model_asset,
                                read_input_partition, stage_metadata, unique_check)
 from ..common.pools import GPU_POOL
-from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped
+from ..common.stages import source_skipped, stage_items
 from . import model as am
 from .attributes import ATTRIBUTES
 from .head import evaluate_predictions
@@ -200,18 +200,17 @@ def attribute_labelled_sft(context: dg.AssetExecutionContext, config: LabelConfi
         rows, issues = conversations(table, key, config.input_asset)
     except ValueError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    skipped = len(rows) if source_skipped(registry, key, GROUP, context.log.info) else 0
+    rows, removed = stage_items(rows, source_skipped(registry, key, GROUP, context.log.info), lambda xs: xs)
     store = storage.store()
     version = attribute_model["version"][0].as_py()
     predictor = am.load(store, am.artifact_dir(store.base, version), embed=lambda t: embeddings.encode(t),
                         embedder_name=embeddings.model_name, device=config.device)  # the embedder loads lazily
     ckpt = Checkpoint(store, f"{store.base}/_checkpoints/attribute_labelled_sft/source={key}/{version}")
-    out, stats = label([] if skipped else rows, key, config.input_asset, predictor, ckpt,
-                       chunk_rows=config.chunk_rows, log=context.log.info)
+    out, stats = label(rows, key, config.input_asset, predictor, ckpt, chunk_rows=config.chunk_rows,
+                       log=context.log.info)
     storage.write_rejects(context.asset_key, key, rejects_table(key, "attribute_labelled_sft", issues))
     acc = Accounting.from_issues(table.num_rows, out.num_rows, issues)
-    if skipped:
-        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += skipped
+    acc.removed_by_reason.update(removed)
     md = stage_metadata(out, acc, preview_columns=["id", "label_string", "model_version"], extra={
         "input_asset": config.input_asset, "model_version": version, **stats,
         "histograms": dg.MetadataValue.json(histograms(out)),

@@ -24,7 +24,7 @@ from ..common.metadata import (accounting_check, all_rejected_metadata, model_as
                                stage_metadata, unique_check)
 from ..common.pools import GPU_POOL
 from ..common.sizing import auto, resolve_sizes
-from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped
+from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped, stage_items
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
 from .pairs import INPUTS as PAIR_INPUTS
@@ -86,9 +86,8 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
         items, dropped = input_items(source_table, key, config.max_input_chars)
     except ValueError as exc:
         raise dg.Failure(description=f"source {key!r}, {config.input_asset}: {exc}", allow_retries=False) from None
-    skipped = source_skipped(registry, key, GROUP, context.log.info)
-    sampled = [] if skipped else sample_items(items, config.max_prompts, config.seed)
-    not_sampled = 0 if skipped else len(items) - len(sampled)
+    sampled, removed = stage_items(items, source_skipped(registry, key, GROUP, context.log.info),
+                                   lambda xs: sample_items(xs, config.max_prompts, config.seed))
 
     llm_md: dict = {}
     extra: dict = {}
@@ -116,10 +115,7 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
     storage.write_rejects(context.asset_key, key, rejects_table(key, "evolved_instructions", dropped + issues))
     # per input row: one or more output rows, or the reason of its last failure
     acc = Accounting.from_issues(rows_in, with_output, dropped + issues)
-    if not_sampled:
-        acc.removed_by_reason["not_sampled"] += not_sampled  # max_prompts: counted, not written as rejects
-    if skipped and items:
-        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += len(items)
+    acc.removed_by_reason.update(removed)
     yield dg.Output(table, metadata=stage_metadata(
         table, acc, text_column="input", preview_columns=["id", "language", "evolution_path", "input", "output"],
         extra={**llm_md, **extra, "output_rows": table.num_rows, "inputs_with_output": with_output,
@@ -305,9 +301,8 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm
         items, dropped = prompt_items(source_table, config.input_asset, key, config.max_input_chars)
     except ValueError as exc:
         raise dg.Failure(description=f"source {key!r}: {exc}", allow_retries=False) from None
-    skipped = source_skipped(registry, key, GROUP, context.log.info)
-    sampled = [] if skipped else sample_items(items, config.max_prompts, config.seed)
-    not_sampled = 0 if skipped else len(items) - len(sampled)
+    sampled, removed = stage_items(items, source_skipped(registry, key, GROUP, context.log.info),
+                                   lambda xs: sample_items(xs, config.max_prompts, config.seed))
 
     llm_md, reward_md = {}, {}
     if sampled:  # no model is loaded for an empty partition
@@ -336,10 +331,7 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm
                                          "preference_pairs", allow_retries=retry)
 
     acc = Accounting.from_issues(rows_in, res.table.num_rows, issues)
-    if not_sampled:
-        acc.removed_by_reason["not_sampled"] += not_sampled  # max_prompts: counted, not written as rejects
-    if skipped and items:
-        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += len(items)
+    acc.removed_by_reason.update(removed)
     removed = {**acc.removed_by_reason, **acc.rejected_by_reason}
     hist = margin_histogram(res.margins)
     reward_scalars = {k: v for k, v in reward_md.items() if k.startswith("reward_") and isinstance(v, (int, float, str))}

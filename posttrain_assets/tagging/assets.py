@@ -20,7 +20,7 @@ from ..common.metadata import (accounting_check, all_rejected_metadata, model_as
                                stage_metadata, unique_check)
 from ..common.inputs import INPUTS, input_items
 from ..common.sizing import auto, resolve_sizes
-from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped
+from ..common.stages import source_skipped, stage_items
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE
 from .tags import TAGS, TagSettings, empty_result, funnel_markdown, run_tags
 from .tasks import ALL_TASKS
@@ -67,9 +67,7 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
         items, issues = input_items(table, key, config.input_asset)
     except ValueError as exc:
         raise _failure(str(exc)) from None
-    skipped = len(items) if source_skipped(registry, key, GROUP, context.log.info) else 0
-    if skipped:
-        items = []
+    items, removed = stage_items(items, source_skipped(registry, key, GROUP, context.log.info), lambda xs: xs)
 
     llm_md: dict = {}
     use_guard = "safety" in settings.tags and bool(config.guard_model)
@@ -107,8 +105,7 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
 
     rejects_uri = storage.write_rejects(context.asset_key, key, rejects_table(key, ASSET, issues))
     acc = Accounting.from_issues(table.num_rows, res.table.num_rows, issues)
-    if skipped:
-        acc.removed_by_reason[NOT_IN_MODEL_STAGES] += skipped
+    acc.removed_by_reason.update(removed)
     out = res.table
     yield dg.Output(out, metadata=stage_metadata(
         out, acc, text_column="instruction",
