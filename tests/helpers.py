@@ -1,6 +1,7 @@
 """Shared test helpers: write registries, materialise assets in process."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def dagster_dev(tmp_path: Path, env: dict):
         dev.reader.join(timeout=30)
 
 
-ANSI = __import__("re").compile(r"\x1b\[[0-9;]*m")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colour codes of dagster's log lines
 
 
 #: the backfill daemon's line once an asset backfill has reached a final status (dagster's asset_backfill.py)
@@ -174,7 +175,6 @@ class DevServer:
         line, at most timeout_s in all); fails if the server's output ends first. `on_line` sees
         every line read."""
         import queue
-        import re
 
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout_s
