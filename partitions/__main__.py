@@ -28,6 +28,13 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
+def _short(keys: list[str], most: int = 20) -> str:
+    """The keys, comma-separated; a long list (a sharded source's) as its first and last keys."""
+    if len(keys) <= most:
+        return ", ".join(keys) or "-"
+    return f"{', '.join(keys[:3])}, ... ({len(keys) - 4:,} more), {keys[-1]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m partitions", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         except RegistryError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(f"{reg.path}: {len(reg.sources)} sources, {n_keys} partitions, valid")
+        print(f"{reg.path}: {n_keys} partitions; {len(reg.sources)} sources, valid")
         return 0
     if args.command == "shards":
         try:
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k:28} partition not in the registry (kept)")
         return 0
     plan = sync_partitions(instance, reg)
-    print(f"added {len(plan.added)} source partitions: {', '.join(plan.added) or '-'}; "
+    print(f"added {len(plan.added)} source partitions: {_short(plan.added)}; "
           f"{len(plan.present)} already present"
           + (f"; not in registry, kept: {', '.join(plan.orphaned)}" if plan.orphaned else ""))
     return 0

@@ -66,7 +66,7 @@ def source_mask(column: pa.ChunkedArray, spec) -> pa.ChunkedArray:
     """Rows of one registry entry: `source` = its key, or one of its shard keys when it is sharded."""
     if not spec.sharded:
         return pc.equal(column, spec.key)
-    return pc.match_substring_regex(column, f"^{re.escape(spec.key)}\\.s[0-9]{{4,5}}$")
+    return pc.match_substring_regex(column, f"^{re.escape(spec.key)}\\.s([0-9]{{4}}|[1-9][0-9]{{4}})$")
 
 
 @dg.asset(

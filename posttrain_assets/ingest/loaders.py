@@ -83,11 +83,12 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
     with _open_binary(path) as fh:
         n = 0  # data rows (non-blank lines) seen, skipped ones included
         for lineno, raw in enumerate(fh):
+            if not raw.strip():  # counted by the shard whose next row follows it
+                if n >= offset and (limit is None or n < offset + limit):
+                    out.blank_lines += 1
+                continue
             if limit is not None and n >= offset + limit:
                 break
-            if not raw.strip():
-                out.blank_lines += 1
-                continue
             n += 1
             if n <= offset:  # another shard's row: not read, not parsed
                 continue
