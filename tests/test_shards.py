@@ -337,3 +337,60 @@ def test_global_stages_map_shards_to_their_source():
     col = pa.chunked_array([["gsm.s0000", "gsm.s0001", "gsm.sft", "gsm", "gsm.s00001"]])
     assert source_mask(col, reg.get("gsm")).to_pylist() == [True, True, False, False, False]
     assert source_mask(col, reg.get("gsm.sft")).to_pylist() == [False, False, True, False, False]
+
+
+def test_the_global_dedup_sees_every_shard(tmp_path):
+    """Three shards through ingest and embeddings, then the global dedup_clusters (fan-in over every
+    `source` partition) and deduplicated_prompts per shard: a row of shard 2 that repeats a row of
+    shard 0 is removed with the shard-0 row as its representative; every row is accounted for."""
+    from posttrain_assets.dedup.assets import dedup_clusters, deduplicated_prompts, prompt_embeddings
+    from posttrain_assets.ingest.assets import merged_prompts, raw_records
+
+    from .helpers import resources_for, upstream_specs
+
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("\n".join(GSM_LINES + [GSM_LINES[5]]) + "\n")  # row 300 repeats row 5
+    reg_path = write_registry(tmp_path / "reg.yaml", [entry("gsm", {"path": str(data)}, shard_rows=128)])
+    root = str(tmp_path / "storage")
+    resources = resources_for(root, reg_path)
+    with dg.DagsterInstance.ephemeral() as inst:
+        keys = load_registry(reg_path).keys
+        assert keys == ["gsm.s0000", "gsm.s0001", "gsm.s0002"]
+        for k in keys:
+            materialize_source(k, inst, root, reg_path, assets=[raw_records, merged_prompts, prompt_embeddings])
+        res = dg.materialize(upstream_specs("merged_prompts", "prompt_embeddings") + [dedup_clusters],
+                             selection=[dedup_clusters], instance=inst, resources=resources)
+        md = mat_metadata(res, "dedup_clusters")
+        assert md["rows_in"] == 301 and md["rows_in"] == md["rows_out"] + md["removed"]
+        summary = {r["source"]: r for r in pq.read_table(f"{root}/dedup_summary/data.parquet").to_pylist()}
+        assert {k: summary[k]["before"] for k in keys} == {"gsm.s0000": 128, "gsm.s0001": 128, "gsm.s0002": 45}
+        kept = {}
+        for k in keys:
+            r = dg.materialize(upstream_specs("merged_prompts") + [dg.AssetSpec("dedup_clusters"), deduplicated_prompts],
+                               selection=[deduplicated_prompts], partition_key=k, instance=inst, resources=resources)
+            m = mat_metadata(r, "deduplicated_prompts")
+            assert m["rows_in"] == m["rows_out"] + m["removed"]
+            kept[k] = pq.read_table(f"{root}/deduplicated_prompts/source={k}/data.parquet")["all_prompt_id"].to_pylist()
+    clusters = pq.read_table(f"{root}/dedup_clusters/data.parquet").to_pylist()
+    planted = next(c for c in clusters if c["all_prompt_id"] == "gsm.s0002:gsm:300")
+    assert (planted["keep"], planted["representative_id"], planted["match"]) == (False, "gsm.s0000:gsm:5", "exact")
+    assert "gsm.s0000:gsm:5" in kept["gsm.s0000"] and "gsm.s0002:gsm:300" not in kept["gsm.s0002"]
+    assert sum(len(v) for v in kept.values()) == sum(c["keep"] for c in clusters)
+
+
+def test_a_fixed_shard_count_moves_every_range_when_the_file_grows(tmp_path):
+    """`shards: N` sizes shards from the row count: rows added move every later shard's range, so a
+    shard materialised before no longer matches (its first rows differ) -- unlike `shard_rows`."""
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("\n".join(GSM_LINES[:90]) + "\n")
+    reg = registry(entry(loader={"path": str(data)}, shards=3))
+    before = load_rows(reg.get("gsm.s0001"))
+    assert (reg.get("gsm.s0001").shard.start, before.source_rows[0]) == (30, 30)
+    seen = {"shard_rows_read": before.fingerprint.rows, "shard_fingerprint": before.fingerprint.hexdigest()}
+    with open(data, "a") as fh:
+        fh.write("\n".join(GSM_LINES[90:120]) + "\n")
+    reg = registry(entry(loader={"path": str(data)}, shards=3))
+    assert reg.keys == ["gsm.s0000", "gsm.s0001", "gsm.s0002"] and reg.get("gsm.s0001").shard.start == 40
+    now = load_rows(reg.get("gsm.s0001"), fingerprint=RowFingerprint(prefix_at=30))
+    assert "its first 30 rows differ from those materialised before" in changed_under_shard(
+        "gsm.s0001", now.files, seen, now.fingerprint)
