@@ -187,6 +187,8 @@ def test_a_parquet_shard_reads_only_its_row_groups(tmp_path, monkeypatch):
     loaded = load_rows(reg.get("gsm.s0002"))  # rows 80..119: groups 5 (80..95), 6, 7 (112..127)
     assert asked == [[5, 6, 7]]
     assert loaded.rows == GSM_ROWS[80:120] and loaded.source_rows == list(range(80, 120))
+    assert load_rows(reg.get("gsm.s0002"), limit=5).source_rows == [80, 81, 82, 83, 84]  # a test run's limit
+    assert asked[-1] == [5]
 
 
 @needs_shared

@@ -264,6 +264,10 @@ def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
     limit = limit or spec.loader.limit
     if spec.shard is not None:
         out.fingerprint = fingerprint or RowFingerprint()
+        if limit:  # the first `limit` rows of the shard
+            from dataclasses import replace
+
+            spec = replace(spec, shard=replace(spec.shard, stop=min(spec.shard.stop, spec.shard.start + limit)))
     if spec.loader.hub:
         streams = [(spec.loader.hub, _iter_hub(spec, out))]
         out.files = [spec.loader.hub]
