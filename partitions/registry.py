@@ -518,9 +518,20 @@ def _shard_fields(raw: dict, key: str, label: str, where: str,
     return out["shard_rows"], out["shards"]
 
 
+_HUB_ROWS: dict[tuple, int] = {}
+
+
 def _hub_rows(spec: SourceSpec) -> int:
     """Rows of a hub source's split: the dataset's split info (no rows downloaded), else the rows of
-    the loaded split (a local dataset folder)."""
+    the loaded split (a local dataset folder); cached in this process per (id, config, split, revision)."""
+    lo = spec.loader
+    ck = (lo.hub, lo.config, lo.split, lo.revision)
+    if ck not in _HUB_ROWS:
+        _HUB_ROWS[ck] = _count_hub_rows(spec)
+    return _HUB_ROWS[ck]
+
+
+def _count_hub_rows(spec: SourceSpec) -> int:
     lo = spec.loader
     try:
         import datasets
