@@ -88,7 +88,8 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
                   if spec.shard and not config.limit else None)
         fingerprint = RowFingerprint(prefix_at=int(before.get("shard_rows_read") or 0)) if before else None
         try:
-            loaded = load_rows(spec, log=context.log.info, limit=config.limit, fingerprint=fingerprint)
+            loaded = load_rows(spec, log=context.log.info, limit=config.limit,
+                               **({"fingerprint": fingerprint} if spec.shard else {}))
         except SourceLoadError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
         why = changed_under_shard(key, loaded.files, before, loaded.fingerprint) if spec.shard else None
