@@ -84,6 +84,8 @@ ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
     "oasst_messages": {"id": "message_id", "parent": "parent_id", "role": "role", "text": "text",
                        "tree": "message_tree_id", "quality": None, "labels": None, "root": "."},
 }
+#: adapters that join rows across the whole file (flat messages -> trees): a shard would cut trees apart
+CROSS_ROW_ADAPTERS = ("oasst_messages",)
 #: adapters whose records carry human attribute labels (the only ones a kind `attributes` source may use)
 ATTRIBUTE_ADAPTERS = ("oasst_tree", "oasst_messages", "helpsteer")
 
@@ -465,6 +467,10 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     )
 
     shard_rows, shards = _shard_fields(raw, key, label, where, loader)
+    if (shard_rows or shards) and adapter in CROSS_ROW_ADAPTERS:
+        raise _fail(where, label, "shard_rows" if shard_rows else "shards",
+                    f"adapter {adapter!r} rebuilds message trees across the whole file: its rows cannot be "
+                    f"sharded (export one tree per row and use adapter 'oasst_tree')")
 
     turns = raw.get("turns", "all")
     if turns not in TURNS:

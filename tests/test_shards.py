@@ -82,6 +82,8 @@ def test_registry_keys_are_shard_keys_and_get_resolves_a_shard():
     ({"shards": 3, "loader": {"path": "x.jsonl", "limit": 5}}, "loader.limit", "not with shards"),
     ({"key": "a" * 60, "shard_rows": 10}, "key", "too long for a sharded source"),
     ({"key": "gsm.s0001"}, "key", "reserved for the partitions of a sharded source"),
+    ({"adapter": "oasst_messages", "kind": "sft", "shard_rows": 100}, "shard_rows",
+     "rebuilds message trees across the whole file: its rows cannot be sharded"),
 ])
 def test_bad_shard_declarations_name_source_and_field(patch, field, words):
     e = entry(**{k: v for k, v in patch.items() if k != "key"})
