@@ -9,6 +9,11 @@ A source of kind `synthetic` has no loader, adapter or fields: its rows are writ
 (`generator: magpie` -> the `magpie_instructions` asset) from `generator_config` (MAGPIE_DEFAULTS:
 family, variant, model, total_prompts, decoding, n, seed), under a `version` (default 1) that must
 change whenever the settings of a partition that already holds rows change.
+
+A source with `shard_rows: R` (or `shards: N`) is one entry and many partitions: `<key>.s0000`,
+`<key>.s0001`, ... (partitions/shards.py). `Registry.keys` lists the partition keys (a sharded
+source's shard keys instead of its own key); `Registry.get("<key>.s0003")` is the source's spec with
+`key` = the shard key and `shard` = the shard's row range, so per-source assets run unchanged on it.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .shards import (MAX_PARTITIONS, ShardError, ShardRange, count_rows, looks_like_shard_key,
+                     parse_shard_key, shard_count, shard_key, shard_size)
 
 KINDS = ("prompt", "sft", "cot", "preference", "attributes", "synthetic")
 #: a source whose rows a generator writes (no loader, no adapter): `generator` + `generator_config`
@@ -75,6 +84,8 @@ ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
     "oasst_messages": {"id": "message_id", "parent": "parent_id", "role": "role", "text": "text",
                        "tree": "message_tree_id", "quality": None, "labels": None, "root": "."},
 }
+#: adapters that join rows across the whole file (flat messages -> trees): a shard would cut trees apart
+CROSS_ROW_ADAPTERS = ("oasst_messages",)
 #: adapters whose records carry human attribute labels (the only ones a kind `attributes` source may use)
 ATTRIBUTE_ADAPTERS = ("oasst_tree", "oasst_messages", "helpsteer")
 
@@ -112,7 +123,7 @@ MAGPIE_DEFAULTS: dict[str, Any] = {
 }
 #: fields a synthetic source must not have (its rows come from the generator, not from files). Its
 #: `licence` stays required: the generated data's terms depend on the model that writes it.
-SYNTHETIC_FORBIDDEN = ("loader", "adapter", "fields", "turns")
+SYNTHETIC_FORBIDDEN = ("loader", "adapter", "fields", "turns", "shard_rows", "shards")
 #: the columns magpie_instructions writes, as the generic adapter would read them (see SourceSpec)
 MAGPIE_FIELDS = {"prompt": "instruction", "response": "response", "id": "uuid"}
 
@@ -156,6 +167,58 @@ class SourceSpec:
     version: int = 1
     # the model stages (MODEL_STAGES) that take this source's rows; None = its kind's default
     model_stages: tuple[str, ...] | None = None
+    # sharding (partitions/shards.py): declared on the entry (`shard_rows` or `shards`); `shard` is set
+    # on the spec of one shard (Registry.get of a shard key), whose `key` is then the shard key
+    shard_rows: int | None = None
+    shards: int | None = None
+    shard: ShardRange | None = None
+
+    @property
+    def sharded(self) -> bool:
+        """The entry declares shards (`shard_rows` or `shards`): its partitions are its shard keys."""
+        return self.shard_rows is not None or self.shards is not None
+
+    @property
+    def source_key(self) -> str:
+        """The registry entry's own key (the parent of a shard)."""
+        return self.shard.parent if self.shard is not None else self.key
+
+    def file_row_counts(self) -> list[int]:
+        """Rows per file (resolved_paths order; the hub split: one count), as the loader numbers them."""
+        if self.loader.hub:
+            return [_hub_rows(self)]
+        try:
+            return [count_rows(p, self.file_format(p)) for p in self.resolved_paths()]
+        except (OSError, ShardError) as exc:
+            raise RegistryError(f"source '{self.source_key}': cannot count its rows for sharding: {exc}") from None
+
+    def shard_layout(self) -> tuple[int, int, int]:
+        """(rows, rows per shard, shards) of a sharded entry, from the files as they are now."""
+        total = sum(self.file_row_counts())
+        size = shard_size(total, self.shard_rows, self.shards)
+        return total, size, shard_count(total, size)
+
+    def shard_keys(self) -> list[str]:
+        """The partition keys of this entry: its shard keys, or [key] when it is not sharded."""
+        if not self.sharded:
+            return [self.key]
+        return [shard_key(self.key, i) for i in range(self.shard_layout()[2])]
+
+    def for_shard(self, index: int) -> "SourceSpec":
+        """The spec of shard `index`: key = the shard key, `shard` = its row range. With `shard_rows`
+        no row is counted (the range follows from the index; the loader fails clearly on a range past
+        the end); with `shards: N` the rows are counted (cached) to size the shards."""
+        from dataclasses import replace
+
+        if self.shard_rows is not None:
+            size = self.shard_rows
+        else:
+            total, size, n = self.shard_layout()
+            if index >= n:
+                raise RegistryError(f"source '{self.key}': shard {shard_key(self.key, index)!r} does not exist: "
+                                    f"{total:,} rows in {n} shards of {size:,} (s0000 .. {shard_key(self.key, n - 1)})")
+        rng = ShardRange(parent=self.key, index=index, start=index * size, stop=(index + 1) * size)
+        return replace(self, key=rng.key, shard=rng)
 
     def runs_stage(self, stage: str) -> bool:
         """Whether the model stage `stage` works on this source's rows (registry `model_stages`, else
@@ -223,16 +286,78 @@ class Registry:
     sources: tuple[SourceSpec, ...]
 
     @property
-    def keys(self) -> list[str]:
+    def source_keys(self) -> list[str]:
+        """The entries' own keys (one per registry entry, sharded or not)."""
         return [s.key for s in self.sources]
 
-    def get(self, key: str) -> SourceSpec:
+    @property
+    def keys(self) -> list[str]:
+        """The `source` partition keys: an entry's key, or a sharded entry's shard keys (counted from
+        its files, cached per file). Raises RegistryError past MAX_PARTITIONS partitions."""
+        return list(self._partition_keys)
+
+    @cached_property
+    def _partition_keys(self) -> tuple[str, ...]:
+        keys: list[str] = []
+        sizes = []
+        for s in self.sources:
+            ks = s.shard_keys()
+            sizes.append((len(ks), s.key))
+            keys.extend(ks)
+        if len(keys) > MAX_PARTITIONS:
+            big = ", ".join(f"{k} ({n:,})" for n, k in sorted(sizes, reverse=True)[:3])
+            raise RegistryError(f"{self.path}: {len(keys):,} source partitions, more than Dagster's "
+                                f"{MAX_PARTITIONS:,} per asset; largest: {big}: raise their shard_rows "
+                                f"(or lower shards)")
+        return tuple(keys)
+
+    def _entry(self, key: str) -> SourceSpec | None:
         for s in self.sources:
             if s.key == key:
                 return s
+        return None
+
+    def get(self, key: str) -> SourceSpec:
+        """The spec of a partition key: an entry's key, or a shard key `<key>.sNNNN` of a sharded entry
+        (the entry's spec for that shard's rows; see SourceSpec.for_shard)."""
+        spec = self._entry(key)
+        if spec is not None:
+            return spec
+        parsed = parse_shard_key(key)
+        if parsed is not None:
+            parent = self._entry(parsed[0])
+            if parent is not None and parent.sharded:
+                return parent.for_shard(parsed[1])
+            if parent is not None:
+                raise RegistryError(f"{self.path}: source {parsed[0]!r} is not sharded (no shard_rows / "
+                                    f"shards), so it has no shard {key!r}")
         raise RegistryError(
-            f"{self.path}: unknown source key {key!r}; the registry has: {', '.join(self.keys)}"
+            f"{self.path}: unknown source key {key!r}; the registry has: {', '.join(self.source_keys)}"
         )
+
+    def specs_for(self, keys) -> dict[str, SourceSpec]:
+        """key -> spec for the partition keys the registry knows (entries and shards; others left out)."""
+        out = {s.key: s for s in self.sources}
+        for k in keys:
+            if k not in out:
+                spec = self.find(k)
+                if spec is not None:
+                    out[k] = spec
+        return out
+
+    def parent_of(self, key: str) -> str:
+        """The registry entry a partition key belongs to: a shard key's source, else the key itself."""
+        parsed = parse_shard_key(key)
+        if parsed is not None and (entry := self._entry(parsed[0])) is not None and entry.sharded:
+            return parsed[0]
+        return key
+
+    def find(self, key: str) -> SourceSpec | None:
+        """`get`, or None for a key the registry does not know (a partition kept from an old entry)."""
+        try:
+            return self.get(key)
+        except RegistryError:
+            return None
 
 
 def default_registry_path() -> str:
@@ -255,7 +380,7 @@ def default_model_stages(kind: str) -> tuple[str, ...]:
 _TOP_KEYS = {"version", "sources"}
 _SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
                 "description", "priority", "dedup_key", "turns", "generator", "generator_config", "version",
-                "model_stages"}
+                "model_stages", "shard_rows", "shards"}
 _SYNTHETIC_ONLY = ("generator", "generator_config", "version")
 _LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit", "offset"}
 
@@ -278,6 +403,9 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         raise _fail(where, label, "key",
                     f"must match {KEY_RE.pattern} (lowercase, digits, _ . -), got {key!r}")
     label = key
+    if looks_like_shard_key(key):
+        raise _fail(where, label, "key", "ends like a shard key (.sNNNN), which is reserved for the "
+                                         "partitions of a sharded source (shard_rows / shards)")
     unknown = set(raw) - _SOURCE_KEYS
     if unknown:
         raise _fail(where, label, sorted(unknown)[0],
@@ -338,6 +466,12 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         revision=loader_raw.get("revision"), limit=limit, offset=offset,
     )
 
+    shard_rows, shards = _shard_fields(raw, key, label, where, loader)
+    if (shard_rows or shards) and adapter in CROSS_ROW_ADAPTERS:
+        raise _fail(where, label, "shard_rows" if shard_rows else "shards",
+                    f"adapter {adapter!r} rebuilds message trees across the whole file: its rows cannot be "
+                    f"sharded (export one tree per row and use adapter 'oasst_tree')")
+
     turns = raw.get("turns", "all")
     if turns not in TURNS:
         raise _fail(where, label, "turns", f"must be one of {', '.join(TURNS)}, got {turns!r}")
@@ -349,6 +483,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         key=key, kind=kind, adapter=adapter, loader=loader, licence=licence,
         fields={k: v for k, v in fields.items()}, description=str(raw.get("description") or ""),
         priority=priority, dedup_key=dedup_key, turns=turns, base_dir=base_dir, model_stages=model_stages,
+        shard_rows=shard_rows, shards=shards,
     )
     mapped = spec.mapped_columns()
     options = ADAPTER_REQUIRED[adapter]
@@ -361,6 +496,62 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         raise _fail(where, label, "adapter", f"kind 'attributes' needs an adapter whose rows carry human "
                                              f"labels: one of {', '.join(ATTRIBUTE_ADAPTERS)}, got {adapter!r}")
     return spec
+
+
+def _shard_fields(raw: dict, key: str, label: str, where: str,
+                  loader: LoaderSpec) -> tuple[int | None, int | None]:
+    """`shard_rows` (rows per shard) or `shards` (a fixed number of shards): at most one, a positive
+    integer, not with loader offset / limit (a shard's range is over all of the source's rows)."""
+    if "shard_rows" in raw and "shards" in raw:
+        raise _fail(where, label, "shards", "give shard_rows or shards, not both")
+    out: dict[str, int | None] = {"shard_rows": None, "shards": None}
+    for name in out:
+        if name not in raw:
+            continue
+        v = raw[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise _fail(where, label, name, f"must be a positive integer, got {v!r}")
+        if name == "shards" and v > MAX_PARTITIONS:
+            raise _fail(where, label, name, f"at most {MAX_PARTITIONS:,} (Dagster's partitions per asset), got {v:,}")
+        for lo in ("offset", "limit"):
+            if getattr(loader, lo) not in (None, 0):
+                raise _fail(where, label, f"loader.{lo}", f"not with {name}: a sharded source's shards "
+                                                         f"cover all of its rows")
+        if not KEY_RE.match(shard_key(key, 0)):
+            raise _fail(where, label, "key", f"too long for a sharded source: its shard keys "
+                                             f"({shard_key(key, 0)!r}) must match {KEY_RE.pattern}")
+        out[name] = v
+    return out["shard_rows"], out["shards"]
+
+
+_HUB_ROWS: dict[tuple, int] = {}
+
+
+def _hub_rows(spec: SourceSpec) -> int:
+    """Rows of a hub source's split: the dataset's split info (no rows downloaded), else the rows of
+    the loaded split (a local dataset folder); cached in this process per (id, config, split, revision)."""
+    lo = spec.loader
+    ck = (lo.hub, lo.config, lo.split, lo.revision)
+    if ck not in _HUB_ROWS:
+        _HUB_ROWS[ck] = _count_hub_rows(spec)
+    return _HUB_ROWS[ck]
+
+
+def _count_hub_rows(spec: SourceSpec) -> int:
+    lo = spec.loader
+    try:
+        import datasets
+
+        try:
+            info = datasets.load_dataset_builder(lo.hub, lo.config, revision=lo.revision).info
+            if info.splits and lo.split in info.splits and info.splits[lo.split].num_examples:
+                return int(info.splits[lo.split].num_examples)
+        except Exception:  # noqa: BLE001 - no split info: count the split itself
+            pass
+        return len(datasets.load_dataset(lo.hub, lo.config, split=lo.split, revision=lo.revision))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+        raise RegistryError(f"source '{spec.source_key}': cannot count the rows of hub dataset {lo.hub!r} "
+                            f"(split {lo.split!r}) for sharding: {type(exc).__name__}: {exc}") from None
 
 
 def _common_fields(raw: dict, label: str, where: str) -> tuple[str, int, str]:

@@ -77,8 +77,8 @@ class SourceNotSynthetic(AC):
         except RegistryError as exc:
             context.log.warning(f"sources registry invalid, no {GENERATOR} partition requested: {exc}")
             return dg.AutomationResult(context, context.get_empty_subset())
-        free = {k for k in candidates.expensively_compute_partition_keys()
-                if k in reg.keys and not reg.get(k).synthetic}
+        free = {k for k in candidates.expensively_compute_partition_keys()  # find: a shard key too, uncounted
+                if (spec := reg.find(k)) is not None and not spec.synthetic}
         return dg.AutomationResult(context, candidates.compute_intersection_with_partition_keys(free))
 
 

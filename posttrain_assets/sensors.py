@@ -9,14 +9,16 @@ from resources.sources import SourceRegistryResource
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Adds a `source` partition for every registry key that has none. Never "
+           description="Adds a `source` partition for every registry key (a sharded source: every shard "
+                       "key) that has none. Never "
                        "removes partitions: keys dropped from the registry keep their data.")
 def sources_registry_sensor(context: dg.SensorEvaluationContext, registry: SourceRegistryResource):
     try:
         reg = registry.load()
+        # a sharded source's keys are counted from its files here (a missing file, > 100k partitions)
+        plan = plan_sync(context.instance.get_dynamic_partitions(source_partitions.name), reg)
     except RegistryError as exc:
         return dg.SkipReason(f"registry invalid, nothing synced: {exc}")
-    plan = plan_sync(context.instance.get_dynamic_partitions(source_partitions.name), reg)
     if plan.orphaned:
         context.log.warning(f"partitions not in the registry (kept): {', '.join(plan.orphaned)}")
     if not plan.added:

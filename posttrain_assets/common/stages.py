@@ -12,10 +12,9 @@ def source_skipped(registry, key: str, stage: str, log=None) -> bool:
     """Whether model stage `stage` leaves source `key` out (logged when it does). A partition the
     registry does not list is worked on: its tables were written by other means (the ingest and
     records assets of the graph stop on an unknown source key before any model stage runs)."""
-    reg = registry.load()
-    if key not in reg.keys:
+    spec = registry.load().find(key)  # an entry or one of its shards (a shard key: its source's stages)
+    if spec is None:
         return False
-    spec = reg.get(key)
     if spec.runs_stage(stage):
         return False
     if log is not None:

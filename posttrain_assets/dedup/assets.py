@@ -107,12 +107,14 @@ class DedupConfig(dg.Config):
 def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig,
                    registry: SourceRegistryResource, merged_prompts: pa.Table, prompt_embeddings: pa.Table):
     reg = registry.load()
-    priorities = {s.key: s.priority for s in reg.sources}
-    kinds = {s.key: s.kind for s in reg.sources}
     try:  # every source of the fan-in, also those with no rows
         sources = list(context.asset_partition_keys_for_input("merged_prompts"))
     except Exception:  # noqa: BLE001 - unpartitioned use: the sources present in the data
         sources = None
+    # per partition key (a shard key takes its source's priority and kind)
+    specs = reg.specs_for(set(merged_prompts["source"].unique().to_pylist()) | set(sources or ()))
+    priorities = {k: s.priority for k, s in specs.items()}
+    kinds = {k: s.kind for k, s in specs.items()}
     res = cluster_prompts(merged_prompts, prompt_embeddings, priorities, kinds, config, log=context.log.info,
                           sources=sources, model_threshold=default_threshold)
     c = res.clusters

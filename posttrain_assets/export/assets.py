@@ -11,6 +11,7 @@ The synthetic stages run on demand (they cost model time), so their partitions a
 exist; the sources without them are listed in the metadata (`synthetic_missing`), never an error."""
 
 import os
+import re
 
 import dagster as dg
 import pyarrow as pa
@@ -61,6 +62,13 @@ def _latest_metadata(instance, key: str) -> dict:
             if isinstance(v.value, (int, float, str, bool))}
 
 
+def source_mask(column: pa.ChunkedArray, spec) -> pa.ChunkedArray:
+    """Rows of one registry entry: `source` = its key, or one of its shard keys when it is sharded."""
+    if not spec.sharded:
+        return pc.equal(column, spec.key)
+    return pc.match_substring_regex(column, f"^{re.escape(spec.key)}\\.s([0-9]{{4}}|[1-9][0-9]{{4}})$")
+
+
 @dg.asset(
     group_name=GROUP, kinds={"parquet", "huggingface"},
     ins={name: dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
@@ -95,8 +103,8 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     per_source = []
     for s in reg.sources:
         row = {"key": s.key, "kind": s.kind, "licence": s.licence}
-        for name, t in tables.items():
-            row[name] = int(pc.sum(pc.equal(t["source"], s.key)).as_py() or 0) if t.num_rows else 0
+        for name, t in tables.items():  # a sharded source's rows: those of its shard keys
+            row[name] = int(pc.sum(source_mask(t["source"], s)).as_py() or 0) if t.num_rows else 0
         row.update({n: 0 for n in CONFIGS if n not in row})
         if any(row[n] for n in CONFIGS):
             per_source.append(row)

@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from partitions import source_partitions
 from partitions.registry import GENERATOR_ASSETS, RegistryError, SourceSpec
+from partitions.shards import RowFingerprint, changed_under_shard
 from resources.sources import SourceRegistryResource
 from resources.storage import MissingPartitionError, StorageResource
 
@@ -23,7 +24,10 @@ SYNTHETIC_NOTE = "synthetic source: rows from magpie_instructions"
 
 
 class RawRecordsConfig(dg.Config):
-    limit: Optional[int] = None  # read at most this many rows per file (None: all; registry limit applies too)
+    limit: Optional[int] = None  # read at most this many rows per file, or of a shard (None: all; registry limit applies too)
+    # a shard whose file changed under it (rows it read before differ) fails; True accepts the file as
+    # it is now (the shard's downstream partitions must then be re-materialised too)
+    accept_changed_file: bool = False
 
 
 class MergedPromptsConfig(dg.Config):
@@ -36,6 +40,16 @@ def source_spec(registry: SourceRegistryResource, key: str) -> SourceSpec:
         return registry.get(key)
     except RegistryError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
+
+
+def previous_shard_reads(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str) -> dict | None:
+    """`shard_rows_read` and `shard_fingerprint` of the partition's latest materialisation, if any."""
+    res = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]),
+                                          limit=1)
+    if not res.records:
+        return None
+    meta = res.records[0].asset_materialization.metadata
+    return {k: meta[k].value for k in ("shard_rows_read", "shard_fingerprint") if k in meta}
 
 
 def _save_rejects(context, storage: StorageResource, source: str, issues: list[RowIssue]) -> str:
@@ -69,10 +83,23 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
         context.log.info(f"source {key!r}: {SYNTHETIC_NOTE}: {table.num_rows} rows")
         loaded = rows_from_generator(table, store.uri(path))
     else:
+        # a shard compares what it reads with its last materialisation (not in a `limit` test run)
+        before = (previous_shard_reads(context.instance, context.asset_key, key)
+                  if spec.shard and not config.limit else None)
+        fingerprint = RowFingerprint(prefix_at=int(before.get("shard_rows_read") or 0)) if before else None
         try:
-            loaded = load_rows(spec, log=context.log.info, limit=config.limit)
+            loaded = load_rows(spec, log=context.log.info, limit=config.limit,
+                               **({"fingerprint": fingerprint} if spec.shard else {}))
         except SourceLoadError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
+        why = changed_under_shard(key, loaded.files, before, loaded.fingerprint) if spec.shard else None
+        if why and not config.accept_changed_file:
+            raise dg.Failure(description=f"source {spec.source_key!r}: {why}. Give the changed data a new "
+                                         f"source key (or append rows only), or re-run with config "
+                                         f"accept_changed_file: true and re-materialise the shard's downstream",
+                             allow_retries=False)
+        if why:
+            context.log.warning(f"{why}; accepted (accept_changed_file)")
     table = rows_to_table(loaded)
     acc = Accounting.from_issues(loaded.rows_read, table.num_rows, loaded.issues)
     report_issues(context, key, loaded.issues)
@@ -82,9 +109,17 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
         extra={"files": dg.MetadataValue.json(loaded.files), "blank_lines": loaded.blank_lines,
                "kind": spec.kind, "adapter": spec.adapter, "licence": spec.licence,
                **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
+               **(shard_metadata(spec, loaded) if spec.shard else {}),
                "rejects_path": dg.MetadataValue.path(rejects_uri),
                **all_rejected_metadata(context, key, acc, loaded.issues)}))
     yield accounting_check(acc)
+
+
+def shard_metadata(spec: SourceSpec, loaded) -> dict:
+    """What a shard read: its source, row range, and the fingerprint a later run compares with."""
+    rng = spec.shard
+    return {"source": rng.parent, "shard_index": rng.index, "shard_range": f"[{rng.start}, {rng.stop})",
+            "shard_rows_read": loaded.fingerprint.rows, "shard_fingerprint": loaded.fingerprint.hexdigest()}
 
 
 @dg.asset(

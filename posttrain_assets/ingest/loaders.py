@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 
 from partitions.registry import RegistryError, SourceSpec
+from partitions.shards import RowFingerprint, ShardError, count_rows, file_pieces
 
 from ..common.accounting import RowIssue, raw_preview
 
@@ -44,6 +45,8 @@ class LoadedRows:
     issues: list[RowIssue] = field(default_factory=list)
     rows_read: int = 0  # rows seen in the files = loaded + rejected
     blank_lines: int = 0  # empty lines in JSONL files (no data, not rows)
+    # a shard's reads: a running hash over every row read (bad ones too), in order (partitions/shards.py)
+    fingerprint: RowFingerprint | None = None
 
 
 def lone_surrogate_path(value: Any, path: str = "") -> str | None:
@@ -80,15 +83,18 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
     with _open_binary(path) as fh:
         n = 0  # data rows (non-blank lines) seen, skipped ones included
         for lineno, raw in enumerate(fh):
+            if not raw.strip():  # counted by the shard whose next row follows it
+                if n >= offset and (limit is None or n < offset + limit):
+                    out.blank_lines += 1
+                continue
             if limit is not None and n >= offset + limit:
                 break
-            if not raw.strip():
-                out.blank_lines += 1
-                continue
             n += 1
             if n <= offset:  # another shard's row: not read, not parsed
                 continue
             out.rows_read += 1
+            if out.fingerprint is not None:
+                out.fingerprint.add(raw.rstrip(b"\r\n"))
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -133,6 +139,8 @@ def _read_json(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) 
     stop = offset + limit if limit else None
     for i, row in enumerate(data[offset:stop], start=offset):
         out.rows_read += 1
+        if out.fingerprint is not None:
+            out.fingerprint.add_value(row)
         yield i, row
 
 
@@ -164,6 +172,8 @@ def _read_csv(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -
         if i < offset:  # another shard's row
             continue
         out.rows_read += 1
+        if out.fingerprint is not None:
+            out.fingerprint.add_value(values)
         if len(values) < width:
             missing = header[len(values):]
             out.issues.append(RowIssue(
@@ -181,20 +191,33 @@ def _read_csv(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -
 
 
 def _read_parquet(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
+    """Only the row groups that hold rows [offset, offset + limit) are read (the footer says where
+    each starts); rows before `offset` in the first of them are skipped unconverted."""
     import pyarrow.parquet as pq
 
-    i = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
-        if i + batch.num_rows <= offset:  # a whole batch of another shard: not converted
-            i += batch.num_rows
-            continue
-        for row in batch.to_pylist():
-            if limit is not None and i >= offset + limit:
-                return
-            if i >= offset:
+    pf = pq.ParquetFile(path)
+    stop = pf.metadata.num_rows if limit is None else offset + limit
+    groups, pos = [], None
+    start = 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if start + n > offset and start < stop:
+            groups.append(g)
+            pos = start if pos is None else pos
+        start += n
+    if not groups:
+        return
+    for batch in pf.iter_batches(batch_size=10_000, row_groups=groups):
+        b0, pos = pos, pos + batch.num_rows
+        lo, hi = max(offset - b0, 0), min(stop - b0, batch.num_rows)
+        if hi > lo:  # rows of other shards in this batch are sliced off, not converted
+            for k, row in enumerate(batch.slice(lo, hi - lo).to_pylist()):
                 out.rows_read += 1
-                yield i, row
-            i += 1
+                if out.fingerprint is not None:
+                    out.fingerprint.add_value(row)
+                yield b0 + lo + k, row
+        if pos >= stop:
+            return
 
 
 READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
@@ -205,33 +228,62 @@ def _iter_hub(spec: SourceSpec, out: LoadedRows) -> Iterator[tuple[int, Any]]:
     import datasets
 
     lo = spec.loader
+    split, base = lo.split, 0
+    if spec.shard is not None:  # only the shard's rows: the split's slice syntax
+        split, base = f"{lo.split}[{spec.shard.start}:{spec.shard.stop}]", spec.shard.start
     try:
-        ds = datasets.load_dataset(lo.hub, lo.config, split=lo.split, revision=lo.revision)
+        ds = datasets.load_dataset(lo.hub, lo.config, split=split, revision=lo.revision)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
         raise SourceLoadError(
             f"source {spec.key!r}: cannot load hub dataset {lo.hub!r} (config={lo.config!r}, "
-            f"split={lo.split!r}): {type(exc).__name__}: {exc}") from None
+            f"split={split!r}): {type(exc).__name__}: {exc}") from None
     stop = len(ds) if lo.limit is None else min(lo.offset + lo.limit, len(ds))
     for i in range(min(lo.offset, stop), stop):
         out.rows_read += 1
-        yield i, ds[i]
+        row = ds[i]
+        if out.fingerprint is not None:
+            out.fingerprint.add_value(row)
+        yield base + i, row
+
+
+def _shard_streams(spec: SourceSpec, paths: list[Path], out: LoadedRows) -> list[tuple[str, Iterator]]:
+    """The readers of one shard: rows [start, stop) of the files' rows in order, each file read from
+    its own offset (rows of other shards are skipped unparsed); the files before the range's end
+    are counted (cached), the last one never is."""
+    rng = spec.shard
+    pieces = file_pieces(len(paths), lambda i: count_rows(paths[i], spec.file_format(paths[i])),
+                         rng.start, rng.stop)
+    return [(paths[i], READERS[spec.file_format(paths[i])](paths[i], out, n, off)) for i, off, n in pieces]
 
 
 def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
-              limit: int | None = None) -> LoadedRows:
-    """Every row of a source, with its file and row number; bad rows come back as issues."""
+              limit: int | None = None, fingerprint: RowFingerprint | None = None) -> LoadedRows:
+    """Every row of a source (or of one shard: `spec.shard`), with its file and row number; bad rows
+    come back as issues. A shard's reads are fingerprinted (`fingerprint`, else a new one)."""
     out = LoadedRows()
     limit = limit or spec.loader.limit
+    if spec.shard is not None:
+        out.fingerprint = fingerprint or RowFingerprint()
+        if limit:  # the first `limit` rows of the shard
+            from dataclasses import replace
+
+            spec = replace(spec, shard=replace(spec.shard, stop=min(spec.shard.stop, spec.shard.start + limit)))
     if spec.loader.hub:
         streams = [(spec.loader.hub, _iter_hub(spec, out))]
         out.files = [spec.loader.hub]
     else:
         try:
             paths = spec.resolved_paths()
-            streams = [(p.name, READERS[spec.file_format(p)](p, out, limit, spec.loader.offset)) for p in paths]
+            if spec.shard is not None:
+                opened = _shard_streams(spec, paths, out)
+            else:
+                opened = [(p, READERS[spec.file_format(p)](p, out, limit, spec.loader.offset)) for p in paths]
         except RegistryError as exc:
             raise SourceLoadError(str(exc)) from None
-        out.files = [str(p) for p in paths]
+        except (OSError, ShardError) as exc:
+            raise SourceLoadError(f"source {spec.key!r}: cannot count the rows of its files: {exc}") from None
+        streams = [(p.name, stream) for p, stream in opened]
+        out.files = [str(p) for p, _ in opened]
     t0 = time.monotonic()
     for fname, stream in streams:
         try:
@@ -257,6 +309,11 @@ def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
             raise SourceLoadError(f"source {spec.key!r}: {exc}") from None
         except OSError as exc:
             raise SourceLoadError(f"source {spec.key!r}: cannot read {fname}: {exc}") from None
+    rng = spec.shard
+    if rng is not None and out.rows_read == 0 and rng.index > 0:
+        raise SourceLoadError(f"source {rng.parent!r}: shard {rng.key!r} (rows {rng.start:,} to {rng.stop - 1:,}) "
+                              f"is past the end of the source's rows: its files have fewer rows than when the "
+                              f"shard was added (rows removed or a file replaced?)")
     return out
 
 
