@@ -36,9 +36,14 @@ $(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m posttrain_assets.demo
 
-## the tests (what CI runs)
+## the tests (what CI runs): the suite, then the tests marked `model` again on other CPU kernels
+#: CTranslate2's int8 path on an AVX2 CPU without MKL (AMD): oneDNN's AVX2 GEMMs. On Intel CPUs (MKL by
+#: default) these are other kernels; on an AMD CPU set ALT_KERNELS="CT2_USE_MKL=1" to cross over
+ALT_KERNELS ?= CT2_USE_MKL=0 CT2_FORCE_CPU_ISA=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=30
+	# a test that passes on one kind of CPU only fails here (README "Tests on any CPU")
+	env $(ALT_KERNELS) $(PY) -m pytest -q -m model --durations=10
 
 ## the inner loop: pure functions and in-process materialisation (no servers, no subprocess runs, no demo)
 test-fast: $(STAMP)

@@ -219,3 +219,15 @@ def hh_pairs(n: int) -> list[tuple[list[dict], str, str]]:
             if len(out) == n:
                 break
     return out
+
+
+def load_export(path, config: str, split: str = "train"):
+    """`datasets.load_dataset` on an export folder, with a cache of its own: `datasets` keys the cache of a
+    local folder by its name and layout, not its absolute path, so a later export to another folder also
+    named hf_export (another test, an earlier run) would be read back as the stale table it cached first."""
+    import tempfile
+
+    import datasets
+
+    with tempfile.TemporaryDirectory(prefix="hf-datasets-") as cache:
+        return datasets.load_dataset(str(path), config, split=split, cache_dir=cache, keep_in_memory=True)

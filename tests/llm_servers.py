@@ -97,3 +97,47 @@ def faulty_server(content: str) -> Iterator[tuple[str, type]]:
             yield url, Faulty
     finally:
         release.set()
+
+
+@contextmanager
+def counting_proxy(upstream: str) -> Iterator[tuple[str, Counter]]:
+    """A loopback reverse proxy in front of a real server (`upstream`: its /v1 base URL): forwards every
+    request unchanged and counts them per path before forwarding, so once a client has its answer the
+    count holds that request (a server's own log lines may be written later, and their wording changes
+    between versions). Yields (the proxy's /v1 base URL, the Counter of paths)."""
+    import urllib.error
+    import urllib.request
+
+    root = upstream.removesuffix("/v1")
+    hits: Counter = Counter()
+    lock = threading.Lock()
+
+    class Proxy(BaseHTTPRequestHandler):
+        def _forward(self, method: str) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
+            with lock:
+                hits[self.path] += 1
+            req = urllib.request.Request(root + self.path, data=body, method=method,
+                                         headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+            try:
+                with urllib.request.urlopen(req, timeout=900) as r:
+                    status, payload = r.status, r.read()
+            except urllib.error.HTTPError as exc:
+                status, payload = exc.code, exc.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self):
+            self._forward("POST")
+
+        def do_GET(self):
+            self._forward("GET")
+
+        def log_message(self, *a):
+            pass
+
+    with serve(Proxy) as url:
+        yield url, hits

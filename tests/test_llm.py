@@ -13,7 +13,7 @@ from resources.llm.base import json_prefill
 from resources.llm.openai_backend import request_body, response_format
 from resources.llm.vllm_backend import vllm_engine_kwargs, vllm_sampling_kwargs
 
-from .helpers import transformers_serve
+from .helpers import SAMPLE, transformers_serve
 from .llm_servers import ChatHandler, serve
 
 Q = [{"role": "user", "content": "What is 2+3?"}]
@@ -48,16 +48,35 @@ def served_model(tmp_path_factory):
 
 
 def test_embedded_chat_complete_and_logprob(embedded):
+    """What the engine guarantees on any CPU (the words themselves depend on the CPU's kernels: on other
+    int8 kernels the 135M model answers "2 + 3 = 6"): greedy is deterministic, a seeded sampled request
+    is reproducible, stop strings cut, log-probs score exactly the continuation's tokens."""
     (greedy,) = embedded.chat([Q], Decoding(max_tokens=24))
-    assert "5" in greedy[0].text and greedy[0].tokens_out > 0 and greedy[0].tokens_in > 20
-    (two,) = embedded.chat([Q], Decoding(n=2, temperature=0.9, max_tokens=12, seed=3))
+    assert greedy[0].text.strip() and 0 < greedy[0].tokens_out <= 24 and greedy[0].tokens_in > 20
+    assert embedded.chat([Q], Decoding(max_tokens=24))[0][0].text == greedy[0].text
+    sampled = Decoding(n=2, temperature=0.9, max_tokens=12, seed=3)
+    (two,) = embedded.chat([Q], sampled)
     assert len(two) == 2 and two[0].text != two[1].text  # two samples of one seeded stream
-    ((paris,),) = embedded.complete(["The capital of France is"], Decoding(max_tokens=8, stop=(".",)))
-    assert paris.text.strip() == "Paris" and "." not in paris.text and paris.finish_reason == "stop"
+    assert [c.text for c in embedded.chat([Q], sampled)[0]] == [c.text for c in two]  # the same seed again
+    # a stop string: the greedy completion cut before the stop string's first occurrence, finish "stop"
+    ((free,),) = embedded.complete(["The capital of France is"], Decoding(max_tokens=16))
+    assert free.text.strip() and free.finish_reason == "length" and free.tokens_out == 16
+    stop = free.text.strip()[-1]
+    ((cut,),) = embedded.complete(["The capital of France is"], Decoding(max_tokens=16, stop=(stop,)))
+    assert cut.text == free.text[:free.text.index(stop)] and cut.finish_reason == "stop"
     prompt = embedded.chat_prompt(Q)
-    right, wrong = embedded.avg_logprob([prompt, prompt], ["2 + 3 = 5", "The answer is 7 bananas"])
-    assert right[0] > wrong[0] and right[1] > 0
+    conts = ["2 + 3 = 5", "The answer is 7 bananas"]
+    scored = embedded.avg_logprob([prompt, prompt], conts)
+    for (value, n_tokens), c in zip(scored, conts):
+        assert n_tokens == len(embedded.tok(c, add_special_tokens=False)["input_ids"]) and -30 < value < 0
+    assert embedded.avg_logprob([prompt, prompt], conts) == scored
     assert embedded.settings()["quantization"] == "int8" and embedded.settings()["backend"] == "embedded"
+
+
+#: |batched - unbatched| avg_logprob bound of the int8 engine, measured across kernels (README "Tests on
+#: any CPU"): 0 with MKL's GEMMs; up to 0.16 with oneDNN's AVX2 int8 GEMMs (what AMD CPUs get), where
+#: padding a sequence into a batch changes the GEMM's shapes and its rounding
+BATCH_LOGPROB_TOLERANCE = 0.5
 
 
 def test_batched_logprob_equals_unbatched():
@@ -66,8 +85,9 @@ def test_batched_logprob_equals_unbatched():
     ps = [be1.chat_prompt([{"role": "user", "content": q}]) for q in ("Hi", "What is the capital of Peru?", "2+2?")]
     cs = ["Hello!", "The capital of Peru is Lima.", "4"]
     a, b = be1.avg_logprob(ps, cs), be4.avg_logprob(ps, cs)
-    assert [x[1] for x in a] == [x[1] for x in b]
-    assert all(abs(x[0] - y[0]) < 1e-4 for x, y in zip(a, b))
+    assert [x[1] for x in a] == [x[1] for x in b] == [len(be1.tok(c, add_special_tokens=False)["input_ids"]) for c in cs]
+    assert all(abs(x[0] - y[0]) < BATCH_LOGPROB_TOLERANCE for x, y in zip(a, b))
+    assert be4.avg_logprob(ps, cs) == b  # the same batch again: the same numbers
     # past CTranslate2's default 1024-token scoring window: every continuation token is scored
     long_prompt = be1.chat_prompt([{"role": "user", "content": "Объясни, пожалуйста. " * 150}])
     ((_, n_tokens),) = be4.avg_logprob([long_prompt], ["Ответ: да. " * 100])
@@ -91,14 +111,24 @@ def test_transformers_backend_sampled_request_is_batch_independent(tf_backend):
     assert [c.text for c in tf_backend.chat([batch[3]], d)[0]] == [c.text for c in tf_backend.chat(batch, d)[3]]
 
 
+#: int8 engine vs transformers fp32 on the same weights: bounds on |avg_logprob difference| over 8 GSM8K
+#: answers (per answer, and their mean), measured across kernels (README "Tests on any CPU"): worst 0.12
+#: per answer and 0.05 mean with MKL (any ISA), 0.80 and 0.27 with oneDNN's AVX2 int8 GEMMs; a scoring
+#: window or token offset that is off moves them by whole nats
+INT8_ITEM_TOLERANCE, INT8_MEAN_TOLERANCE = 1.5, 0.5
+
+
 def test_embedded_int8_tracks_the_fp32_reference(embedded, tf_backend):
-    """Same weights: the int8 engine's log-probabilities stay close to transformers fp32 (the
-    bench reports the per-token mean absolute difference on GSM8K)."""
-    p = embedded.chat_prompt(Q)
-    conts = ["2 + 3 = 5", "The answer is 7 bananas", "Five."]
-    for (a, na), (b, nb) in zip(embedded.avg_logprob([p] * 3, conts), tf_backend.avg_logprob([p] * 3, conts)):
-        assert na == nb and abs(a - b) < 0.25
-    assert tf_backend.chat([Q], Decoding(max_tokens=24))[0][0].text == "2 + 3 = 5"
+    """Same weights: the int8 engine's log-probabilities stay close to transformers fp32 on real
+    multi-token answers (the bench reports the per-token mean absolute difference on GSM8K)."""
+    rows = [json.loads(x) for x in (SAMPLE / "gsm8k" / "train_300.jsonl").read_text().splitlines()[:8]]
+    ps = [embedded.chat_prompt([{"role": "user", "content": r["question"]}]) for r in rows]
+    cs = [r["answer"] for r in rows]
+    diffs = []
+    for (a, na), (b, nb) in zip(embedded.avg_logprob(ps, cs), tf_backend.avg_logprob(ps, cs)):
+        assert na == nb > 20
+        diffs.append(abs(a - b))
+    assert max(diffs) < INT8_ITEM_TOLERANCE and sum(diffs) / len(diffs) < INT8_MEAN_TOLERANCE, diffs
 
 
 def test_openai_backend_against_transformers_serve(served_model, tf_backend):
@@ -110,7 +140,7 @@ def test_openai_backend_against_transformers_serve(served_model, tf_backend):
     assert answers[0].text == tf_backend.chat([Q], Decoding(max_tokens=24))[0][0].text  # same weights, greedy
     assert answers[0].tokens_in > 0 and answers[0].tokens_out > 0
     ((paris,),) = be.complete(["The capital of France is"], Decoding(max_tokens=3))
-    assert "Paris" in paris.text
+    assert paris.text == tf_backend.complete(["The capital of France is"], Decoding(max_tokens=3))[0][0].text
     # transformers serve ignores echo/logprobs: a clear, counted error rather than a made-up number
     (lp,) = be.avg_logprob(["The capital of France is"], [" Paris"])
     assert isinstance(lp, LogprobsUnsupported) and "no prompt logprobs" in str(lp)
@@ -189,9 +219,16 @@ def test_json_schema_task_parsed_on_the_embedded_model(llm, tmp_path):
                                           "(true or false) and \"reason\" (string)."}})
     with llm.session(name="generator", storage=None, cache=LLMCache(str(tmp_path / "c.sqlite"))) as s:
         (res,) = s.run(task, [{}])
-    assert res.ok, res.failures
-    assert res.values == [{"correct": True, "reason": "Paris is the capital of France"}]
-    assert res.completions[0].text == '{"correct":true,"reason":"Paris is the capital of France"}'
+    # the answer starts with the prefill and ends at the first '}'; it is a schema-valid verdict or a
+    # counted parse failure carrying that text (which one depends on what the 135M model writes on this CPU)
+    text = res.completions[0].text
+    assert text.startswith('{"correct":') and text.count("}") <= 1
+    if res.ok:
+        assert res.values == [json.loads(text)] and isinstance(res.values[0]["correct"], bool)
+        assert isinstance(res.values[0]["reason"], str)
+    else:
+        (fail,) = res.failures
+        assert fail.reason == "parse_failed" and fail.raw == text and res.values == []
     assert json_prefill(Decoding(), JUDGE_VERDICT)[0] == '{"correct":' and json_prefill(Decoding(), None)[0] == ""
 
 
@@ -208,10 +245,13 @@ def test_unparseable_answer_is_a_counted_failure_with_its_raw_text(llm, tmp_path
     strict = Task(name="number", version="1", templates={"en": {"user": "{q}"}}, json_schema=schema,
                   parse=lambda text, row: parse_json_answer(text, schema))
     with llm.session(cache=LLMCache(str(tmp_path / "c.sqlite"))) as s:
-        (res,) = s.run(strict, [{"q": "Write one word about the sea, not JSON."}], max_tokens=12)
+        # one new token after the prefill '{"n":' cannot close the object (SmolLM2's tokenizer splits
+        # digits): unparseable whatever the model writes on this CPU
+        (res,) = s.run(strict, [{"q": "Write one word about the sea, not JSON."}], max_tokens=1)
         assert not res.ok and res.values == []
         (fail,) = res.failures
-        assert fail.reason == "parse_failed" and fail.raw.startswith("{") and s.stats.parse_failures == 1
+        assert fail.reason == "parse_failed" and fail.raw.startswith('{"n":') and s.stats.parse_failures == 1
+        assert res.completions[0].tokens_out == 1
 
 
 def test_engines_are_owned_and_shared_by_identity():
@@ -324,15 +364,16 @@ def test_vllm_engine_runs_where_vllm_is_installed():
     be = llm.backend("v")
     assert llm.backend("w") is be  # same weights: one engine
     (ans,) = be.chat([Q], Decoding(max_tokens=24))
-    assert "5" in ans[0].text
+    assert ans[0].text.strip() and be.chat([Q], Decoding(max_tokens=24))[0][0].text == ans[0].text  # greedy
     d = Decoding(n=2, temperature=0.9, max_tokens=12, seed=3)
     batch = [[{"role": "user", "content": q}] for q in QUESTIONS]
     assert [c.text for c in be.chat([batch[4]], d)[0]] == [c.text for c in be.chat(batch, d)[4]]
     (v,) = be.chat([[{"role": "user", "content": "Capital of France? JSON."}]], Decoding(max_tokens=40), VERDICT)
     assert set(json.loads(v[0].text)) >= {"answer", "confident"}
     p = be.chat_prompt(Q)
-    right, wrong = be.avg_logprob([p, p], ["2 + 3 = 5", "The answer is 7 bananas"])
-    assert right[0] > wrong[0]
+    scored = be.avg_logprob([p, p], ["2 + 3 = 5", "The answer is 7 bananas"])
+    assert [n for _, n in scored] == [len(be.llm.get_tokenizer()(c, add_special_tokens=False)["input_ids"])
+                                      for c in ("2 + 3 = 5", "The answer is 7 bananas")]
     llm.close()
 
 

@@ -1,9 +1,11 @@
 """preference_pairs: the pair selection and the prompt-table normalisation on constructed rows (exact
 expectations), the asset on the embedded model with the real LLMResource() and RewardResource()
-defaults (tiny: 3 prompts, 2 candidates each, 48 new tokens), and its export config
-`preference_synthetic` in TRL's conversational preference format."""
+defaults for generation (tiny: 3 prompts, 2 candidates each, 48 new tokens) and a scripted judge on
+loopback for the ratings (what a 135M judge rates depends on the CPU's kernels; the scripted one
+does not), and its export config `preference_synthetic` in TRL's conversational preference format."""
 
 import json
+import threading
 from collections import Counter
 
 import dagster as dg
@@ -24,10 +26,13 @@ from posttrain_assets.synthesis.pairs import (INPUTS, PAIRS_SCHEMA, RESPONSE, Ca
                                               choose_pair, classify, conversation, funnel_markdown,
                                               generation_settings, margin_histogram, prompt_items,
                                               request_failures, reward_answer_failures)
+from resources.llm import LLMResource, ModelSpec
+from resources.reward.judge import ASPECTS
 from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY, REPO
-from .helpers import mat_metadata, resources_for, step_error, upstream_specs
+from .helpers import load_export, mat_metadata, resources_for, step_error, upstream_specs
+from .llm_servers import ChatHandler, serve
 
 HS3 = REPO / "tests" / "data" / "helpsteer3_format.jsonl"  # any loadable registry entry (the export reads no rows)
 JA = "日本の首都はどこですか？一文で答えてください。"
@@ -193,8 +198,7 @@ def test_bad_prompt_rows_are_counted_with_row_and_field():
 
 # --------------------------------------------------------------------------- the asset (embedded model)
 
-#: on this machine the 135M judge rates both answers to the first prompt 1 (a tie), cannot be parsed on
-#: the Japanese one (reward_failed) and separates the answers to the planet question (2.75 vs 1): a pair
+#: the candidates come from the embedded model; the ratings from ScriptedJudge below
 PROMPTS = [("u-en-1", "Give me three tips for staying focused while studying.", "en"),
            ("u-en-2", "Name the largest planet in the solar system.", "en"),
            ("u-ja-1", JA, "ja")]
@@ -211,11 +215,41 @@ def _magpie(root: str, key: str, prompts) -> None:
     store.write(pa.Table.from_pylist(rows, schema=MAGPIE_SCHEMA), store.path("magpie_instructions", key))
 
 
-def _run(instance, root, config, key="magpie", raise_on_error=True):
+class ScriptedJudge(ChatHandler):
+    """A judge on loopback (the `openai` backend, a real HTTP server) whose ratings do not depend on the
+    CPU: the first answer it is sent for a prompt gets 5 on every aspect, every later one 1 (so two
+    distinct candidates always make a pair); answers to the Japanese prompt get prose (unparseable:
+    reward_failed, counted)."""
+
+    seen: set = set()
+    lock = threading.Lock()
+
+    def respond(self, body: dict) -> None:
+        content = body["messages"][-1]["content"]
+        if JA in content:
+            return self.answer("とても良い回答だと思います。")
+        prompt = next(text for _, text, _ in PROMPTS if text in content)
+        with ScriptedJudge.lock:
+            rating = 1 if prompt in ScriptedJudge.seen else 5
+            ScriptedJudge.seen.add(prompt)
+        self.answer(json.dumps({**{a: rating for a in ASPECTS}, "reason": "scripted"}))
+
+
+@pytest.fixture(scope="module")
+def judge_url():
+    with serve(ScriptedJudge) as url:
+        yield url
+
+
+def _run(instance, root, config, key="magpie", raise_on_error=True, judge_url=None):
     if key not in instance.get_dynamic_partitions("source"):
         instance.add_dynamic_partitions("source", [key])
+    resources = resources_for(root, BUNDLED_REGISTRY)
+    if judge_url:
+        resources["llm"] = LLMResource(models={"judge": ModelSpec(backend="openai", model="scripted-judge",
+                                                                  base_url=judge_url)})
     return dg.materialize(upstream_specs(*INPUTS) + [preference_pairs], selection=[preference_pairs],
-                          partition_key=key, instance=instance, resources=resources_for(root, BUNDLED_REGISTRY),
+                          partition_key=key, instance=instance, resources=resources,
                           run_config={"ops": {"preference_pairs": {"config": config}}}, raise_on_error=raise_on_error)
 
 
@@ -224,10 +258,10 @@ def _checks(result) -> dict:
                                              if ev.event_type_value == "ASSET_CHECK_EVALUATION")}
 
 
-def test_pairs_on_the_embedded_model_accounting_cache_and_export(tmp_path, instance):
+def test_pairs_on_the_embedded_model_accounting_cache_and_export(tmp_path, instance, judge_url):
     root = str(tmp_path / "storage")
     _magpie(root, "magpie", PROMPTS)
-    first = _run(instance, root, SMALL)
+    first = _run(instance, root, SMALL, judge_url=judge_url)
     md = mat_metadata(first, "preference_pairs")
     table = pq.read_table(f"{root}/preference_pairs/source=magpie/data.parquet")
     rejects = pq.read_table(f"{root}/_rejects/preference_pairs/source=magpie/data.parquet")
@@ -248,7 +282,7 @@ def test_pairs_on_the_embedded_model_accounting_cache_and_export(tmp_path, insta
     assert md["reward_pairs"] == f["reward_requested"] == md["reward_scored"] + md["reward_failed"]
     assert f.get("candidates_scored", 0) == md["reward_scored"]
     assert md["llm_calls"] == 6 and md["llm_cache_hits"] == 0 and md["llm_failures"] == 0
-    assert md["reward_llm_calls"] == f["reward_requested"] and md["reward_model"].startswith("judge:embedded:")
+    assert md["reward_llm_calls"] == f["reward_requested"] and md["reward_model"] == "judge:openai:scripted-judge"
     assert f.get("pairs", 0) == table.num_rows and "margin_histogram" in md and "| pairs |" in md["funnel"]
 
     # each pair: best vs worst of its scored candidates, a real margin, its lineage
@@ -264,15 +298,16 @@ def test_pairs_on_the_embedded_model_accounting_cache_and_export(tmp_path, insta
         assert r["language"] == {u: lang for u, _, lang in PROMPTS}[r["all_prompt_id"]]
 
     # a re-run: every generation and every rating from the cache, the same table
-    second = _run(instance, root, SMALL)
+    second = _run(instance, root, SMALL, judge_url=judge_url)
     md2 = mat_metadata(second, "preference_pairs")
     assert (md2["llm_calls"], md2["llm_cache_hits"]) == (0, 6)
     assert (md2["reward_llm_calls"], md2["reward_llm_cache_hits"]) == (0, f["reward_requested"])
     assert pq.read_table(f"{root}/preference_pairs/source=magpie/data.parquet").equals(table)
 
     # unusable reward answers above max_reward_failure_rate fail the partition (the same answers, cached)
-    assert md["reward_failed"] > 0  # the Japanese prompt's ratings do not parse (see PROMPTS)
-    strict = _run(instance, root, {**SMALL, "max_reward_failure_rate": 0.0}, raise_on_error=False)
+    # the Japanese prompt's candidates (1, or 2 when greedy and sampled differ) get prose from the judge
+    assert md["reward_failed"] == f["reward_requested"] - md["reward_scored"] >= 1
+    strict = _run(instance, root, {**SMALL, "max_reward_failure_rate": 0.0}, raise_on_error=False, judge_url=judge_url)
     assert not strict.success and step_error(strict) == (
         f"source 'magpie': {md['reward_failed']}/{md['reward_pairs']} reward answers failed "
         f"({md['reward_failed'] / md['reward_pairs']:.0%} > max_reward_failure_rate 0%); see the rejects of preference_pairs")
@@ -302,7 +337,7 @@ def test_pairs_on_the_embedded_model_accounting_cache_and_export(tmp_path, insta
         assert ex["chosen"] == [{"role": "assistant", "content": src["chosen"]}]
         assert ex["rejected"] == [{"role": "assistant", "content": src["rejected"]}]
         assert (ex["margin"], ex["reward_model"], ex["input_asset"]) == (src["margin"], src["reward_model"], "magpie_instructions")
-    assert datasets.load_dataset(str(out), "preference_synthetic", split="train").num_rows == table.num_rows
+    assert load_export(str(out), "preference_synthetic", split="train").num_rows == table.num_rows
     front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert [c["config_name"] for c in front["configs"]] == ["preference_synthetic"]
 

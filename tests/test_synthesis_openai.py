@@ -28,26 +28,25 @@ from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY
 from .helpers import SAMPLE, mat_metadata, resources_for, transformers_serve, upstream_specs
+from .llm_servers import counting_proxy
 
 GEN_TOKENS, JUDGE_TOKENS = 32, 32
 # max_judge_failure_rate 1.0: the 135M judge's unparseable deciding verdicts are counted rejects, not a
 # failed partition
 CONFIG = {"n": 1, "temperature": 0.0, "max_tokens": GEN_TOKENS, "judge_max_tokens": JUDGE_TOKENS,
           "judge_math": True, "keep": "all", "chunk": 2, "max_judge_failure_rate": 1.0}
-REQUEST_LINE = "[Request received]"  # transformers serve logs one per chat request it handles
+CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
 def served_model(tmp_path_factory):
-    """`transformers serve` on loopback with the bundled SmolLM2 weights (as in test_llm), plus its log.
-    One torch thread (as the in-process reference below): on a shared 2-core machine two threads per
-    process contend (about 3x slower per token, measured), and both sides then compute alike."""
-    with transformers_serve(tmp_path_factory.mktemp("serve"), env={"OMP_NUM_THREADS": "1"}) as served:
-        yield served
-
-
-def _server_requests(log_path) -> int:
-    return Path(log_path).read_text().count(REQUEST_LINE)
+    """`transformers serve` on loopback with the bundled SmolLM2 weights (as in test_llm) behind a
+    counting proxy (tests/llm_servers.py: the requests the server was sent, counted exactly), plus its
+    log. One torch thread (as the in-process reference below): on a shared 2-core machine two threads
+    per process contend (about 3x slower per token, measured), and both sides then compute alike."""
+    with transformers_serve(tmp_path_factory.mktemp("serve"), env={"OMP_NUM_THREADS": "1"}) as (url, folder, log):
+        with counting_proxy(url) as (proxy_url, hits):
+            yield proxy_url, folder, log, hits
 
 
 def _seeds() -> pa.Table:
@@ -78,7 +77,7 @@ def _read(root, name):
 
 
 def test_generated_solutions_over_the_openai_backend_against_transformers_serve(served_model, tmp_path, instance):
-    url, folder, log_path = served_model
+    url, folder, log_path, hits = served_model
     root, cache_dir = str(tmp_path / "storage"), str(tmp_path / "cache")
     seeds = _seeds()
     store = ParquetStore(root)
@@ -88,9 +87,9 @@ def test_generated_solutions_over_the_openai_backend_against_transformers_serve(
     served = ModelSpec(backend="openai", model=folder, base_url=url)
     llm = LLMResource(models={"generator": served, "judge": served}, cache_dir=cache_dir)
 
-    before = _server_requests(log_path)
+    before = hits[CHAT]
     md, checks = _materialize(instance, root, llm)
-    sent = _server_requests(log_path) - before
+    sent = hits[CHAT] - before
     assert len(checks) == 3 and all(checks.values()), checks
 
     # requests: 3 problems x n=1 solutions + 3 verdicts (judge_math: every generated answer is judged);
@@ -125,11 +124,12 @@ def test_generated_solutions_over_the_openai_backend_against_transformers_serve(
         # greedy: the server's solutions are the transformers backend's, token for token
         assert [(x.text, x.final_answer, x.math_verify, x.finish_reason) for x in got] == \
                [(x.text, x.final_answer, x.math_verify, x.finish_reason) for x in ref]
-        assert [x.finish_reason for x in got] == ["length", "length", "stop"]
         # token counts: the server counts the end-of-sequence token of a stopped answer, the local
-        # engine does not (one token apart on 'stop', equal on 'length')
-        assert [x.tokens_out - y.tokens_out for x, y in zip(got, ref)] == [0, 0, 1]
-        assert [x.tokens_out for x in got[:2]] == [GEN_TOKENS, GEN_TOKENS]
+        # engine does not (one token apart on 'stop', equal on 'length'); which answers stop within
+        # GEN_TOKENS depends on what the model writes on this CPU
+        assert {x.finish_reason for x in got} <= {"length", "stop"}
+        assert [x.tokens_out - y.tokens_out for x, y in zip(got, ref)] == [int(x.finish_reason == "stop") for x in got]
+        assert all(x.tokens_out == GEN_TOKENS for x in got if x.finish_reason == "length")
 
         judge_msgs = [JUDGE_ANSWER.render(r) for r in judge_rows(got, 2000)]
         jdg = llm.session(None, "judge", cache=cache)
@@ -141,7 +141,7 @@ def test_generated_solutions_over_the_openai_backend_against_transformers_serve(
         torch.set_num_threads(threads)
         ref_llm.close()
         cache.close()
-    assert _server_requests(log_path) - before == 6
+    assert hits[CHAT] - before == 6
     # the judge's raw answers are the transformers backend's unconstrained (not '{'-prefilled) answers
     assert got_verdicts == ref_verdicts
 
@@ -153,9 +153,7 @@ def test_generated_solutions_over_the_openai_backend_against_transformers_serve(
         except TaskParseError:
             parsed[x.problem["id"]] = None
     failures = sum(v is None for v in parsed.values())
-    # the pinned weights' greedy answers (the same on both backends): the free answer's verdict is prose
-    # (a parse failure that must reject it), one math verdict is JSON inside prose (parsed tolerantly)
-    assert [v is not None for v in parsed.values()] == [False, True, False]
+    # which verdicts parse depends on what the 135M judge writes on this CPU: both outcomes are checked below
     assert md["judge_failures"] == by_role["judge"]["llm_parse_failures"] == failures
 
     rows = {r["all_prompt_id"]: r for r in sols.to_pylist()}
@@ -197,5 +195,5 @@ def test_generated_solutions_over_the_openai_backend_against_transformers_serve(
     # a cached re-run: the server is sent nothing, the tables are the same
     md2, checks2 = _materialize(instance, root, llm)
     assert all(checks2.values())
-    assert md2["llm_calls"] == 0 and md2["llm_cache_hits"] == 6 and _server_requests(log_path) - before == 6
+    assert md2["llm_calls"] == 0 and md2["llm_cache_hits"] == 6 and hits[CHAT] - before == 6
     assert _read(root, "generated_solutions").equals(sols) and _read(root, "solution_pass_rates").equals(rates)

@@ -19,7 +19,7 @@ from resources.hub import HubResource, RemoteFile, git_blob_sha1, plan_upload, s
 from resources.storage import ParquetStore
 
 from .conftest import REPO
-from .helpers import mat_metadata, resources_for
+from .helpers import load_export, mat_metadata, resources_for
 
 HS3 = REPO / "tests" / "data" / "helpsteer3_format.jsonl"
 
@@ -107,9 +107,9 @@ def test_export_shards_load_with_datasets(tmp_path):
     assert front["configs"] == [{"config_name": "sft", "data_files": [
         {"split": "train", "path": "data/sft/train-*"}, {"split": "test", "path": "data/sft/test-*"}]}]
     assert card.rstrip().endswith("## Original README\nkept as is")
-    ds = datasets.load_dataset(str(tmp_path), "sft", split="train")
+    ds = load_export(str(tmp_path), "sft", split="train")
     assert ds.num_rows == 500 - n_test
-    assert datasets.load_dataset(str(tmp_path), "sft", split="test").num_rows == n_test
+    assert load_export(str(tmp_path), "sft", split="test").num_rows == n_test
     # a re-export with fewer rows leaves no stale shards behind
     write_dataset({"sft": _sft_table(10)}, str(tmp_path), max_shard_bytes=10**9)
     assert sorted(p.name for p in (tmp_path / "data" / "sft").iterdir()) == ["train-00000-of-00001.parquet"]
@@ -164,7 +164,7 @@ def test_hf_parquet_asset_excludes_ties_by_default(tmp_path, instance, monkeypat
     assert (md["rows_preference"], md["ties_total"], md["ties_excluded"]) == (6, 1, 1)
     assert md["hub"] == "local only" and md["hub_status"].startswith("local export only")
     assert "hf_secret" not in json.dumps({k: str(v) for k, v in md.items()})
-    ds = datasets.load_dataset(str(tmp_path / "storage" / "hf_export"), "preference", split="train")
+    ds = load_export(str(tmp_path / "storage" / "hf_export"), "preference", split="train")
     assert ds.num_rows == 6 and "tie" not in ds.column_names
     run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
                          resources=resources_for(root, reg),
@@ -252,7 +252,7 @@ def test_hf_parquet_exports_the_synthetic_configs_where_materialised(tmp_path, i
     out = tmp_path / "storage" / "hf_export"
     def load(config):  # every split the export wrote for `config`
         present = [s for s in ("train", "test") if list((out / "data" / config).glob(f"{s}-*"))]
-        return {s: datasets.load_dataset(str(out), config, split=s) for s in present}
+        return {s: load_export(str(out), config, split=s) for s in present}
 
     evol_splits = load("evol")
     side = {}
