@@ -98,7 +98,16 @@ SLOW_TESTS = {"test_openai_backend_against_transformers_serve",
               "test_generated_solutions_over_the_openai_backend_against_transformers_serve"}
 
 
+#: the modules that run an LLM engine (the embedded CTranslate2 one, or transformers) whose outputs move
+#: with the CPU's kernels: `make test` runs them a second time on other kernels (README "Tests on any CPU")
+MODEL_MODULES = {"test_llm.py", "test_scoring.py", "test_evolution.py", "test_magpie.py", "test_magpie_chain.py",
+                 "test_solutions.py", "test_quality_tags.py", "test_preference_pairs.py", "test_reward.py",
+                 "test_model_stages.py", "test_reliability_llm.py", "test_synthesis_openai.py", "test_demo.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if item.path.name in MODEL_MODULES:
+            item.add_marker(pytest.mark.model)

@@ -20,7 +20,6 @@ from partitions.registry import load_registry
 from .conftest import BUNDLED_REGISTRY, DEMO_REGISTRY
 from .helpers import load_export
 
-pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 BUNDLED = ("gsm8k", "hh_rlhf_harmless_base", "awesome_chatgpt_prompts", "self_instruct", "oasst_en",
            "oasst2_labelled", "magpie_smollm2", "helpsteer", "helpsteer2", "oasst2_ja_edited")
