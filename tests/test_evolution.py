@@ -1,14 +1,14 @@
 """evolved_instructions (Evol-Instruct): the elimination rules on constructed cases, a garbage judge
-answer counted as a failure, and the asset through Dagster with real generations on the embedded model
-(every operation, lineage, accounting, Japanese templates, a cached re-run with zero model calls).
+answer counted as a failure, and the asset through Dagster: real generations on the embedded model
+(every operation, accounting, Japanese templates, a cached re-run with zero model calls), and scripted
+models for the rows (lineage, conversations, two rounds) and for a judge that answers garbage.
 
-The 135M embedded judge answers "equal" to nearly everything, so one run uses a scripted judge behind
-the `openai` backend (a local server: it answers JSON verdicts, or garbage) to get output rows whose
-structure can be checked; the evolutions and answers stay real generations of the embedded model."""
+What the embedded model writes depends on the CPU's kernels (its evolutions are often all eliminated),
+so the embedded run asserts accounting and caching only; the runs that need output rows, or a judge that
+answers garbage, use a scripted generator and judge behind the `openai` backend (a loopback server,
+tests/llm_servers.py: the same answers on any machine)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import dagster as dg
@@ -27,6 +27,7 @@ from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY
 from .helpers import SAMPLE, mat_metadata, resources_for, upstream_specs
+from .llm_servers import ChatHandler, serve
 
 JA_PROMPT = "りんごが5個あります。2個食べると、残りは何個ですか？"
 # the full-size defaults pinned (on the embedded engine they are the CPU sizes: common/sizing.py)
@@ -226,35 +227,40 @@ def test_scripted_run_rows_lineage_and_round_two_builds_on_round_one(tmp_path):
 
 # ------------------------------------------------------------------------------ through Dagster, embedded model
 
-class _Judge(BaseHTTPRequestHandler):
-    """A scripted judge behind the OpenAI API: JSON verdicts (`mode = "json"`) or garbage."""
+class _Scripted(ChatHandler):
+    """A scripted generator and judge behind the OpenAI API, deterministic on any machine. JSON
+    tasks (the request carries `response_format`): the equality judge says "not equal"; the judge
+    accepts (`mode = "json"`) or answers garbage (`mode = "garbage"`). Evolutions: the given prompt
+    with a sentence added. Answers (a system turn first): a fixed answer in the row's language."""
     mode = "json"
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = body["messages"][-1]["content"]
-        if _Judge.mode == "garbage":
-            content = "Looks like a great prompt to me!"
-        elif "The First Prompt" in text or "一つ目の指示" in text:
+    def respond(self, body: dict) -> None:
+        msgs = body["messages"]
+        text = msgs[-1]["content"]
+        if "response_format" in body and ("The First Prompt" in text or "一つ目の指示" in text):
             content = '{"equal": false, "reason": "the second adds a requirement"}'
-        else:
-            content = json.dumps({"accept": True, "natural": True, "clear_intent": True, "safe": True,
-                                  "answerable": True, "reason": "clear and answerable"})
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(json.dumps({"choices": [{"message": {"content": content}, "finish_reason": "stop"}],
-                                     "usage": {"prompt_tokens": 10, "completion_tokens": 10}}).encode())
-
-    def log_message(self, *a):
-        pass
+        elif "response_format" in body:
+            content = "Looks like a great prompt to me!" if _Scripted.mode == "garbage" else json.dumps(
+                {"accept": True, "natural": True, "clear_intent": True, "safe": True, "answerable": True,
+                 "reason": "clear and answerable"})
+        elif msgs[0]["role"] == "system":  # the answer task
+            content = "残りは3個です。" if "日本語" in msgs[0]["content"] else "She sold 72 clips in total."
+        else:  # an evolution: "...#Given Prompt#:\n{prompt}\n#Created Prompt#:\n" (or the ja markers)
+            prompt = text.rsplit(":\n", 2)[-2].rsplit("\n", 1)[0]
+            content = prompt + ("各手順も説明してください。" if "プロンプト" in text else " Explain each step.")
+        self.answer(content, 10, 10)
 
 
 @pytest.fixture(scope="module")
-def judge_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_port}/v1"
-    srv.shutdown()
+def scripted_server():
+    with serve(_Scripted) as url:
+        yield url
+
+
+def _scripted_llm(cache_dir: str, url: str, judge: str) -> LLMResource:
+    return LLMResource(cache_dir=cache_dir, models={
+        "generator": ModelSpec(backend="openai", model="scripted-generator", base_url=url),
+        "judge": ModelSpec(backend="openai", model=judge, base_url=url)})
 
 
 @pytest.fixture(scope="module")
@@ -322,29 +328,37 @@ def test_every_operation_on_the_embedded_model_and_a_cached_rerun(seeds_root, ca
     assert _read(seeds_root).equals(first) and again["funnel_json"] == funnel
 
 
-def test_rows_lineage_and_japanese_conversation_with_a_scripted_judge(seeds_root, cache_dir, judge_server, instance):
-    """Real evolutions and answers (embedded) + a judge that says 'not equal' and 'accept': two rounds."""
-    _Judge.mode = "json"
-    llm = LLMResource(cache_dir=cache_dir, models={"judge": ModelSpec(backend="openai", model="scripted-judge",
-                                                                      base_url=judge_server)})
+def test_rows_lineage_and_japanese_conversation_with_scripted_models(seeds_root, cache_dir, scripted_server, instance):
+    """Two rounds with a scripted generator and judge (the loopback server: the same answers on any
+    machine; the embedded model's evolutions are often all eliminated, so its rows cannot be relied
+    on): every lineage survives both rounds, and each row's structure, lineage and conversation."""
+    _Scripted.mode = "json"
+    llm = _scripted_llm(cache_dir, scripted_server, "scripted-judge")
     md, checks = evolve(instance, seeds_root, cache_dir, {**SMALL, "rounds": 2}, llm)
     assert checks == {"row_accounting": True, "id_unique": True}
     table = _read(seeds_root)
-    assert table.schema.equals(E.OUTPUT_SCHEMA) and table.num_rows == md["output_rows"] >= 1
-    assert md["rows_out"] == md["inputs_with_output"] == len(set(table["parent_id"].to_pylist()))
-    for r in table.to_pylist():
+    assert table.schema.equals(E.OUTPUT_SCHEMA) and table.num_rows == md["output_rows"] == 6  # 3 inputs x 2 rounds
+    assert md["rows_out"] == md["inputs_with_output"] == len(set(table["parent_id"].to_pylist())) == 3
+    assert md["funnel_json"]["round"]["judged"] == md["funnel_json"]["round"]["accepted"] == 6
+    rows = table.to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(f"gsm8k:{i}:evol:r{k}" for i in ("0", "1", "ja") for k in (1, 2))
+    by_id = {r["id"]: r for r in rows}
+    for r in rows:
         assert r["parent_id"] in {"gsm8k:0", "gsm8k:1", "gsm8k:ja"} and r["id"] == f"{r['parent_id']}:evol:r{r['round']}"
         assert [m["from"] for m in r["conversation"]] == ["system", "human", "gpt"]
         assert r["conversation"][1]["value"] == r["input"] and r["conversation"][2]["value"] == r["output"]
-        assert r["input"] != r["seed_prompt"] and r["output"]
+        assert r["input"] != r["seed_prompt"] and r["input"].startswith(r["seed_prompt"]) and r["output"]
         steps = [s for rnd in r["evolution_path"].split("|") for s in rnd.split(">")]
-        assert len(r["evolution_path"].split("|")) <= r["round"]
+        assert len(r["evolution_path"].split("|")) == r["round"]
         assert all(s in ("width", "flatten") or s.split(":")[1] in E.DEPTH_METHODS for s in steps)
-        assert r["generator_model"].startswith("embedded:") and r["judge_model"] == "openai:scripted-judge"
+        assert r["generator_model"] == "openai:scripted-generator" and r["judge_model"] == "openai:scripted-judge"
         assert json.loads(r["judge_verdict"])["accept"] is True
         assert {"evol_judge", "evol_answer"} <= set(json.loads(r["template_versions"]))
+        if r["round"] == 2:  # round two evolves round one's prompt
+            assert r["input"].startswith(by_id[f"{r['parent_id']}:evol:r1"]["input"])
         system = r["conversation"][0]["value"]
         if r["language"] == "ja":
+            assert r["parent_id"] == "gsm8k:ja"
             assert system == "あなたは優秀な日本語AIアシスタントです。ユーザーの質問に対して正確かつ簡潔に回答します。"
         else:
             assert r["language"] == "en" and system == T.system_prompt("en") and system.startswith("You are")
@@ -352,22 +366,23 @@ def test_rows_lineage_and_japanese_conversation_with_a_scripted_judge(seeds_root
     assert md["acceptance_by_language_json"]["ja"]["inputs"] == 1
     rejects = pq.read_table(f"{seeds_root}/_rejects/evolved_instructions/source=gsm8k/data.parquet")
     _balanced(md, rejects)
+    assert rejects.num_rows == 0
 
 
-def test_garbage_judge_through_dagster_is_counted_as_failures(seeds_root, cache_dir, judge_server, instance):
-    _Judge.mode = "garbage"
+def test_garbage_judge_through_dagster_is_counted_as_failures(seeds_root, cache_dir, scripted_server, instance):
+    """The scripted generator's 3 evolutions all reach the judge, which answers garbage: 3 parse
+    failures, 3 rejected rows, never an acceptance."""
+    _Scripted.mode = "garbage"
     try:
-        llm = LLMResource(cache_dir=cache_dir, models={"judge": ModelSpec(backend="openai", model="garbage-judge",
-                                                                          base_url=judge_server)})
-        md, checks = evolve(instance, seeds_root, cache_dir, {**SMALL, "rounds": 1}, llm)
+        md, checks = evolve(instance, seeds_root, cache_dir, {**SMALL, "rounds": 1},
+                            _scripted_llm(cache_dir, scripted_server, "garbage-judge"))
     finally:
-        _Judge.mode = "json"
+        _Scripted.mode = "json"
     assert checks["row_accounting"] and md["output_rows"] == 0 and md["rows_out"] == 0
     funnel = md["funnel_json"]
-    assert funnel["round"]["accepted"] == 0 and funnel["round"]["judge_failed"] == funnel["round"]["judged"]
-    assert md["llm_parse_failures"] == funnel["round"]["judged"] + md["eliminated_by_rule"].get("equal_judge_failed", 0)
-    assert set(md["rejected_by_reason"]) <= {"judge_failed", "equal_judge_failed"}
-    assert md["rejected"] + md["removed"] == 3
+    assert funnel["round"]["judged"] == funnel["round"]["judge_failed"] == 3 and funnel["round"]["accepted"] == 0
+    assert md["llm_parse_failures"] == 3
+    assert md["rejected_by_reason"] == {"judge_failed": 3} and md["removed"] == 0
 
 
 def test_empty_input_gives_an_empty_table_with_the_schema_and_no_model(tmp_path, instance):

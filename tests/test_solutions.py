@@ -78,7 +78,9 @@ def test_solutions_structure_pass_rates_accounting_cache_and_japanese(tmp_path, 
     seeds = _gsm(2) + [{"all_prompt_id": "gsm8k:ja", "source": "gsm8k", "prompt": JA_PROBLEM, "answer": "7",
                         "solution": "3 + 4 = 7"}]
     _write_inputs(root, seeds)
-    lenient = {**SMALL, "max_judge_failure_rate": 0.5}  # the 135M judge fails on some answers it must decide
+    # how many verdicts the 135M judge fails to write depends on the CPU's kernels: no limit here (the
+    # limit itself: test_garbage_judge_verdict_is_a_counted_failure)
+    lenient = {**SMALL, "max_judge_failure_rate": 1.0}
     first = _run(instance, root, lenient)
     sol_md, pr_md = mat_metadata(first, "generated_solutions"), mat_metadata(first, "solution_pass_rates")
     sols, rates, rejects = _tables(root)
