@@ -32,7 +32,7 @@ import sys
 import time
 
 REPO = Path(__file__).resolve().parents[1]
-GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+GSM8K = Path(os.environ.get("POSTTRAIN_BENCH_GSM8K") or REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl")
 GSM8K_SAMPLE = REPO / "posttrain_assets" / "sample_data" / "gsm8k" / "train_300.jsonl"
 KEY = "gsm8k_scale"
 STEPS = ["imports", "raw_records", "merged_prompts", "prompt_embeddings", "dedup_clusters",
