@@ -124,8 +124,16 @@ class PartitionReader:
             raise CorruptPartitionError(f"unreadable Parquet file at {self.store.uri(self.path)} "
                                         f"({type(exc).__name__}: {exc})") from None
 
-    def read(self, columns: Optional[list[str]] = None) -> pa.Table:
-        return self.store.read(self.path) if columns is None else self._file.read(columns=columns)
+    def read(self, columns: Optional[list[str]] = None, filters=None) -> pa.Table:
+        """All rows (of `columns`; those matching `filters`, pyarrow.parquet's DNF list or
+        expression: row groups are read one at a time and filtered, so memory holds the result)."""
+        if columns is None and filters is None:
+            return self.store.read(self.path)
+        try:
+            return pq.read_table(self.path, filesystem=self.store.fs, columns=columns, filters=filters)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptPartitionError(f"unreadable Parquet file at {self.store.uri(self.path)} "
+                                        f"({type(exc).__name__}: {exc})") from None
 
 
 class ParquetStore:
@@ -213,7 +221,7 @@ class ParquetStore:
                     nonlocal buf, rows, size
                     if buf:
                         writer.write_table(pa.Table.from_batches(buf, schema=stream.schema),
-                                           row_group_size=max(rows, 1))
+                                           row_group_size=row_group_rows)
                     buf, rows, size = [], 0, 0
 
                 for batch in stream._checked():

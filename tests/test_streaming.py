@@ -187,3 +187,91 @@ def test_io_manager_hands_a_reader_to_an_annotated_input(tmp_path, instance):
                          resources=resources_for(root, BUNDLED_REGISTRY))
     assert res.success
     assert pq.read_table(f"{root}/down/source=k/data.parquet")["n"].to_pylist() == [10]
+
+
+# ---------------------------------------------------------------- deduplicated_prompts and records
+
+
+def _clusters_for(merged: pa.Table, key: str, removed_every: int = 3) -> pa.Table:
+    """A dedup_clusters table for one source: every `removed_every`-th prompt removed as a
+    semantic duplicate of the first one (plus another source's rows, which must be ignored)."""
+    from posttrain_assets.dedup.duplicates import CLUSTERS_SCHEMA
+
+    ids = merged["all_prompt_id"].to_pylist()
+    rows = [{"all_prompt_id": i, "source": key, "cluster_id": n, "representative_id": ids[0] if n % removed_every == 1 else i,
+             "representative_source": key, "similarity": 0.93 if n % removed_every == 1 else 1.0,
+             "match": "semantic" if n % removed_every == 1 else "unique", "cluster_size": 1,
+             "keep": n % removed_every != 1, "removed_reason": "semantic_duplicate" if n % removed_every == 1 else None,
+             "language": "en", "representable": True} for n, i in enumerate(ids)]
+    rows += [{**rows[0], "all_prompt_id": "other:1", "source": "other", "keep": False, "removed_reason": "x"}]
+    return pa.Table.from_pylist(rows, schema=CLUSTERS_SCHEMA)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 10**6])
+def test_survivor_filter_equals_select_survivors(batch_rows):
+    from posttrain_assets.dedup.duplicates import SurvivorFilter, select_survivors
+
+    spec = load_registry(BUNDLED_REGISTRY).get("oasst2_labelled")
+    merged = merge_prompts(rows_to_table(load_rows(spec)), spec).table
+    clusters = _clusters_for(merged, spec.key)
+    kept, issues, acc = select_survivors(merged, clusters, spec.key)
+    mine = clusters.filter(pa.compute.equal(clusters["source"], spec.key))
+    f = SurvivorFilter(mine, spec.key)
+    f.check(merged.select(["all_prompt_id"]).to_batches(max_chunksize=batch_rows))
+    out = pa.Table.from_batches(list(f.batches(merged.to_batches(max_chunksize=batch_rows))), schema=merged.schema)
+    assert out.equals(kept) and f.issues == issues and len(issues) > 10
+    assert f.accounting(out.num_rows).as_dict() == acc.as_dict()
+    with pytest.raises(ValueError, match=r"2 prompts are not in dedup_clusters \(e.g. 'oasst2_labelled:"):
+        SurvivorFilter(mine.slice(2), spec.key).check(merged.select(["all_prompt_id"]).to_batches(max_chunksize=5))
+
+
+@pytest.mark.parametrize("key", ["oasst_en", "gsm8k", "hh_rlhf_harmless_base"])
+def test_dedup_and_records_stream_as_the_table_functions(tmp_path, instance, key):
+    """deduplicated_prompts, sft/cot/preference_records through Dagster in 7-row batches: the same
+    tables, rejects and accounting as the table functions (select_survivors, sft_from, cot_from,
+    preference_from) over the whole partition."""
+    from posttrain_assets.dedup.assets import deduplicated_prompts
+    from posttrain_assets.dedup.duplicates import select_survivors
+    from posttrain_assets.records.assets import cot_records, preference_records, sft_records
+    from posttrain_assets.records.unify import cot_from, preference_from, sft_from
+
+    from .helpers import resources_for, upstream_specs
+
+    spec = load_registry(BUNDLED_REGISTRY).get(key)
+    merged = merge_prompts(rows_to_table(load_rows(spec)), spec).table
+    clusters = _clusters_for(merged, key, removed_every=5)
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    store.write(merged, store.path("merged_prompts", key))
+    store.write(clusters, store.path("dedup_clusters", None))
+    instance.add_dynamic_partitions("source", [key])
+    assets = [*upstream_specs("merged_prompts"), dg.AssetSpec("dedup_clusters"), deduplicated_prompts,
+              sft_records, cot_records, preference_records]
+    run = {"ops": {a: {"config": {"batch_rows": 7}} for a in ("deduplicated_prompts", "sft_records", "cot_records",
+                                                                "preference_records")}}
+    res = dg.materialize(assets, partition_key=key, instance=instance, resources=resources_for(root, BUNDLED_REGISTRY),
+                         run_config=run, selection=[deduplicated_prompts, sft_records, cot_records, preference_records])
+    assert res.success and all(c.passed for c in res.get_asset_check_evaluations())
+    kept, dedup_issues, _ = select_survivors(merged, clusters, key)
+    expected = {"deduplicated_prompts": (kept, dedup_issues, merged.num_rows)}
+    if spec.kind == "cot":
+        expected["cot_records"] = (*cot_from(kept), kept.num_rows)
+    if spec.kind == "sft":
+        expected["sft_records"] = (*sft_from(kept), kept.num_rows)
+    if spec.kind in ("sft", "preference"):
+        expected["preference_records"] = (*preference_from(kept, spec.kind), kept.num_rows)
+    for asset in ("deduplicated_prompts", "sft_records", "cot_records", "preference_records"):
+        got = pq.read_table(f"{root}/{asset}/source={key}/data.parquet")
+        rejects = pq.read_table(f"{root}/_rejects/{asset}/source={key}/data.parquet")
+        md = mat_metadata(res, asset)
+        if asset not in expected:
+            assert got.num_rows == 0 and rejects.num_rows == 0 and md["applies"] is False
+            assert (md["rows_in"], md["not_applicable_rows"]) == (0, kept.num_rows)
+            continue
+        table, issues, rows_in = expected[asset]
+        assert got.equals(table), asset
+        assert rejects.equals(rejects_table(key, asset, issues)), asset
+        assert (md["rows_in"], md["rows_out"], md["dagster/row_count"]) == (rows_in, table.num_rows, table.num_rows)
+        assert md["removed"] + md["rejected"] == len(issues)
+        if table.num_rows > 7:  # written in row groups of (up to) the batch size
+            assert pq.ParquetFile(f"{root}/{asset}/source={key}/data.parquet").num_row_groups > 1
