@@ -167,6 +167,8 @@ def test_summary_gives_the_table_metadata(tmp_path):
         assert s.length_stats() == length_stats(merged, "prompt")
         assert s.value_counts() == language_counts(merged)
         assert s.head.equals(merged.slice(0, 5))
+        s.add(merged.slice(3, 2).to_batches()[0])  # two ids again: not unique any more
+        assert (s.num_rows, s.distinct) == (merged.num_rows + 2, merged.num_rows)
 
 
 def test_io_manager_hands_a_reader_to_an_annotated_input(tmp_path, instance):

@@ -60,7 +60,8 @@ class TableSummary:
     (`tap(batches)`), so a step never holds its whole output: row count, schema, the first
     PREVIEW_ROWS rows, a histogram of `text_column`'s lengths (exact quantiles, memory bounded by
     the number of distinct lengths), value counts of `count_column`, 16-byte digests of
-    `unique_column`'s values (the uniqueness check) and null / blank counts of `required`.
+    `unique_column`'s values (the uniqueness check: 16 bytes a row in Arrow, counted at the end)
+    and null / blank counts of `required` / `nonblank`.
     `stage_metadata`, `unique_check` and `required_check` take it in place of a pa.Table."""
 
     def __init__(self, schema: pa.Schema, *, text_column: str | None = None, count_column: str | None = None,
@@ -74,7 +75,7 @@ class TableSummary:
         self._head_rows = 0
         self.lengths: Counter = Counter()
         self.values: Counter = Counter()
-        self._digests: set[bytes] = set()
+        self._digests: list[pa.Array] = []  # fixed_size_binary(16) per batch: 16 bytes a row
         self._unique_nulls = 0
         self.null_counts = {c: 0 for c in self.required}
         self.blank_counts = {c: 0 for c in self.nonblank}
@@ -95,8 +96,10 @@ class TableSummary:
         if self.unique_column:
             col = batch.column(self.unique_column)
             self._unique_nulls = min(1, self._unique_nulls + col.null_count)
-            for v in col.drop_null().to_pylist():
-                self._digests.add(hashlib.blake2b(str(v).encode("utf-8"), digest_size=16).digest())
+            digests = b"".join(hashlib.blake2b(str(v).encode("utf-8"), digest_size=16).digest()
+                               for v in col.drop_null().to_pylist())
+            self._digests.append(pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(16), len(digests) // 16, [None, pa.py_buffer(digests)]))
         for c in self.required:
             self.null_counts[c] += batch.column(c).null_count
         for c in self.nonblank:
@@ -114,7 +117,10 @@ class TableSummary:
 
     @property
     def distinct(self) -> int:
-        return len(self._digests) + self._unique_nulls
+        if not self._digests:
+            return self._unique_nulls
+        digests = pa.chunked_array(self._digests, pa.binary(16))
+        return int(pc.count_distinct(digests).as_py()) + self._unique_nulls
 
     def length_stats(self) -> dict[str, float]:
         """`length_stats` from the histogram: the same figures (nearest-rank quantiles as Arrow's)."""
