@@ -184,7 +184,8 @@ def _read_parquet(path: Path, out: LoadedRows, limit: int | None, offset: int = 
     import pyarrow.parquet as pq
 
     i = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+    # pre_buffer off: it caches every row group read until the file is closed (memory ~ file size)
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=10_000):
         if i + batch.num_rows <= offset:  # a whole batch of another shard: not converted
             i += batch.num_rows
             continue
