@@ -16,7 +16,8 @@ import logging
 import os
 import time
 import uuid
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import dagster as dg
 import pyarrow as pa
@@ -32,6 +33,11 @@ PARTITION_DIM = "source"
 DATA_FILE = "data.parquet"
 # schemes DuckDB reads itself (through its httpfs / azure extensions)
 DUCKDB_REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
+#: rows per Parquet row group of a streamed write (batches are buffered up to this, or ROW_GROUP_BYTES)
+ROW_GROUP_ROWS = 50_000
+ROW_GROUP_BYTES = 64 << 20
+#: rows per batch handed out by PartitionReader.iter_batches
+READ_BATCH_ROWS = 20_000
 
 
 def default_storage_root() -> str:
@@ -48,6 +54,86 @@ class CorruptPartitionError(OSError):
 
 class StorageWriteError(OSError):
     """A write that failed (no space left, no permission); the previous file is unchanged."""
+
+
+@dataclass
+class TableStream:
+    """A table too big to hold: its schema and its record batches, produced lazily and consumed
+    once by `ParquetStore.write_stream` / the IO manager (an asset returns it instead of a
+    pa.Table). Every batch must have `schema`'s column names and types (a batch whose types
+    differ only in field metadata is cast). `on_done(rows_written)` may return more output
+    metadata, added after the write (e.g. counts known only once the stream has run): the
+    producing asset's code after its `yield Output(stream)` runs once the file is written."""
+
+    schema: pa.Schema
+    batches: Iterable[pa.RecordBatch]
+    on_done: Optional[Callable[[int], dict]] = None
+    row_group_rows: Optional[int] = None  # rows per Parquet row group (None: ROW_GROUP_ROWS)
+    rows_written: int = field(default=0, init=False)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, batch_rows: int = ROW_GROUP_ROWS) -> "TableStream":
+        return cls(table.schema, table.to_batches(max_chunksize=batch_rows))
+
+    def to_table(self) -> pa.Table:
+        """Consume the stream into one table (tests, small partitions)."""
+        return pa.Table.from_batches(list(self._checked()), schema=self.schema)
+
+    def _checked(self) -> Iterator[pa.RecordBatch]:
+        for i, batch in enumerate(self.batches):
+            if isinstance(batch, pa.Table):
+                batches = batch.to_batches()
+            else:
+                batches = [batch]
+            for b in batches:
+                if not b.schema.equals(self.schema, check_metadata=False):
+                    if b.schema.names != self.schema.names or b.schema.types != self.schema.types:
+                        raise ValueError(f"streamed batch {i}: schema differs from the stream's "
+                                         f"(got {b.schema}, expected {self.schema})")
+                    b = pa.RecordBatch.from_arrays(b.columns, schema=self.schema)
+                self.rows_written += b.num_rows
+                yield b
+
+
+class PartitionReader:
+    """A stored partition read lazily: its schema and row count from the Parquet footer, its rows
+    batch by batch (`iter_batches`), or all at once (`read`). What the IO manager hands an input
+    annotated `PartitionReader` instead of a pa.Table."""
+
+    def __init__(self, store: "ParquetStore", path: str):
+        self.store, self.path = store, path
+        self._file = store.open_parquet(path)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._file.schema_arrow
+
+    @property
+    def num_rows(self) -> int:
+        return self._file.metadata.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.schema.names
+
+    def iter_batches(self, batch_rows: int = READ_BATCH_ROWS,
+                     columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from self._file.iter_batches(batch_size=batch_rows, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptPartitionError(f"unreadable Parquet file at {self.store.uri(self.path)} "
+                                        f"({type(exc).__name__}: {exc})") from None
+
+    def read(self, columns: Optional[list[str]] = None, filters=None) -> pa.Table:
+        """All rows (of `columns`; those matching `filters`, pyarrow.parquet's DNF list or
+        expression: row groups are read one at a time and filtered, so memory holds the result)."""
+        if columns is None and filters is None:
+            return self.store.read(self.path)
+        try:
+            return pq.read_table(self.path, filesystem=self.store.fs, columns=columns, filters=filters)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptPartitionError(f"unreadable Parquet file at {self.store.uri(self.path)} "
+                                        f"({type(exc).__name__}: {exc})") from None
 
 
 class ParquetStore:
@@ -119,6 +205,38 @@ class ParquetStore:
     def write(self, table: pa.Table, path: str) -> None:
         self._atomic(path, lambda tmp: pq.write_table(table, tmp, filesystem=self.fs, compression="zstd"))
 
+    def write_stream(self, stream: TableStream, path: str, row_group_rows: Optional[int] = None,
+                     row_group_bytes: int = ROW_GROUP_BYTES) -> int:
+        """Write a TableStream as Parquet row groups of up to `row_group_rows` rows (or
+        `row_group_bytes`), atomically like `write`: a temp file, then a rename. Holds one row
+        group's batches at a time. Returns the rows written; an empty stream gives an empty file
+        with the schema."""
+        row_group_rows = max(1, row_group_rows or stream.row_group_rows or ROW_GROUP_ROWS)
+        def write_tmp(tmp: str) -> None:
+            with pq.ParquetWriter(tmp, stream.schema, filesystem=self.fs, compression="zstd") as writer:
+                buf: list[pa.RecordBatch] = []
+                rows = size = 0
+
+                def flush() -> None:
+                    nonlocal buf, rows, size
+                    if buf:
+                        writer.write_table(pa.Table.from_batches(buf, schema=stream.schema),
+                                           row_group_size=row_group_rows)
+                    buf, rows, size = [], 0, 0
+
+                for batch in stream._checked():
+                    if batch.num_rows == 0:
+                        continue
+                    buf.append(batch)
+                    rows += batch.num_rows
+                    size += batch.nbytes
+                    if rows >= row_group_rows or size >= row_group_bytes:
+                        flush()
+                flush()
+
+        self._atomic(path, write_tmp)
+        return stream.rows_written
+
     def write_bytes(self, path: str, data: bytes) -> None:
         """A file of any kind (a model artifact), written atomically like the tables."""
         def write_tmp(tmp: str) -> None:
@@ -142,6 +260,19 @@ class ParquetStore:
             raise MissingPartitionError(f"no Parquet file at {self.uri(path)}")
         try:
             return pq.read_table(path, filesystem=self.fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptPartitionError(f"unreadable Parquet file at {self.uri(path)} "
+                                        f"({type(exc).__name__}: {exc})") from None
+
+    def open_parquet(self, path: str) -> pq.ParquetFile:
+        """The Parquet file at `path`, its footer read (rows stay on disk until asked for)."""
+        if not self.exists(path):
+            raise MissingPartitionError(f"no Parquet file at {self.uri(path)}")
+        try:
+            # pre_buffer off: with it, the reader keeps every row group it has read cached until it is
+            # closed (measured: +160 MB per 1M GSM8K rows read batch by batch), so memory grows with
+            # the partition; without it one row group's column chunks at a time
+            return pq.ParquetFile(self.fs.open_input_file(path), pre_buffer=False)
         except (pa.ArrowException, OSError) as exc:
             raise CorruptPartitionError(f"unreadable Parquet file at {self.uri(path)} "
                                         f"({type(exc).__name__}: {exc})") from None
@@ -257,6 +388,10 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     Loading a partitioned upstream into an unpartitioned (fan-in) step returns one table of all
     requested partitions with a `source` column.
+
+    Streaming: an asset may return a `TableStream` (written batch by batch as row groups), and an
+    input annotated `PartitionReader` gets one partition lazily (schema + row count, rows read
+    batch by batch) instead of a pa.Table.
     """
 
     storage: dg.ResourceDependency[StorageResource]
@@ -269,15 +404,21 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: pa.Table) -> None:
         if obj is None:
             return
-        if not isinstance(obj, pa.Table):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a pyarrow.Table, "
-                            f"got {type(obj).__name__}")
+        if not isinstance(obj, (pa.Table, TableStream)):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a pyarrow.Table or "
+                            f"TableStream, got {type(obj).__name__}")
         store = self.storage.store()
         asset, partition = self._asset_and_partition(context)
         path = store.path(asset, partition)
-        store.write(obj, path)
+        extra: dict[str, Any] = {}
+        if isinstance(obj, TableStream):
+            rows = store.write_stream(obj, path)
+            if obj.on_done is not None:
+                extra = obj.on_done(rows) or {}
+        else:
+            store.write(obj, path)
         self.storage.catalog().register({asset: store.glob(asset, partition is not None)})
-        context.add_output_metadata({"path": dg.MetadataValue.path(store.uri(path))})
+        context.add_output_metadata({"path": dg.MetadataValue.path(store.uri(path)), **extra})
 
     @staticmethod
     def _read(store: ParquetStore, asset: str, key: Optional[str]) -> pa.Table:
@@ -288,15 +429,32 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             raise CorruptPartitionError(f"{asset} {where}: {exc}; materialise {asset} for it again "
                                         "to rewrite the file") from None
 
+    @staticmethod
+    def _wants_reader(context: dg.InputContext) -> bool:
+        dagster_type = getattr(context, "dagster_type", None)
+        return getattr(dagster_type, "typing_type", None) is PartitionReader
+
+    @staticmethod
+    def _reader(store: ParquetStore, asset: str, key: Optional[str]) -> PartitionReader:
+        try:
+            return PartitionReader(store, store.path(asset, key))
+        except CorruptPartitionError as exc:
+            where = f"partition {PARTITION_DIM}={key!r}" if key is not None else "(unpartitioned)"
+            raise CorruptPartitionError(f"{asset} {where}: {exc}; materialise {asset} for it again "
+                                        "to rewrite the file") from None
+
     def load_input(self, context: dg.InputContext) -> pa.Table:
         store = self.storage.store()
         asset = view_name(context.asset_key)
+        lazy = self._wants_reader(context)
         if not context.has_asset_partitions:
-            return self._read(store, asset, None)
+            return (self._reader if lazy else self._read)(store, asset, None)
         keys = list(context.asset_partition_keys)
         fan_in = not context.has_partition_key or len(keys) != 1
         if not fan_in:
-            return self._read(store, asset, keys[0])
+            return (self._reader if lazy else self._read)(store, asset, keys[0])
+        if lazy:
+            raise TypeError(f"{asset}: a PartitionReader input reads one partition, not {len(keys)}")
         tables = []
         for key in keys:
             try:

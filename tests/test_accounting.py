@@ -8,7 +8,7 @@ import pytest
 
 from posttrain_assets.common.sizing import full_sizes
 from posttrain_assets.ingest import assets as ingest_assets
-from posttrain_assets.ingest.loaders import load_rows, rows_to_table
+from posttrain_assets.ingest.loaders import RawBatches, load_rows, rows_to_table
 from posttrain_assets.ingest.merging import merge_prompts
 from posttrain_assets.records import assets as records_assets
 from posttrain_assets.records.unify import cot_from, sft_from
@@ -26,10 +26,25 @@ def _accounting(result, asset: str = "") -> tuple[bool, dict]:
     return ev.passed, {k: v.value for k, v in ev.metadata.items()}
 
 
+def _skip_first_row(batches):
+    first = True
+    for b in batches:
+        if first and b.num_rows:
+            b, first = b.slice(1), False
+        yield b
+
+
 def _lose_one(fn):
-    """Wrap a pure function so its output table misses its first row (and nothing says so)."""
+    """Wrap a pure function so its output table (or stream of batches) misses its first row (and
+    nothing says so)."""
     def lossy(*args, **kwargs):
         out = fn(*args, **kwargs)
+        if isinstance(out, RawBatches):  # stream_raw_table
+            batches = out.batches
+            out.batches = lambda: _skip_first_row(batches())
+            return out
+        if isinstance(out, tuple) and not isinstance(out[1], list):  # merge_prompt_batches: (merger, batches)
+            return out[0], _skip_first_row(out[1])
         if isinstance(out, tuple):
             return (out[0].slice(1),) + tuple(out[1:])
         if isinstance(out, pa.Table):
@@ -63,7 +78,8 @@ def tables(bundled, tmp_path):
     return root
 
 
-@pytest.mark.parametrize("target,asset", [("rows_to_table", "raw_records"), ("merge_prompts", "merged_prompts")])
+@pytest.mark.parametrize("target,asset", [("stream_raw_table", "raw_records"),
+                                          ("merge_prompt_batches", "merged_prompts")])
 def test_ingest_loses_a_row(monkeypatch, instance, storage_root, target, asset):
     monkeypatch.setattr(ingest_assets, target, _lose_one(getattr(ingest_assets, target)))
     res = materialize_source("gsm8k", instance, storage_root, BUNDLED_REGISTRY, raise_on_error=False)

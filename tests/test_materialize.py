@@ -134,14 +134,13 @@ def test_normalised_exact_duplicates_removed_keep_first(tmp_path, instance, stor
 
 def test_blocking_accounting_check_stops_downstream(tmp_path, instance, storage_root, monkeypatch):
     """A loader that loses a row (rows_read > kept + rejected) fails the blocking check."""
-    real = ingest.load_rows
+    real = ingest.iter_rows
 
-    def leaky(spec, log=None, limit=None):
-        out: LoadedRows = real(spec, log=log, limit=limit)
-        out.rows.pop(); out.source_rows.pop(); out.source_files.pop()  # noqa: E702 - lose one row
-        return out
+    def leaky(spec, out: LoadedRows, log=None, limit=None):
+        rows = list(real(spec, out, log=log, limit=limit))
+        return iter(rows[:-1])  # lose one row
 
-    monkeypatch.setattr(ingest, "load_rows", leaky)
+    monkeypatch.setattr(ingest, "iter_rows", leaky)
     res = materialize_source("gsm8k", instance, storage_root, BUNDLED_REGISTRY, raise_on_error=False)
     assert not res.success
     (check,) = [c for c in res.get_asset_check_evaluations() if c.asset_key.to_user_string() == "raw_records"]

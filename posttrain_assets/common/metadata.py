@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections import Counter
+import hashlib
+from typing import Any, Iterable, Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -53,6 +55,103 @@ def length_stats(table: pa.Table, column: str) -> dict[str, float]:
     }
 
 
+class TableSummary:
+    """What the metadata and checks read of a table, gathered batch by batch as a stream is written
+    (`tap(batches)`), so a step never holds its whole output: row count, schema, the first
+    PREVIEW_ROWS rows, a histogram of `text_column`'s lengths (exact quantiles, memory bounded by
+    the number of distinct lengths), value counts of `count_column`, 16-byte digests of
+    `unique_column`'s values (the uniqueness check: 16 bytes a row in Arrow, counted at the end)
+    and null / blank counts of `required` / `nonblank`.
+    `stage_metadata`, `unique_check` and `required_check` take it in place of a pa.Table."""
+
+    def __init__(self, schema: pa.Schema, *, text_column: str | None = None, count_column: str | None = None,
+                 unique_column: str | None = None, required: Iterable[str] = (), nonblank: Iterable[str] = ()):
+        self.schema = schema
+        self.column_names = schema.names
+        self.num_rows = 0
+        self.text_column, self.count_column, self.unique_column = text_column, count_column, unique_column
+        self.required, self.nonblank = list(required), list(nonblank)
+        self._head: list[pa.RecordBatch] = []
+        self._head_rows = 0
+        self.lengths: Counter = Counter()
+        self.values: Counter = Counter()
+        self._digests: list[pa.Array] = []  # fixed_size_binary(16) per batch: 16 bytes a row
+        self._unique_nulls = 0
+        self.null_counts = {c: 0 for c in self.required}
+        self.blank_counts = {c: 0 for c in self.nonblank}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.num_rows += batch.num_rows
+        if self._head_rows < PREVIEW_ROWS and batch.num_rows:
+            self._head.append(batch.slice(0, PREVIEW_ROWS - self._head_rows))
+            self._head_rows += self._head[-1].num_rows
+        if self.text_column and self.text_column in self.column_names:
+            lengths = pc.utf8_length(batch.column(self.text_column)).drop_null()
+            if len(lengths):
+                for r in pc.value_counts(lengths).to_pylist():
+                    self.lengths[r["values"]] += r["counts"]
+        if self.count_column:
+            for r in pc.value_counts(batch.column(self.count_column)).to_pylist():
+                self.values[r["values"]] += r["counts"]
+        if self.unique_column:
+            col = batch.column(self.unique_column)
+            self._unique_nulls = min(1, self._unique_nulls + col.null_count)
+            digests = b"".join(hashlib.blake2b(str(v).encode("utf-8"), digest_size=16).digest()
+                               for v in col.drop_null().to_pylist())
+            self._digests.append(pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(16), len(digests) // 16, [None, pa.py_buffer(digests)]))
+        for c in self.required:
+            self.null_counts[c] += batch.column(c).null_count
+        for c in self.nonblank:
+            stripped = pc.utf8_trim_whitespace(batch.column(c))
+            self.blank_counts[c] += int(pc.sum(pc.equal(pc.utf8_length(stripped), 0)).as_py() or 0)
+
+    def tap(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            self.add(batch)
+            yield batch
+
+    @property
+    def head(self) -> pa.Table:
+        return pa.Table.from_batches(self._head, schema=self.schema)
+
+    @property
+    def distinct(self) -> int:
+        if not self._digests:
+            return self._unique_nulls
+        digests = pa.chunked_array(self._digests, pa.binary(16))
+        return int(pc.count_distinct(digests).as_py()) + self._unique_nulls
+
+    def length_stats(self) -> dict[str, float]:
+        """`length_stats` from the histogram: the same figures (nearest-rank quantiles as Arrow's)."""
+        n = sum(self.lengths.values())
+        if not n:
+            return {}
+        items = sorted(self.lengths.items())
+
+        def at(rank: int) -> int:
+            seen = 0
+            for value, count in items:
+                seen += count
+                if rank < seen:
+                    return value
+            return items[-1][0]
+
+        col = self.text_column
+        total = sum(v * c for v, c in items)
+        return {
+            f"{col}_chars_min": int(items[0][0]),
+            f"{col}_chars_mean": round(float(total / n), 1),
+            f"{col}_chars_p50": int(at(round(0.5 * (n - 1)))),
+            f"{col}_chars_p95": int(at(round(0.95 * (n - 1)))),
+            f"{col}_chars_max": int(items[-1][0]),
+        }
+
+    def value_counts(self) -> dict:
+        """Rows per value of `count_column`, most frequent first (as `language_counts`)."""
+        return dict(sorted(self.values.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def accounting_markdown(acc: Accounting) -> str:
     lines = ["| outcome | reason | rows |", "|---|---|---|", f"| in | | {acc.rows_in} |",
              f"| out | | {acc.rows_out} |"]
@@ -61,13 +160,15 @@ def accounting_markdown(acc: Accounting) -> str:
     return "\n".join(lines)
 
 
-def stage_metadata(table: pa.Table, acc: Accounting, *, text_column: str | None = None,
+def stage_metadata(table: "pa.Table | TableSummary", acc: Accounting, *, text_column: str | None = None,
                    preview_columns: Iterable[str] | None = None,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    summary = table if isinstance(table, TableSummary) else None
     md: dict[str, Any] = {
         "dagster/row_count": table.num_rows,
         "dagster/column_schema": column_schema(table.schema),
-        "preview": dg.MetadataValue.md(markdown_preview(table, columns=preview_columns)),
+        "preview": dg.MetadataValue.md(markdown_preview(summary.head if summary else table,
+                                                        columns=preview_columns)),
         "rows_in": acc.rows_in,
         "rows_out": acc.rows_out,
         "removed": acc.removed,
@@ -77,7 +178,7 @@ def stage_metadata(table: pa.Table, acc: Accounting, *, text_column: str | None 
         "accounting": dg.MetadataValue.md(accounting_markdown(acc)),
     }
     if text_column:
-        md.update(length_stats(table, text_column))
+        md.update(summary.length_stats() if summary else length_stats(table, text_column))
     md.update(extra or {})
     return md
 
@@ -97,9 +198,13 @@ def accounting_check(acc: Accounting, asset_key: str | None = None) -> dg.AssetC
     )
 
 
-def unique_check(table: pa.Table, column: str) -> dg.AssetCheckResult:
+def unique_check(table: "pa.Table | TableSummary", column: str) -> dg.AssetCheckResult:
     n = table.num_rows
-    distinct = pc.count_distinct(table[column], mode="all").as_py() if n else 0
+    if isinstance(table, TableSummary):
+        assert table.unique_column == column, f"the summary counts {table.unique_column}, not {column}"
+        distinct = table.distinct
+    else:
+        distinct = pc.count_distinct(table[column], mode="all").as_py() if n else 0
     return dg.AssetCheckResult(
         check_name=f"{column}_unique", passed=distinct == n,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -107,12 +212,20 @@ def unique_check(table: pa.Table, column: str) -> dg.AssetCheckResult:
     )
 
 
-def required_check(table: pa.Table, columns: list[str], nonblank: list[str]) -> dg.AssetCheckResult:
+def required_check(table: "pa.Table | TableSummary", columns: list[str], nonblank: list[str]) -> dg.AssetCheckResult:
+    if isinstance(table, TableSummary):
+        nulls = {c: table.null_counts[c] for c in columns}
+        blank = {c: table.blank_counts[c] for c in nonblank}
+        return _required_result(nulls, blank)
     nulls = {c: table[c].null_count for c in columns}
     blank = {}
     for c in nonblank:
         stripped = pc.utf8_trim_whitespace(table[c])
         blank[c] = int(pc.sum(pc.equal(pc.utf8_length(stripped), 0)).as_py() or 0)
+    return _required_result(nulls, blank)
+
+
+def _required_result(nulls: dict, blank: dict) -> dg.AssetCheckResult:
     passed = not any(nulls.values()) and not any(blank.values())
     return dg.AssetCheckResult(
         check_name="required_columns", passed=passed, severity=dg.AssetCheckSeverity.ERROR,

@@ -19,12 +19,13 @@ import pyarrow.compute as pc
 from partitions import source_partitions
 from resources.embeddings import EmbeddingClient, default_threshold
 from resources.sources import SourceRegistryResource
-from resources.storage import StorageResource
+from resources.storage import PartitionReader, StorageResource, TableStream
 
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import accounting_check, markdown_preview, report_issues, stage_metadata, unique_check
+from ..common.metadata import (TableSummary, accounting_check, markdown_preview, report_issues, stage_metadata,
+                               unique_check)
 from ..common.pools import GPU_POOL
-from .duplicates import cluster_prompts, language_markdown, select_survivors, summary_markdown
+from .duplicates import SURVIVOR_COLUMNS, SurvivorFilter, cluster_prompts, language_markdown, summary_markdown
 from .embedding import embed_in_chunks, embedding_fingerprint, embedding_parts
 
 GROUP = "dedup"
@@ -142,6 +143,10 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig,
     yield accounting_check(acc, asset_key="dedup_clusters")
 
 
+class DeduplicatedPromptsConfig(dg.Config):
+    batch_rows: int = 20_000  # rows per batch read from merged_prompts and written
+
+
 @dg.asset(
     partitions_def=source_partitions, group_name=GROUP, kinds={"parquet"},
     ins={"merged_prompts": dg.AssetIn(), "dedup_clusters": dg.AssetIn()},
@@ -149,16 +154,30 @@ def dedup_clusters(context: dg.AssetExecutionContext, config: DedupConfig,
                  dg.AssetCheckSpec("all_prompt_id_unique", asset="deduplicated_prompts")],
     description="The source's merged prompts that survive the global dedup.",
 )
-def deduplicated_prompts(context: dg.AssetExecutionContext, storage: StorageResource,
-                         merged_prompts: pa.Table, dedup_clusters: pa.Table):
+def deduplicated_prompts(context: dg.AssetExecutionContext, config: DeduplicatedPromptsConfig,
+                         storage: StorageResource, merged_prompts: PartitionReader,
+                         dedup_clusters: PartitionReader):
+    """Streams: merged_prompts passes through batch by batch; memory holds this source's rows of
+    dedup_clusters (6 Arrow columns, read with a filter on `source`) and the removed rows' issues."""
     key = context.partition_key
+    mine = dedup_clusters.read(columns=["source", *SURVIVOR_COLUMNS], filters=[("source", "=", key)])
+    survivors = SurvivorFilter(mine, key)
     try:
-        kept, issues, acc = select_survivors(merged_prompts, dedup_clusters, key)
+        survivors.check(merged_prompts.iter_batches(config.batch_rows, columns=["all_prompt_id"]))
     except ValueError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    report_issues(context, key, issues)
-    storage.write_rejects(context.asset_key, key, rejects_table(key, "deduplicated_prompts", issues))
-    yield dg.Output(kept, metadata=stage_metadata(
-        kept, acc, text_column="prompt", preview_columns=["all_prompt_id", "prompt", "response"]))
-    yield accounting_check(acc)
-    yield unique_check(kept, "all_prompt_id")
+    summary = TableSummary(merged_prompts.schema, text_column="prompt", unique_column="all_prompt_id")
+    done: dict = {}
+
+    def on_done(rows_written: int) -> dict:
+        acc = survivors.accounting(rows_written)
+        report_issues(context, key, survivors.issues)
+        storage.write_rejects(context.asset_key, key, rejects_table(key, "deduplicated_prompts", survivors.issues))
+        done["acc"] = acc
+        return stage_metadata(summary, acc, text_column="prompt",
+                              preview_columns=["all_prompt_id", "prompt", "response"])
+
+    yield dg.Output(TableStream(merged_prompts.schema, summary.tap(survivors.batches(
+        merged_prompts.iter_batches(config.batch_rows))), on_done=on_done, row_group_rows=config.batch_rows))
+    yield accounting_check(done["acc"])
+    yield unique_check(summary, "all_prompt_id")

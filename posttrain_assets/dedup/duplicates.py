@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -325,3 +325,62 @@ def select_survivors(merged: pa.Table, clusters: pa.Table, source: str) -> tuple
               if not k]
     kept = merged.filter(pa.array(keep_mask, pa.bool_())) if ids else merged
     return kept, issues, Accounting.from_issues(len(ids), kept.num_rows, issues)
+
+
+#: the columns of dedup_clusters that deciding a source's survivors needs
+SURVIVOR_COLUMNS = ["all_prompt_id", "keep", "removed_reason", "representative_id", "match", "similarity"]
+
+
+class SurvivorFilter:
+    """`select_survivors` over record batches of the source's merged prompts: the working set is
+    this source's rows of dedup_clusters (SURVIVOR_COLUMNS, Arrow columns, no Python objects per
+    row), the removed rows' issues and the counts; the merged prompts pass through one batch at a
+    time. `check(id_batches)` first (a pass over the all_prompt_id column only) so that a stale
+    dedup_clusters fails before anything is written, with select_survivors' message."""
+
+    def __init__(self, clusters_mine: pa.Table, source: str):
+        self.source = source
+        self.mine = clusters_mine.select(SURVIVOR_COLUMNS).combine_chunks()
+        self.ids = self.mine["all_prompt_id"].combine_chunks() if self.mine.num_rows else pa.array([], pa.string())
+        self.issues: list[RowIssue] = []
+        self.rows_in = 0
+
+    def check(self, id_batches) -> None:
+        missing, first = 0, None
+        for ids in id_batches:
+            ids = ids.column(0) if isinstance(ids, pa.RecordBatch) else ids
+            absent = pc.invert(pc.is_in(ids, value_set=self.ids))
+            n = int(pc.sum(absent).as_py() or 0)
+            if n and first is None:
+                first = ids.filter(absent)[0].as_py()
+            missing += n
+        if missing:
+            raise ValueError(f"source {self.source!r}: {missing} prompts are not in dedup_clusters "
+                             f"(e.g. {first!r}); re-materialise dedup_clusters")
+
+    def filter(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        self.rows_in += batch.num_rows
+        if not batch.num_rows:
+            return batch
+        idx = pc.index_in(batch.column("all_prompt_id"), value_set=self.ids)
+        if idx.null_count:
+            raise ValueError(f"source {self.source!r}: prompts not in dedup_clusters; re-materialise dedup_clusters")
+        keep = pc.take(self.mine["keep"], idx)
+        removed = pc.invert(keep)
+        if int(pc.sum(removed).as_py() or 0):
+            info = self.mine.take(idx.filter(removed)).to_pylist()
+            gone = batch.filter(removed)
+            for r, row, f, p in zip(info, gone.column("source_row").to_pylist(), gone.column("source_file").to_pylist(),
+                                    gone.column("prompt").to_pylist()):
+                self.issues.append(RowIssue(reason=r["removed_reason"], outcome="removed", source_row=row,
+                                            source_file=f, duplicate_of=r["representative_id"],
+                                            detail=f"{r['match']} duplicate, similarity {r['similarity']:.3f}",
+                                            raw=p[:2000]))
+        return batch.filter(keep)
+
+    def batches(self, batches) -> "Iterator[pa.RecordBatch]":
+        for b in batches:
+            yield self.filter(b)
+
+    def accounting(self, rows_out: int) -> Accounting:
+        return Accounting.from_issues(self.rows_in, rows_out, self.issues)

@@ -1,26 +1,31 @@
 """Ingest stage: `raw_records` (rows as loaded) -> `merged_prompts` (unified prompt schema)."""
 
+import os
+import shutil
+import tempfile
 from typing import Optional
 
 import dagster as dg
-import pyarrow as pa
 
 from partitions import source_partitions
 from partitions.registry import GENERATOR_ASSETS, RegistryError, SourceSpec
 from partitions.shards import RowFingerprint, changed_under_shard
 from resources.sources import SourceRegistryResource
-from resources.storage import MissingPartitionError, StorageResource
+from resources.storage import MissingPartitionError, PartitionReader, StorageResource, TableStream
 
 from ..common.accounting import Accounting, RowIssue, rejects_table
-from ..common.metadata import (accounting_check, all_rejected_metadata, report_issues, required_check,
-                               stage_metadata, unique_check)
-from .loaders import SourceLoadError, load_rows, rows_from_generator, rows_to_table
-from .merging import FieldMappingError, language_counts, merge_prompts
+from ..common.metadata import (TableSummary, accounting_check, all_rejected_metadata, report_issues,
+                               required_check, stage_metadata, unique_check)
+from .loaders import RAW_BATCH_ROWS, LoadedRows, SourceLoadError, iter_rows, rows_from_generator, stream_raw_table
+from .merging import MERGE_BATCH_ROWS, MERGED_SCHEMA, FieldMappingError, merge_prompt_batches
 
 GROUP = "ingest"
 #: what raw_records / merged_prompts say for a `kind: synthetic` source: its rows are not loaded from
 #: files but read from its generator's asset (magpie_instructions), which must be materialised first
 SYNTHETIC_NOTE = "synthetic source: rows from magpie_instructions"
+#: where raw_records spills its Arrow batches while the column types are not known yet (default: the
+#: system temp dir); needs about the source's size in free local disk
+SPILL_DIR_ENV = "POSTTRAIN_SPILL_DIR"
 
 
 class RawRecordsConfig(dg.Config):
@@ -28,11 +33,13 @@ class RawRecordsConfig(dg.Config):
     # a shard whose file changed under it (rows it read before differ) fails; True accepts the file as
     # it is now (the shard's downstream partitions must then be re-materialised too)
     accept_changed_file: bool = False
+    batch_rows: int = RAW_BATCH_ROWS  # rows per Arrow batch (memory holds one batch, not the source)
 
 
 class MergedPromptsConfig(dg.Config):
     max_prompt_chars: int = 200_000  # longer prompts become `prompt_too_long` rejects
     dedup: bool = True  # drop exact duplicates within the source (normalised text, keep first)
+    batch_rows: int = MERGE_BATCH_ROWS  # rows per batch read from raw_records and written
 
 
 def source_spec(registry: SourceRegistryResource, key: str) -> SourceSpec:
@@ -69,29 +76,38 @@ def _save_rejects(context, storage: StorageResource, source: str, issues: list[R
 )
 def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
                 registry: SourceRegistryResource, storage: StorageResource):
+    """Streams: rows are read one at a time, converted to Arrow every `batch_rows` rows and spilled
+    to local disk (the column types are known only after the last row), then written as Parquet row
+    groups in the unified schema; memory holds one batch, the issues and the column types."""
     key = context.partition_key
     spec = source_spec(registry, key)
+    loaded = LoadedRows()
     if spec.synthetic:  # nothing to load from files: the generator's asset holds the rows
         generated = GENERATOR_ASSETS[spec.generator]
         store = storage.store()
         path = store.path(generated, key)
         try:
-            table = store.read(path)
+            table = store.read(path)  # an LLM-made table: small next to a loaded source
         except MissingPartitionError:
             raise dg.Failure(description=f"source {key!r} is synthetic: materialise {generated} for it first "
                                          f"(no partition at {store.uri(path)})", allow_retries=False) from None
         context.log.info(f"source {key!r}: {SYNTHETIC_NOTE}: {table.num_rows} rows")
         loaded = rows_from_generator(table, store.uri(path))
+        rows = zip(loaded.source_files, loaded.source_rows, loaded.rows)
     else:
         # a shard compares what it reads with its last materialisation (not in a `limit` test run)
         before = (previous_shard_reads(context.instance, context.asset_key, key)
                   if spec.shard and not config.limit else None)
         fingerprint = RowFingerprint(prefix_at=int(before.get("shard_rows_read") or 0)) if before else None
+        rows = iter_rows(spec, loaded, log=context.log.info, limit=config.limit,
+                         **({"fingerprint": fingerprint} if spec.shard else {}))
+    spill = tempfile.mkdtemp(prefix=f"raw_records-{key}-", dir=os.environ.get(SPILL_DIR_ENV) or None)
+    try:
         try:
-            loaded = load_rows(spec, log=context.log.info, limit=config.limit,
-                               **({"fingerprint": fingerprint} if spec.shard else {}))
+            raw = stream_raw_table(rows, spill, config.batch_rows)  # every row read (and spilled) here
         except SourceLoadError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
+        # a shard's file changed under it: fail before anything is written
         why = changed_under_shard(key, loaded.files, before, loaded.fingerprint) if spec.shard else None
         if why and not config.accept_changed_file:
             raise dg.Failure(description=f"source {spec.source_key!r}: {why}. Give the changed data a new "
@@ -100,19 +116,28 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
                              allow_retries=False)
         if why:
             context.log.warning(f"{why}; accepted (accept_changed_file)")
-    table = rows_to_table(loaded)
-    acc = Accounting.from_issues(loaded.rows_read, table.num_rows, loaded.issues)
-    report_issues(context, key, loaded.issues)
-    rejects_uri = _save_rejects(context, storage, key, loaded.issues)
-    yield dg.Output(table, metadata=stage_metadata(
-        table, acc, preview_columns=table.column_names[:6],
-        extra={"files": dg.MetadataValue.json(loaded.files), "blank_lines": loaded.blank_lines,
-               "kind": spec.kind, "adapter": spec.adapter, "licence": spec.licence,
-               **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
-               **(shard_metadata(spec, loaded) if spec.shard else {}),
-               "rejects_path": dg.MetadataValue.path(rejects_uri),
-               **all_rejected_metadata(context, key, acc, loaded.issues)}))
-    yield accounting_check(acc)
+        summary = TableSummary(raw.schema)
+        done: dict = {}
+
+        def on_done(rows_written: int) -> dict:
+            acc = Accounting.from_issues(loaded.rows_read, rows_written, loaded.issues)
+            report_issues(context, key, loaded.issues)
+            rejects_uri = _save_rejects(context, storage, key, loaded.issues)
+            done["acc"] = acc
+            return stage_metadata(
+                summary, acc, preview_columns=raw.schema.names[:6],
+                extra={"files": dg.MetadataValue.json(loaded.files), "blank_lines": loaded.blank_lines,
+                       "kind": spec.kind, "adapter": spec.adapter, "licence": spec.licence,
+                       **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
+                       **(shard_metadata(spec, loaded) if spec.shard else {}),
+                       "rejects_path": dg.MetadataValue.path(rejects_uri),
+                       **all_rejected_metadata(context, key, acc, loaded.issues)})
+
+        yield dg.Output(TableStream(raw.schema, summary.tap(raw.batches()), on_done=on_done,
+                                     row_group_rows=config.batch_rows))
+        yield accounting_check(done["acc"])
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def shard_metadata(spec: SourceSpec, loaded) -> dict:
@@ -137,27 +162,41 @@ def shard_metadata(spec: SourceSpec, loaded) -> dict:
 )
 def merged_prompts(context: dg.AssetExecutionContext, config: MergedPromptsConfig,
                    registry: SourceRegistryResource, storage: StorageResource,
-                   raw_records: pa.Table):
+                   raw_records: PartitionReader):
+    """Streams: raw_records is read batch by batch and merged batch by batch into Parquet row
+    groups; memory holds one batch, the dedup digests (16 bytes per kept row + its id) and the
+    issues. (An OASST message-tree source still builds all its trees at once.)"""
     key = context.partition_key
     spec = source_spec(registry, key)
     try:
-        result = merge_prompts(raw_records, spec, max_prompt_chars=config.max_prompt_chars,
-                               dedup=config.dedup, log=context.log.info)
+        merger, batches = merge_prompt_batches(raw_records, spec, max_prompt_chars=config.max_prompt_chars,
+                                               dedup=config.dedup, log=context.log.info,
+                                               read_batch_rows=config.batch_rows, batch_rows=config.batch_rows)
     except FieldMappingError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    table, acc = result.table, result.accounting
-    acc.rows_out = table.num_rows  # counted from what is written, not from the merge's own tally
-    report_issues(context, key, result.issues)
-    rejects_uri = _save_rejects(context, storage, key, result.issues)
-    yield dg.Output(table, metadata=stage_metadata(
-        table, acc, text_column="prompt",
-        preview_columns=["all_prompt_id", "prompt", "response", "chosen", "reference_answer"],
-        extra={"raw_rows": result.raw_rows, "kind": spec.kind,
-               **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
-               "languages": dg.MetadataValue.json(language_counts(table)),
-               "rejects_path": dg.MetadataValue.path(rejects_uri),
-               **all_rejected_metadata(context, key, acc, result.issues)}))
-    yield accounting_check(acc)
-    yield unique_check(table, "all_prompt_id")
-    yield required_check(table, ["all_prompt_id", "source_prompt_id", "prompt", "metadata"],
+    summary = TableSummary(MERGED_SCHEMA, text_column="prompt", count_column="language",
+                           unique_column="all_prompt_id",
+                           required=["all_prompt_id", "source_prompt_id", "prompt", "metadata"],
+                           nonblank=["prompt"])
+    done: dict = {}
+
+    def on_done(rows_written: int) -> dict:
+        acc = merger.accounting(rows_written)  # rows_out counted from what is written
+        report_issues(context, key, merger.issues)
+        rejects_uri = _save_rejects(context, storage, key, merger.issues)
+        done["acc"] = acc
+        return stage_metadata(
+            summary, acc, text_column="prompt",
+            preview_columns=["all_prompt_id", "prompt", "response", "chosen", "reference_answer"],
+            extra={"raw_rows": merger.raw_rows, "kind": spec.kind,
+                   **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
+                   "languages": dg.MetadataValue.json(summary.value_counts()),
+                   "rejects_path": dg.MetadataValue.path(rejects_uri),
+                   **all_rejected_metadata(context, key, acc, merger.issues)})
+
+    yield dg.Output(TableStream(MERGED_SCHEMA, summary.tap(batches), on_done=on_done,
+                                 row_group_rows=config.batch_rows))
+    yield accounting_check(done["acc"])
+    yield unique_check(summary, "all_prompt_id")
+    yield required_check(summary, ["all_prompt_id", "source_prompt_id", "prompt", "metadata"],
                          nonblank=["prompt"])

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -195,7 +195,8 @@ def _read_parquet(path: Path, out: LoadedRows, limit: int | None, offset: int = 
     each starts); rows before `offset` in the first of them are skipped unconverted."""
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    # pre_buffer off: it caches every row group read until the file is closed (memory ~ file size)
+    pf = pq.ParquetFile(path, pre_buffer=False)
     stop = pf.metadata.num_rows if limit is None else offset + limit
     groups, pos = [], None
     start = 0
@@ -256,11 +257,11 @@ def _shard_streams(spec: SourceSpec, paths: list[Path], out: LoadedRows) -> list
     return [(paths[i], READERS[spec.file_format(paths[i])](paths[i], out, n, off)) for i, off, n in pieces]
 
 
-def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
-              limit: int | None = None, fingerprint: RowFingerprint | None = None) -> LoadedRows:
-    """Every row of a source (or of one shard: `spec.shard`), with its file and row number; bad rows
-    come back as issues. A shard's reads are fingerprinted (`fingerprint`, else a new one)."""
-    out = LoadedRows()
+def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | None = None,
+              limit: int | None = None, fingerprint: RowFingerprint | None = None) -> Iterator[tuple[str, int, dict]]:
+    """The source's (or one shard's: `spec.shard`) good rows one at a time as (source_file, source_row,
+    row); bad rows become issues and the counts go to `out` as the rows are read (nothing is kept but
+    the issues). A shard's reads are fingerprinted into `out.fingerprint` (`fingerprint`, else a new one)."""
     limit = limit or spec.loader.limit
     if spec.shard is not None:
         out.fingerprint = fingerprint or RowFingerprint()
@@ -299,12 +300,10 @@ def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
                         reason="invalid_utf8", source_file=fname, source_row=row_no, field=bad,
                         detail="text holds bytes that are not UTF-8", raw=raw_preview(row)))
                     continue
-                out.rows.append(row)
-                out.source_files.append(fname)
-                out.source_rows.append(row_no)
                 if log and out.rows_read % PROGRESS_EVERY == 0:
                     dt = max(time.monotonic() - t0, 1e-9)
                     log(f"{spec.key}: read {out.rows_read:,} rows ({out.rows_read / dt:,.0f} rows/s)")
+                yield fname, row_no, row
         except SourceLoadError as exc:
             raise SourceLoadError(f"source {spec.key!r}: {exc}") from None
         except OSError as exc:
@@ -314,6 +313,16 @@ def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
         raise SourceLoadError(f"source {rng.parent!r}: shard {rng.key!r} (rows {rng.start:,} to {rng.stop - 1:,}) "
                               f"is past the end of the source's rows: its files have fewer rows than when the "
                               f"shard was added (rows removed or a file replaced?)")
+
+
+def load_rows(spec: SourceSpec, log: Callable[[str], None] | None = None,
+              limit: int | None = None, fingerprint: RowFingerprint | None = None) -> LoadedRows:
+    """Every row of a source (or of one shard), with its file and row number; bad rows come back as issues."""
+    out = LoadedRows()
+    for fname, row_no, row in iter_rows(spec, out, log, limit, fingerprint):
+        out.rows.append(row)
+        out.source_files.append(fname)
+        out.source_rows.append(row_no)
     return out
 
 
@@ -332,9 +341,16 @@ def rows_from_generator(table: pa.Table, label: str) -> LoadedRows:
 # ---------------------------------------------------------------- raw rows <-> Arrow
 
 
-def _column_type(values: list[Any]) -> pa.DataType | None:
+def _column_kinds(values: list[Any]) -> tuple[frozenset, bool]:
+    """The Python types of a column's non-null values, and whether its ints all fit int64."""
+    kinds = frozenset(type(v) for v in values if v is not None)
+    fits = int not in kinds or all(v is None or not isinstance(v, int) or -(2**63) <= v < 2**63
+                                   for v in values)
+    return kinds, fits
+
+
+def _type_of_kinds(kinds: frozenset, ints_fit: bool = True) -> pa.DataType | None:
     """Native Arrow type for a homogeneous scalar column; None means 'store as JSON text'."""
-    kinds = {type(v) for v in values if v is not None}
     if not kinds:
         return pa.string()
     if kinds == {str}:
@@ -342,10 +358,28 @@ def _column_type(values: list[Any]) -> pa.DataType | None:
     if kinds == {bool}:
         return pa.bool_()
     if kinds == {int}:
-        return pa.int64() if all(v is None or -(2**63) <= v < 2**63 for v in values) else None
+        return pa.int64() if ints_fit else None
     if kinds == {float}:
         return pa.float64()
     return None
+
+
+def _column_type(values: list[Any]) -> pa.DataType | None:
+    """Native Arrow type for a homogeneous scalar column; None means 'store as JSON text'."""
+    return _type_of_kinds(*_column_kinds(values))
+
+
+def _raw_field(name: str, typ: pa.DataType | None) -> pa.Field:
+    col = name if name not in RESERVED else f"{name}_raw"
+    if typ is None:
+        return pa.field(col, pa.string(), metadata={JSON_FIELD_META: b"1"})
+    return pa.field(col, typ)
+
+
+def _raw_array(values: list[Any], typ: pa.DataType | None) -> pa.Array:
+    if typ is None:
+        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+    return pa.array(values, typ)
 
 
 def rows_to_table(loaded: LoadedRows) -> pa.Table:
@@ -363,24 +397,155 @@ def rows_to_table(loaded: LoadedRows) -> pa.Table:
     fields: list[pa.Field] = [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64())]
     for name in names:
         values = [row.get(name) for row in loaded.rows]
-        col = name if name not in RESERVED else f"{name}_raw"
         typ = _column_type(values)
-        if typ is None:
-            arrays.append(pa.array([None if v is None else json.dumps(v, ensure_ascii=False)
-                                    for v in values], pa.string()))
-            fields.append(pa.field(col, pa.string(), metadata={JSON_FIELD_META: b"1"}))
-        else:
-            arrays.append(pa.array(values, typ))
-            fields.append(pa.field(col, typ))
+        arrays.append(_raw_array(values, typ))
+        fields.append(_raw_field(name, typ))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+RAW_BATCH_ROWS = 20_000
+
+
+class RawBatches:
+    """`rows_to_table` for a source of any size: rows are added one at a time, converted to Arrow
+    every `batch_rows` rows and spilled to Arrow IPC files in `spill_dir` (local disk), so memory
+    holds one batch. A column's type can only be known once every row has been seen (a column
+    that is int in the first batch and text in a later one is JSON text; a column first seen in
+    a later batch is null before), so `finish()` unifies the columns seen across all batches with
+    the same rule as `rows_to_table`, and `batches()` reads the spill back converted to that one
+    schema: the same table as `rows_to_table` over all rows, in row groups."""
+
+    def __init__(self, spill_dir: str, batch_rows: int = RAW_BATCH_ROWS):
+        import pyarrow.ipc  # noqa: F401
+
+        self.spill_dir = Path(spill_dir)
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self.batch_rows = max(1, int(batch_rows))
+        self.names: dict[str, None] = {}  # column names in order of first appearance
+        self.kinds: dict[str, frozenset] = {}
+        self.ints_fit: dict[str, bool] = {}
+        self.num_rows = 0
+        self._rows: list[dict] = []
+        self._files: list[str] = []
+        self._row_nos: list[int] = []
+        self._segments: list[Path] = []  # one IPC file per spilled batch
+        self.schema: pa.Schema | None = None
+
+    def add(self, source_file: str, source_row: int, row: dict) -> None:
+        self._rows.append(row)
+        self._files.append(source_file)
+        self._row_nos.append(source_row)
+        if len(self._rows) >= self.batch_rows:
+            self._flush()
+
+    def add_all(self, rows: Iterable[tuple[str, int, dict]]) -> "RawBatches":
+        for f, r, row in rows:
+            self.add(f, r, row)
+        return self
+
+    def _flush(self) -> None:
+        import pyarrow.ipc as ipc
+
+        if not self._rows:
+            return
+        arrays = [pa.array(self._files, pa.string()), pa.array(self._row_nos, pa.int64())]
+        fields = [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64())]
+        names: dict[str, None] = {}
+        for row in self._rows:
+            for k in row:
+                names.setdefault(k, None)
+        for name in names:
+            values = [row.get(name) for row in self._rows]
+            kinds, fits = _column_kinds(values)
+            self.names.setdefault(name, None)
+            self.kinds[name] = self.kinds.get(name, frozenset()) | kinds
+            self.ints_fit[name] = self.ints_fit.get(name, True) and fits
+            typ = _type_of_kinds(kinds, fits)
+            arrays.append(_raw_array(values, typ))
+            fields.append(_raw_field(name, typ))
+        batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+        path = self.spill_dir / f"batch-{len(self._segments):06d}.arrow"
+        with ipc.new_file(str(path), batch.schema) as writer:
+            writer.write_batch(batch)
+        self._segments.append(path)
+        self.num_rows += batch.num_rows
+        self._rows, self._files, self._row_nos = [], [], []
+
+    def finish(self) -> pa.Schema:
+        """The unified schema of every row added (call once, after the last `add`)."""
+        self._flush()
+        fields = [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64())]
+        fields += [_raw_field(n, _type_of_kinds(self.kinds[n], self.ints_fit[n])) for n in self.names]
+        self.schema = pa.schema(fields)
+        return self.schema
+
+    def _unify(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        assert self.schema is not None, "finish() first"
+        if batch.schema.equals(self.schema, check_metadata=True):
+            return batch
+        arrays = []
+        for f in self.schema:
+            if f.name not in batch.schema.names:  # first seen in another batch: null here
+                arrays.append(pa.nulls(batch.num_rows, f.type))
+                continue
+            have = batch.schema.field(f.name)
+            col = batch.column(f.name)
+            want_json = bool(f.metadata and f.metadata.get(JSON_FIELD_META) == b"1")
+            have_json = bool(have.metadata and have.metadata.get(JSON_FIELD_META) == b"1")
+            if want_json == have_json and have.type == f.type:
+                arrays.append(col)
+            elif want_json:  # native values in this batch, mixed across batches: JSON text as rows_to_table
+                arrays.append(_raw_array(col.to_pylist(), None))
+            else:  # this batch's values were all null (typed string): the column's type
+                assert col.null_count == len(col), f"column {f.name}: non-null {have.type} != {f.type}"
+                arrays.append(pa.nulls(batch.num_rows, f.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The spilled rows in order, in the unified schema, one batch at a time."""
+        import pyarrow.ipc as ipc
+
+        for path in self._segments:
+            with pa.memory_map(str(path)) as src:
+                reader = ipc.open_file(src)
+                for i in range(reader.num_record_batches):
+                    yield self._unify(reader.get_batch(i))
+
+    def head(self, n: int) -> pa.Table:
+        """The first `n` rows in the unified schema (for the preview)."""
+        out, rows = [], 0
+        for batch in self.batches():
+            out.append(batch.slice(0, n - rows))
+            rows += out[-1].num_rows
+            if rows >= n:
+                break
+        return pa.Table.from_batches(out, schema=self.schema)
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def stream_raw_table(rows: Iterable[tuple[str, int, dict]], spill_dir: str,
+                     batch_rows: int = RAW_BATCH_ROWS) -> RawBatches:
+    """All `rows` into a RawBatches (spilled, unified): `.schema`, `.num_rows`, `.batches()`."""
+    raw = RawBatches(spill_dir, batch_rows).add_all(rows)
+    raw.finish()
+    return raw
 
 
 def table_to_rows(table: pa.Table) -> Iterator[tuple[str, int, dict]]:
     """Inverse of `rows_to_table`: (source_file, source_row, original row) per row."""
-    json_cols = {f.name for f in table.schema
+    return batches_to_rows(table.schema, table.to_batches(max_chunksize=10_000))
+
+
+def batches_to_rows(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[str, int, dict]]:
+    """`table_to_rows` over record batches of a `raw_records` schema (read lazily, batch by batch)."""
+    json_cols = {f.name for f in schema
                  if f.metadata and f.metadata.get(JSON_FIELD_META) == b"1"}
-    data_cols = [n for n in table.column_names if n not in RESERVED]
-    for batch in table.to_batches(max_chunksize=10_000):
+    data_cols = [n for n in schema.names if n not in RESERVED]
+    for batch in batches:
         cols = {n: batch.column(n).to_pylist() for n in batch.schema.names}
         for i in range(batch.num_rows):
             row = {}

@@ -6,6 +6,7 @@ import re
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..common.accounting import RowIssue
 from ..common.answers import GSM8K_FINAL, last_boxed
@@ -36,13 +37,25 @@ def _issue(rec: dict, reason: str, detail: str = "", outcome: str = "removed") -
                     source_file=rec["source_file"], detail=detail, raw=rec["prompt"][:2000])
 
 
-def sft_from(prompts: pa.Table, best_reply_only: bool = True) -> tuple[pa.Table, list[RowIssue]]:
+def best_ranks(prompts: pa.Table, best_rank: Optional[dict[str, int]] = None) -> dict[str, int]:
+    """The best (lowest) reply rank per prompt text, over the rows with a response and a rank
+    (OASST); `best_rank` is updated in place when given (one batch at a time)."""
+    best_rank = {} if best_rank is None else best_rank
+    ranked = prompts.select(["prompt", "rank", "response"])
+    ranked = ranked.filter(pc.and_(pc.is_valid(ranked["rank"]), pc.is_valid(ranked["response"])))
+    for p, rank in zip(ranked["prompt"].to_pylist(), ranked["rank"].to_pylist()):
+        best_rank[p] = min(best_rank.get(p, rank), rank)
+    return best_rank
+
+
+def sft_from(prompts: pa.Table, best_reply_only: bool = True,
+             best_rank: Optional[dict[str, int]] = None) -> tuple[pa.Table, list[RowIssue]]:
+    """`best_rank`: the best rank per prompt over the whole source (`best_ranks`) when `prompts`
+    is one batch of it; None: computed from `prompts`."""
     rows, issues = [], []
     recs = prompts.to_pylist()
-    best_rank: dict[str, int] = {}
-    for r in recs:
-        if r["response"] is not None and r["rank"] is not None:
-            best_rank[r["prompt"]] = min(best_rank.get(r["prompt"], r["rank"]), r["rank"])
+    if best_rank is None:
+        best_rank = best_ranks(prompts)
     for r in recs:
         if r["response"] is None or not r["response"].strip():
             issues.append(_issue(r, "no_response", "prompt without an answer (a seed for synthesis)"))
