@@ -75,6 +75,13 @@ class DemoRun:
             con.close()
 
 
+def demo_kernels() -> dict[str, str]:
+    """The CPU kernels the session's graph runs on: `POSTTRAIN_DEMO_KERNELS` ("NAME=VALUE ..."; `make
+    test` passes its ALT_KERNELS, so the one graph run of a CI run is on kernels other than the default
+    ones the other model tests run on first)."""
+    return dict(kv.split("=", 1) for kv in os.environ.get("POSTTRAIN_DEMO_KERNELS", "").split())
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> DemoRun:
     """The whole graph once per session (every asset, every source of DEMO_REGISTRY, the embedded
@@ -83,7 +90,8 @@ def demo_run(tmp_path_factory) -> DemoRun:
     if reuse:
         return DemoRun(Path(reuse), 0, (Path(reuse) / "demo-stdout.txt").read_text(), "")
     base = tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "DAGSTER_HOME": str(base / "home"), "POSTTRAIN_STORAGE": str(base / "storage")}
+    env = {**os.environ, "DAGSTER_HOME": str(base / "home"), "POSTTRAIN_STORAGE": str(base / "storage"),
+           **demo_kernels()}
     out = subprocess.run([sys.executable, "-m", "posttrain_assets.demo", "--registry", str(DEMO_REGISTRY)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     (base / "demo-stdout.txt").write_text(out.stdout)
@@ -99,10 +107,11 @@ SLOW_TESTS = {"test_openai_backend_against_transformers_serve",
 
 
 #: the modules that run an LLM engine (the embedded CTranslate2 one, or transformers) whose outputs move
-#: with the CPU's kernels: `make test` runs them a second time on other kernels (README "Tests on any CPU")
+#: with the CPU's kernels: `make test` runs them a second time on other kernels (README "Tests on any CPU").
+#: test_demo is not among them: its one graph run per session is already on the other kernels (demo_kernels)
 MODEL_MODULES = {"test_llm.py", "test_scoring.py", "test_evolution.py", "test_magpie.py", "test_magpie_chain.py",
                  "test_solutions.py", "test_quality_tags.py", "test_preference_pairs.py", "test_reward.py",
-                 "test_model_stages.py", "test_reliability_llm.py", "test_synthesis_openai.py", "test_demo.py"}
+                 "test_model_stages.py", "test_reliability_llm.py", "test_synthesis_openai.py"}
 
 
 def pytest_collection_modifyitems(config, items):
