@@ -203,6 +203,7 @@ def pca_codes(X: np.ndarray, dims: int, *, seed: int = 0, train_size: int = 100_
 # float32 rounding of the codes: candidates are taken at threshold - BOUND_SLACK so that a pair
 # whose exact cosine is >= threshold is never lost to the last bits of the bound
 BOUND_SLACK = 1e-4
+COARSE_DIMS = 32  # ivfpca: the k-means and the cell assignment use the leading 32 directions
 
 
 def ivfpca_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, dims: int = 128,
@@ -219,8 +220,12 @@ def ivfpca_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, di
         log(f"ivfpca: {Z.shape[1] - 1}-d codes + residual norm in {time.monotonic() - t0:.1f}s "
             f"(the projection keeps {energy:.1%} of |x|^2)")
     train_size = train_size or max(40 * nlist, 20_000)
-    centroids = _kmeans(Z, nlist, seed, train_size, niter)
-    cells = _top_cells(Z, centroids, nprobe)
+    # cells from the leading principal directions only: where a vector lives needs the coarse
+    # structure, not every dimension (any assignment keeps the no-false-link guarantee)
+    coarse = Z[:, :min(COARSE_DIMS, Z.shape[1] - 1)]
+    centroids = _kmeans(coarse, nlist, seed, train_size, niter)
+    cells = _top_cells(coarse, centroids, nprobe)
+    del coarse
     if log:
         log(f"ivfpca: k-means {nlist} cells + assignment in {time.monotonic() - t0:.1f}s")
     home = np.ascontiguousarray(cells[:, 0])
@@ -243,7 +248,11 @@ def ivfpca_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, di
         B = Z[probers]
         for s in range(0, len(members), BLOCK):
             rows = members[s:s + BLOCK]
-            r, k = np.nonzero(Z[rows] @ B.T >= cand_t)
+            hit = Z[rows] @ B.T >= cand_t
+            any_hit = np.flatnonzero(hit.any(axis=1))  # few rows have candidates: nonzero on those
+            r, k = np.nonzero(hit[any_hit])
+            r = any_hit[r]
+            del hit
             gi, gj = rows[r], probers[k]
             # each unordered pair once: a pair also met in gj's home cell (gi probes it) is kept
             # there when gj < gi; pairs of one cell are met twice in the same block
