@@ -94,7 +94,7 @@ def test_size_rule_picks_the_search():
 
 
 def test_auto_switch_above_the_size_and_memory_mapped_vectors(X, tmp_path):
-    lab, st = faiss_graph(X, T, exact_max_n=100, ivfpca_min_n=500, nlist=1, ivfpca_dims=64)
+    lab, st = faiss_graph(X, T, exact_max_n=100, ivfpca_min_n=300, nlist=1, ivfpca_dims=64)
     assert st.method == "ivfpca"
     assert np.array_equal(lab, faiss_graph(X, T, force="exact")[0])
     assert faiss_graph(X, T, exact_max_n=100, ivfpca_min_n=len(X))[1].method == "ivf"
