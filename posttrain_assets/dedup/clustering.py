@@ -22,8 +22,9 @@ so the join on z at the same threshold returns a superset of the pairs the flat 
 link: compression loses no pair. Each candidate's cosine is then recomputed on the exact float32
 vectors (read in blocks: X may be a memory-mapped array) and only pairs >= threshold are links,
 so there are no false links either; the links are exactly those of the flat IVF search with the
-same cells (k-means on z instead of x). The matrix products run on 129-d codes (4x fewer flops),
-and besides X the search holds 516 bytes per vector.
+same cells (here: k-means on the codes' leading 32 directions, nlist ~ sqrt(n * nprobe)). The
+matrix products run on 129-d codes (4x fewer flops than on x), and besides X the search holds 516
+bytes per vector.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ def ivfpca_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, di
                  ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The IVF join on PCA + residual-norm codes (a superset of the flat join's pairs), every
     candidate pair re-ranked on the exact vectors of X. Returns unique links (i, j), i != j, each
-    pair once, and stats (candidates = distinct pairs re-ranked)."""
+    pair once, and stats (candidates = distinct pairs re-ranked). `max_neighbors`: at most that
+    many links per row and cell block, its strongest."""
     n = len(X)
     t0 = time.monotonic()
     Z, _, energy = pca_codes(X, dims, seed=seed, train_size=pca_train_size)
