@@ -82,6 +82,12 @@ class DedupConfig(dg.Config):
     cross_language: bool = False  # False: never merge semantically records whose `language` differs
     scope: str = "global"  # global | kind (only compare prompts of the same registry kind)
     exact_max_n: int = 100_000  # faiss_graph: exact all-pairs up to here, IVF above
+    # faiss_graph: above this many vectors (0 = never) the IVF join runs on compressed codes (PCA
+    # projection + residual norm, an upper bound of the cosine) and every candidate pair is
+    # re-ranked on the exact vectors (no false links; 516 bytes a vector instead of 2 KB)
+    ivfpca_min_n: int = 1_000_000
+    ivfpca_dims: int = 128  # ivfpca: principal directions in the codes (+ 1 residual norm)
+    search: str = ""  # faiss_graph: "" = by size (above); or force exact | ivf | ivfpca
     nlist: int = 0  # IVF cells (0 = ~sqrt(n))
     nprobe: int = 3  # IVF cells probed per vector
     max_neighbors: int = 0  # keep at most this many links per vector (0 = all)

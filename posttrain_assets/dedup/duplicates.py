@@ -149,9 +149,16 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
         if cfg.method == "faiss_graph":
             lab, gs = faiss_graph(X[g_lead[bucket]], threshold, exact_max_n=cfg.exact_max_n,
                                   nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed,
-                                  max_neighbors=cfg.max_neighbors, log=log)
-            stats.update(search=gs.method, nlist=gs.nlist, nprobe=gs.nprobe,
+                                  max_neighbors=cfg.max_neighbors, force=getattr(cfg, "search", ""),
+                                  ivfpca_min_n=getattr(cfg, "ivfpca_min_n", 1_000_000),
+                                  ivfpca_dims=getattr(cfg, "ivfpca_dims", 128), log=log)
+            searches = set(filter(None, stats.get("search", "").split(", "))) | {gs.method}
+            stats.update(search=", ".join(sorted(searches)), nlist=gs.nlist, nprobe=gs.nprobe,
                          edges=stats.get("edges", 0) + gs.edges)
+            if gs.method == "ivfpca":  # compressed search: what the exact re-rank saw and kept
+                stats.update(ivfpca_dims=gs.dims, pca_energy=round(gs.energy, 4),
+                             candidate_pairs=stats.get("candidate_pairs", 0) + gs.candidates,
+                             links_after_rerank=stats.get("links_after_rerank", 0) + gs.edges)
         elif cfg.method == "dbscan":
             lab = dbscan_labels(X[g_lead[bucket]], threshold)
         elif cfg.method == "minhash":
