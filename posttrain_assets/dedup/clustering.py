@@ -126,6 +126,20 @@ def _nearest_cells(X: np.ndarray, centroids: np.ndarray, k: int) -> np.ndarray:
     return cells
 
 
+def _cell_index(cells: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell, via sorting: its members (rows whose nearest cell it is: m_order[m_bounds[c]:m_bounds[c + 1]])
+    and its probers (rows with it among their nprobe cells: p_rows[p_bounds[c]:p_bounds[c + 1]])."""
+    nprobe = cells.shape[1]
+    home = cells[:, 0]
+    m_order = np.argsort(home, kind="stable")
+    m_bounds = np.searchsorted(home[m_order], np.arange(nlist + 1))
+    flat_cells = cells.ravel()
+    p_order = np.argsort(flat_cells, kind="stable")
+    p_rows = p_order // nprobe  # == np.repeat(arange(n), nprobe)[p_order]
+    p_bounds = np.searchsorted(flat_cells[p_order], np.arange(nlist + 1))
+    return m_order, m_bounds, p_rows, p_bounds
+
+
 def ivf_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, seed: int = 0,
               train_size: int = 0, niter: int = 6, max_neighbors: int = 0,
               log: Optional[Callable[[str], None]] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -137,15 +151,7 @@ def ivf_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, seed:
     cells = _nearest_cells(X, centroids, nprobe)  # [n, nprobe], nearest first
     if log:
         log(f"ivf: k-means {nlist} cells + assignment in {time.monotonic() - t0:.1f}s")
-    home = cells[:, 0]
-    # members (home cell) and probers (any of the nprobe cells) per cell, via sorting
-    m_order = np.argsort(home, kind="stable")
-    m_bounds = np.searchsorted(home[m_order], np.arange(nlist + 1))
-    flat_cells = cells.ravel()
-    flat_rows = np.repeat(np.arange(n), nprobe)
-    p_order = np.argsort(flat_cells, kind="stable")
-    p_rows = flat_rows[p_order]
-    p_bounds = np.searchsorted(flat_cells[p_order], np.arange(nlist + 1))
+    m_order, m_bounds, p_rows, p_bounds = _cell_index(cells, nlist)
     src, dst = [], []
     done = 0
     for c in range(nlist):
@@ -231,13 +237,7 @@ def ivfpca_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, di
     if log:
         log(f"ivfpca: k-means {nlist} cells + assignment in {time.monotonic() - t0:.1f}s")
     home = np.ascontiguousarray(cells[:, 0])
-    m_order = np.argsort(home, kind="stable")
-    m_bounds = np.searchsorted(home[m_order], np.arange(nlist + 1))
-    flat_cells = cells.ravel()
-    p_order = np.argsort(flat_cells, kind="stable")
-    p_rows = p_order // nprobe  # == np.repeat(arange(n), nprobe)[p_order]
-    p_bounds = np.searchsorted(flat_cells[p_order], np.arange(nlist + 1))
-    del flat_cells, p_order
+    m_order, m_bounds, p_rows, p_bounds = _cell_index(cells, nlist)
     cand_t = threshold - BOUND_SLACK
     src, dst = [], []
     candidates = 0
