@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -126,9 +126,13 @@ def _nearest_cells(X: np.ndarray, centroids: np.ndarray, k: int) -> np.ndarray:
     return cells
 
 
-def _cell_index(cells: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per cell, via sorting: its members (rows whose nearest cell it is: m_order[m_bounds[c]:m_bounds[c + 1]])
-    and its probers (rows with it among their nprobe cells: p_rows[p_bounds[c]:p_bounds[c + 1]])."""
+def _cell_blocks(cells: np.ndarray, nlist: int, V: np.ndarray,
+                 progress: Optional[Callable[[int, int], None]] = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The inverted-file join's blocks: for each cell, its members (rows whose nearest cell it is) in
+    blocks of BLOCK against its probers (rows with the cell among their nprobe cells), found by
+    sorting. Yields (rows, probers, V[rows] @ V[probers].T); `progress(cell, members done)` after
+    each cell."""
     nprobe = cells.shape[1]
     home = cells[:, 0]
     m_order = np.argsort(home, kind="stable")
@@ -137,7 +141,20 @@ def _cell_index(cells: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray, 
     p_order = np.argsort(flat_cells, kind="stable")
     p_rows = p_order // nprobe  # == np.repeat(arange(n), nprobe)[p_order]
     p_bounds = np.searchsorted(flat_cells[p_order], np.arange(nlist + 1))
-    return m_order, m_bounds, p_rows, p_bounds
+    del flat_cells, p_order
+    done = 0
+    for c in range(nlist):
+        members = m_order[m_bounds[c]:m_bounds[c + 1]]
+        if len(members) == 0:
+            continue
+        probers = p_rows[p_bounds[c]:p_bounds[c + 1]]
+        B = V[probers]
+        for s in range(0, len(members), BLOCK):
+            rows = members[s:s + BLOCK]
+            yield rows, probers, V[rows] @ B.T
+        done += len(members)
+        if progress:
+            progress(c, done)
 
 
 def ivf_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, seed: int = 0,
@@ -151,24 +168,16 @@ def ivf_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, seed:
     cells = _nearest_cells(X, centroids, nprobe)  # [n, nprobe], nearest first
     if log:
         log(f"ivf: k-means {nlist} cells + assignment in {time.monotonic() - t0:.1f}s")
-    m_order, m_bounds, p_rows, p_bounds = _cell_index(cells, nlist)
     src, dst = [], []
-    done = 0
-    for c in range(nlist):
-        members = m_order[m_bounds[c]:m_bounds[c + 1]]
-        if len(members) == 0:
-            continue
-        probers = p_rows[p_bounds[c]:p_bounds[c + 1]]
-        B = X[probers]
-        for s in range(0, len(members), BLOCK):
-            rows = members[s:s + BLOCK]
-            sims = X[rows] @ B.T
-            i, j = _threshold_edges(sims, rows, probers, threshold, max_neighbors)
-            src.append(i)
-            dst.append(j)
-        done += len(members)
+
+    def progress(c: int, done: int) -> None:
         if log and (c + 1) % max(1, nlist // 10) == 0:
             log(f"ivf search: {done:,}/{n:,} rows ({done / max(time.monotonic() - t0, 1e-9):,.0f} rows/s)")
+
+    for rows, probers, sims in _cell_blocks(cells, nlist, X, progress):
+        i, j = _threshold_edges(sims, rows, probers, threshold, max_neighbors)
+        src.append(i)
+        dst.append(j)
     if not src:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(src), np.concatenate(dst)
@@ -237,50 +246,44 @@ def ivfpca_edges(X: np.ndarray, threshold: float, nlist: int, nprobe: int, *, di
     if log:
         log(f"ivfpca: k-means {nlist} cells + assignment in {time.monotonic() - t0:.1f}s")
     home = np.ascontiguousarray(cells[:, 0])
-    m_order, m_bounds, p_rows, p_bounds = _cell_index(cells, nlist)
     cand_t = threshold - BOUND_SLACK
     src, dst = [], []
     candidates = 0
-    done = 0
-    for c in range(nlist):
-        members = m_order[m_bounds[c]:m_bounds[c + 1]]
-        if len(members) == 0:
-            continue
-        probers = p_rows[p_bounds[c]:p_bounds[c + 1]]
-        B = Z[probers]
-        for s in range(0, len(members), BLOCK):
-            rows = members[s:s + BLOCK]
-            hit = Z[rows] @ B.T >= cand_t
-            any_hit = np.flatnonzero(hit.any(axis=1))  # few rows have candidates: nonzero on those
-            r, k = np.nonzero(hit[any_hit])
-            r = any_hit[r]
-            del hit
-            gi, gj = rows[r], probers[k]
-            # each unordered pair once: a pair also met in gj's home cell (gi probes it) is kept
-            # there when gj < gi; pairs of one cell are met twice in the same block
-            also = (cells[gi] == home[gj][:, None]).any(axis=1)
-            keep = (gi != gj) & ~(also & (gj < gi))
-            r, k, gi, gj = r[keep], k[keep], gi[keep], gj[keep]
-            if not len(r):
-                continue
-            candidates += len(r)
-            # exact re-rank: the block's rows and the probers met, read once each (rows and
-            # probers are in increasing order: sequential reads of a memory-mapped X)
-            ur, r_pos = np.unique(r, return_inverse=True)
-            uk, k_pos = np.unique(k, return_inverse=True)
-            xr = np.asarray(X[rows[ur]], np.float32)
-            xk = np.asarray(X[probers[uk]], np.float32)
-            sims = np.einsum("ij,ij->i", xr[r_pos], xk[k_pos])
-            ok = sims >= threshold
-            gi, gj, sims = gi[ok], gj[ok], sims[ok]
-            if max_neighbors and len(gi):
-                gi, gj = _cap_per_row(gi, gj, sims, max_neighbors)
-            src.append(gi)
-            dst.append(gj)
-        done += len(members)
+
+    def progress(c: int, done: int) -> None:
         if log and (c + 1) % max(1, nlist // 10) == 0:
             log(f"ivfpca search: {done:,}/{n:,} rows ({done / max(time.monotonic() - t0, 1e-9):,.0f} rows/s), "
                 f"{candidates:,} candidates, {sum(map(len, src)):,} links")
+
+    for rows, probers, products in _cell_blocks(cells, nlist, Z, progress):
+        hit = products >= cand_t
+        del products
+        any_hit = np.flatnonzero(hit.any(axis=1))  # few rows have candidates: nonzero on those
+        r, k = np.nonzero(hit[any_hit])
+        r = any_hit[r]
+        del hit
+        gi, gj = rows[r], probers[k]
+        # each unordered pair once: a pair also met in gj's home cell (gi probes it) is kept
+        # there when gj < gi; pairs of one cell are met twice in the same block
+        also = (cells[gi] == home[gj][:, None]).any(axis=1)
+        keep = (gi != gj) & ~(also & (gj < gi))
+        r, k, gi, gj = r[keep], k[keep], gi[keep], gj[keep]
+        if not len(r):
+            continue
+        candidates += len(r)
+        # exact re-rank: the block's rows and the probers met, read once each (rows and
+        # probers are in increasing order: sequential reads of a memory-mapped X)
+        ur, r_pos = np.unique(r, return_inverse=True)
+        uk, k_pos = np.unique(k, return_inverse=True)
+        xr = np.asarray(X[rows[ur]], np.float32)
+        xk = np.asarray(X[probers[uk]], np.float32)
+        sims = np.einsum("ij,ij->i", xr[r_pos], xk[k_pos])
+        ok = sims >= threshold
+        gi, gj, sims = gi[ok], gj[ok], sims[ok]
+        if max_neighbors and len(gi):
+            gi, gj = _cap_per_row(gi, gj, sims, max_neighbors)
+        src.append(gi)
+        dst.append(gj)
     info = {"dims": Z.shape[1] - 1, "candidates": candidates, "energy": energy}
     if not src:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), info
