@@ -83,6 +83,17 @@ ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
     # (oasst2_ja_edited), `labels` = OASST's per-message labels where the export has them
     "oasst_messages": {"id": "message_id", "parent": "parent_id", "role": "role", "text": "text",
                        "tree": "message_tree_id", "quality": None, "labels": None, "root": "."},
+    # battle logs (Chatbot Arena, WebDev Arena): two conversations of the same user turns + a verdict;
+    # content as a string or a list of typed parts [{type: "text", text}]; an assistant turn's extra
+    # payload (`object`: {code, file_path, ...}) is kept (options: verdicts, payload, payload_in_content)
+    "pairwise": {"conversation_a": "conversation_a", "conversation_b": "conversation_b", "winner": "winner",
+                 "id": None},
+    # n generations per problem + per-generation verdicts (OpenR1-Math): CoT rows from the `messages`
+    # answer or the correct complete traces, and preference pairs under a rule (options: pair_rule, cot_rows)
+    "multi_trace": {"prompt": "problem", "traces": "generations", "verdicts": "correctness_math_verify",
+                    "fallback_verdicts": "correctness_llama", "complete": "is_reasoning_complete",
+                    "finish_reasons": "finish_reasons", "messages": "messages", "reference_answer": "answer",
+                    "id": None},
 }
 #: adapters that join rows across the whole file (flat messages -> trees): a shard would cut trees apart
 CROSS_ROW_ADAPTERS = ("oasst_messages",)
@@ -102,6 +113,28 @@ ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "messages": (("messages",),),
     "helpsteer": (("prompt", "response"),),
     "oasst_messages": (("id", "parent", "role", "text"),),
+    "pairwise": (("conversation_a", "conversation_b", "winner"),),
+    "multi_trace": (("prompt", "traces", "verdicts"),),
+}
+#: the kind an adapter's rows need, where it is not free (pairwise: pairs; multi_trace: CoT rows + pairs)
+ADAPTER_KINDS = {"pairwise": ("preference",), "multi_trace": ("cot",)}
+
+#: `answer_rule`: how a CoT answer is separated from the reasoning when no <think>...</think> tags do it
+#: (records/unify.split_reasoning). auto = '####' (GSM8K), else the last \boxed{}, else unsplit;
+#: boxed / gsm8k = only that rule; none = everything in `thinking`, answer "" (the seed's LIMO / NuminaMath)
+ANSWER_RULES = ("auto", "boxed", "gsm8k", "none")
+
+#: pairwise verdicts: what a `winner` value means (a / b preferred, a tie, both bad)
+VERDICT_MEANINGS = ("a", "b", "tie", "both_bad")
+#: multi_trace pair rules (posttrain_assets/ingest/traces.py)
+PAIR_RULES = ("best_vs_worst", "all_pairs", "seed")
+#: multi_trace CoT rows: the `messages` answer (one per problem), or every correct and complete trace
+COT_ROWS = ("messages", "correct")
+#: per-adapter `options`: name -> default (checked by _parse_options)
+ADAPTER_OPTIONS: dict[str, dict[str, Any]] = {
+    "pairwise": {"verdicts": {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "both_bad"},
+                 "payload": "object", "payload_in_content": True},
+    "multi_trace": {"pair_rule": "best_vs_worst", "cot_rows": "messages"},
 }
 
 
@@ -144,6 +177,31 @@ class LoaderSpec:
     revision: str | None = None
     limit: int | None = None  # read at most this many rows per file (None = all)
     offset: int = 0  # skip this many rows of each file first (with limit: one shard of a large source)
+    # several configs / splits of one hub dataset (OpenR1-Math default + extended): every (config,
+    # split) in this order, read one after the other as the files of a glob are
+    configs: tuple = ()
+    splits: tuple = ()
+
+    def hub_parts(self) -> list[tuple[str | None, str]]:
+        """(config, split) of every part of a hub source, in reading order."""
+        return [(c, s) for c in (self.configs or (self.config,)) for s in (self.splits or (self.split,))]
+
+
+def hub_part_label(config: str | None, split: str) -> str:
+    """A hub part's `source_file`: '<config>/<split>' ('default' for no config): row ids of two
+    configs with the same split names differ."""
+    return f"{config or 'default'}/{split}"
+
+
+def glob_root(pattern: str) -> str:
+    """The folder a path pattern's matches are named relative to: its leading folders up to the
+    first one with a wildcard (a plain file path: its folder). Two files of one source then never
+    share a name (`default/train-00000-of-00001.parquet`, `extended/train-00000-of-00001.parquet`)."""
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return str(Path(*parts[:i])) if i else "."
+    return str(Path(pattern).parent)
 
 
 @dataclass(frozen=True)
@@ -172,6 +230,14 @@ class SourceSpec:
     shard_rows: int | None = None
     shards: int | None = None
     shard: ShardRange | None = None
+    answer_rule: str = "auto"  # records: how a CoT answer is split off (ANSWER_RULES)
+    # keep only rows whose label columns pass these conditions (common/label_filter.py), at ingest
+    label_filter: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)  # adapter options, defaults filled (ADAPTER_OPTIONS)
+
+    def option(self, name: str) -> Any:
+        """An adapter option (registry `options`, else its default)."""
+        return self.options.get(name, ADAPTER_OPTIONS.get(self.adapter, {}).get(name))
 
     @property
     def sharded(self) -> bool:
@@ -186,7 +252,7 @@ class SourceSpec:
     def file_row_counts(self) -> list[int]:
         """Rows per file (resolved_paths order; the hub split: one count), as the loader numbers them."""
         if self.loader.hub:
-            return [_hub_rows(self)]
+            return [_hub_rows(self, c, sp) for c, sp in self.loader.hub_parts()]
         try:
             return [count_rows(p, self.file_format(p)) for p in self.resolved_paths()]
         except (OSError, ShardError) as exc:
@@ -248,15 +314,23 @@ class SourceSpec:
                 out[logical] = col
         return out
 
-    def resolved_paths(self) -> list[Path]:
-        """Local files of this source, sorted; raises RegistryError when none match."""
-        import glob
-
+    def path_pattern(self) -> str:
+        """The loader path as an absolute, normalised pattern ($VARS, ~ and the registry's folder resolved)."""
         assert self.loader.path is not None
         pattern = os.path.expandvars(os.path.expanduser(self.loader.path))
         if not os.path.isabs(pattern):
             pattern = os.path.join(self.base_dir, pattern)
-        pattern = os.path.normpath(pattern)
+        return os.path.normpath(pattern)
+
+    def relative_name(self, path: Path) -> str:
+        """A file's `source_file`: its path relative to the glob's root (glob_root), '/'-separated."""
+        return Path(os.path.relpath(path, glob_root(self.path_pattern()))).as_posix()
+
+    def resolved_paths(self) -> list[Path]:
+        """Local files of this source, sorted; raises RegistryError when none match."""
+        import glob
+
+        pattern = self.path_pattern()
         matches = sorted(Path(p) for p in glob.glob(pattern) if os.path.isfile(p))
         if not matches:
             raise RegistryError(
@@ -380,7 +454,7 @@ def default_model_stages(kind: str) -> tuple[str, ...]:
 _TOP_KEYS = {"version", "sources"}
 _SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
                 "description", "priority", "dedup_key", "turns", "generator", "generator_config", "version",
-                "model_stages", "shard_rows", "shards"}
+                "model_stages", "shard_rows", "shards", "answer_rule", "label_filter", "options"}
 _SYNTHETIC_ONLY = ("generator", "generator_config", "version")
 _LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit", "offset"}
 
@@ -456,14 +530,27 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     offset = loader_raw.get("offset", 0)
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise _fail(where, label, "loader.offset", f"must be a non-negative integer, got {offset!r}")
-    for name in ("path", "hub", "config", "split", "revision"):
+    for name in ("path", "hub", "revision"):
         v = loader_raw.get(name)
         if v is not None and not isinstance(v, str):
             raise _fail(where, label, f"loader.{name}", f"must be a string, got {v!r}")
+    many: dict[str, tuple] = {}
+    for name in ("config", "split"):  # one name, or a list of them (hub only)
+        v = loader_raw.get(name)
+        if isinstance(v, list):
+            if not loader_raw.get("hub"):
+                raise _fail(where, label, f"loader.{name}", "a list of names is for a hub dataset (loader.hub)")
+            if not v or not all(isinstance(x, str) and x for x in v) or len(set(v)) != len(v):
+                raise _fail(where, label, f"loader.{name}", f"must be a non-empty list of distinct names, got {v!r}")
+            many[name] = tuple(v)
+        elif v is not None and not isinstance(v, str):
+            raise _fail(where, label, f"loader.{name}", f"must be a string or a list of strings, got {v!r}")
     loader = LoaderSpec(
         path=loader_raw.get("path"), format=fmt, hub=loader_raw.get("hub"),
-        config=loader_raw.get("config"), split=loader_raw.get("split") or "train",
+        config=None if "config" in many else loader_raw.get("config"),
+        split="train" if "split" in many else (loader_raw.get("split") or "train"),
         revision=loader_raw.get("revision"), limit=limit, offset=offset,
+        configs=many.get("config", ()), splits=many.get("split", ()),
     )
 
     shard_rows, shards = _shard_fields(raw, key, label, where, loader)
@@ -479,23 +566,89 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         raise _fail(where, label, "turns",
                     f"only the generic adapter reads it (a list of strings as prompt), not {adapter!r}")
 
+    answer_rule = raw.get("answer_rule", "auto")
+    if answer_rule not in ANSWER_RULES:
+        raise _fail(where, label, "answer_rule", f"must be one of {', '.join(ANSWER_RULES)}, got {answer_rule!r}")
+    if adapter in ADAPTER_KINDS and kind not in ADAPTER_KINDS[adapter]:
+        raise _fail(where, label, "kind", f"adapter {adapter!r} writes {' / '.join(ADAPTER_KINDS[adapter])} rows: "
+                                          f"kind must be {' or '.join(ADAPTER_KINDS[adapter])}, got {kind!r}")
+
     spec = SourceSpec(
         key=key, kind=kind, adapter=adapter, loader=loader, licence=licence,
         fields={k: v for k, v in fields.items()}, description=str(raw.get("description") or ""),
         priority=priority, dedup_key=dedup_key, turns=turns, base_dir=base_dir, model_stages=model_stages,
-        shard_rows=shard_rows, shards=shards,
+        shard_rows=shard_rows, shards=shards, answer_rule=answer_rule,
+        label_filter=_label_filter(raw, label, where), options=_parse_options(raw, adapter, label, where),
     )
     mapped = spec.mapped_columns()
     options = ADAPTER_REQUIRED[adapter]
     if not any(all(f in mapped for f in group) for group in options):
         need = " or ".join("+".join(g) for g in options)
         raise _fail(where, label, "fields", f"adapter {adapter!r} needs {need} mapped")
-    if kind == "preference" and adapter != "helpsteer3" and not ({"chosen", "rejected"} <= set(mapped)):
+    if kind == "preference" and adapter not in ("helpsteer3", "pairwise") and not ({"chosen", "rejected"} <= set(mapped)):
         raise _fail(where, label, "fields", "kind 'preference' needs 'chosen' and 'rejected' mapped")
     if kind == "attributes" and adapter not in ATTRIBUTE_ADAPTERS:
         raise _fail(where, label, "adapter", f"kind 'attributes' needs an adapter whose rows carry human "
                                              f"labels: one of {', '.join(ATTRIBUTE_ADAPTERS)}, got {adapter!r}")
     return spec
+
+
+def _label_filter(raw: dict, label: str, where: str) -> tuple[str, ...]:
+    """`label_filter`: a condition or a list of them ('pass_rate_72b_tir <= 0.1', '0.2 <= x < 0.8'), all
+    checked here (posttrain_assets/common/label_filter.py parses them)."""
+    if "label_filter" not in raw:
+        return ()
+    value = raw["label_filter"]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
+        raise _fail(where, label, "label_filter", f"must be a condition or a list of conditions "
+                                                  f"('COLUMN <= NUMBER', 'LOW <= COLUMN < HIGH', ...), got {value!r}")
+    from posttrain_assets.common.label_filter import LabelFilterError, parse_condition
+
+    for i, text in enumerate(items):
+        try:
+            parse_condition(text)
+        except LabelFilterError as exc:
+            raise _fail(where, label, f"label_filter[{i}]" if len(items) > 1 or not isinstance(value, str)
+                        else "label_filter", str(exc)) from None
+    return tuple(items)
+
+
+def _parse_options(raw: dict, adapter: str, label: str, where: str) -> dict[str, Any]:
+    """`options` of the adapters that have some (ADAPTER_OPTIONS), with the defaults filled in."""
+    allowed = ADAPTER_OPTIONS.get(adapter, {})
+    given = raw.get("options")
+    if given is None:
+        return dict(allowed)
+    if not allowed:
+        raise _fail(where, label, "options", f"adapter {adapter!r} has no options "
+                                             f"(adapters with options: {', '.join(ADAPTER_OPTIONS)})")
+    if not isinstance(given, dict):
+        raise _fail(where, label, "options", f"must be a mapping, got {given!r}")
+    unknown = sorted(set(given) - set(allowed), key=str)
+    if unknown:
+        raise _fail(where, label, f"options.{unknown[0]}", f"unknown option of adapter {adapter!r}; "
+                                                           f"it has: {', '.join(allowed)}")
+    out = {**allowed, **given}
+    if adapter == "pairwise":
+        v = out["verdicts"]
+        if (not isinstance(v, dict) or not v or not all(isinstance(k, str) for k in v)
+                or not all(m in VERDICT_MEANINGS for m in v.values())):
+            raise _fail(where, label, "options.verdicts", f"must map each winner value to one of "
+                                                          f"{', '.join(VERDICT_MEANINGS)}, got {v!r}")
+        if not {"a", "b"} <= set(v.values()):
+            raise _fail(where, label, "options.verdicts", "needs a value meaning a and one meaning b")
+        if out["payload"] is not None and (not isinstance(out["payload"], str) or not out["payload"]):
+            raise _fail(where, label, "options.payload", f"must be the key of an assistant turn's extra "
+                                                         f"object (or null), got {out['payload']!r}")
+        if not isinstance(out["payload_in_content"], bool):
+            raise _fail(where, label, "options.payload_in_content", f"must be true or false, got "
+                                                                     f"{out['payload_in_content']!r}")
+    if adapter == "multi_trace":
+        for name, choices in (("pair_rule", PAIR_RULES), ("cot_rows", COT_ROWS)):
+            if out[name] not in choices:
+                raise _fail(where, label, f"options.{name}", f"must be one of {', '.join(choices)}, got {out[name]!r}")
+    return out
 
 
 def _shard_fields(raw: dict, key: str, label: str, where: str,
@@ -527,31 +680,32 @@ def _shard_fields(raw: dict, key: str, label: str, where: str,
 _HUB_ROWS: dict[tuple, int] = {}
 
 
-def _hub_rows(spec: SourceSpec) -> int:
-    """Rows of a hub source's split: the dataset's split info (no rows downloaded), else the rows of
-    the loaded split (a local dataset folder); cached in this process per (id, config, split, revision)."""
+def _hub_rows(spec: SourceSpec, config: str | None, split: str) -> int:
+    """Rows of one (config, split) of a hub source: the dataset's split info (no rows downloaded), else
+    the rows of the loaded split (a local dataset folder); cached in this process per (id, config,
+    split, revision)."""
     lo = spec.loader
-    ck = (lo.hub, lo.config, lo.split, lo.revision)
+    ck = (lo.hub, config, split, lo.revision)
     if ck not in _HUB_ROWS:
-        _HUB_ROWS[ck] = _count_hub_rows(spec)
+        _HUB_ROWS[ck] = _count_hub_rows(spec, config, split)
     return _HUB_ROWS[ck]
 
 
-def _count_hub_rows(spec: SourceSpec) -> int:
+def _count_hub_rows(spec: SourceSpec, config: str | None, split: str) -> int:
     lo = spec.loader
     try:
         import datasets
 
         try:
-            info = datasets.load_dataset_builder(lo.hub, lo.config, revision=lo.revision).info
-            if info.splits and lo.split in info.splits and info.splits[lo.split].num_examples:
-                return int(info.splits[lo.split].num_examples)
+            info = datasets.load_dataset_builder(lo.hub, config, revision=lo.revision).info
+            if info.splits and split in info.splits and info.splits[split].num_examples:
+                return int(info.splits[split].num_examples)
         except Exception:  # noqa: BLE001 - no split info: count the split itself
             pass
-        return len(datasets.load_dataset(lo.hub, lo.config, split=lo.split, revision=lo.revision))
+        return len(datasets.load_dataset(lo.hub, config, split=split, revision=lo.revision))
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
         raise RegistryError(f"source '{spec.source_key}': cannot count the rows of hub dataset {lo.hub!r} "
-                            f"(split {lo.split!r}) for sharding: {type(exc).__name__}: {exc}") from None
+                            f"(config {config!r}, split {split!r}) for sharding: {type(exc).__name__}: {exc}") from None
 
 
 def _common_fields(raw: dict, label: str, where: str) -> tuple[str, int, str]:

@@ -94,19 +94,52 @@ def columns(adapter: str, m) -> dict:
                            "parent_id": st.sampled_from([None, None, "m1", "m2", "m3", "m9"]),
                            "role": st.sampled_from(["prompter", "assistant", "moderator"]), "text": text,
                            "message_tree_id": st.sampled_from(["t1", "t2"]), "quality": st.integers(1, 5)},
+        "pairwise": {"battle": battle(m), "winner": m(st.sampled_from(["model_a", "model_b", "tie",
+                                                                          "tie (bothbad)", "model_c"]))},
+        "multi_trace": {"problem": m(text), "traced": traced(m), "answer": m(text),
+                        "messages": m(turns(m, "role", "content", ("user", "assistant")))},
     }[adapter]
+
+
+def battle(m):
+    """pairwise: two conversations sharing their user turns (string or typed-part content, a WebDev
+    payload on some assistant turns); unpacked into conversation_a / conversation_b by rows_for."""
+    content = st.one_of(m(text), st.lists(st.fixed_dictionaries({"type": m(st.just("text")), "text": m(text)}),
+                                          min_size=1, max_size=2))
+    assistant = st.fixed_dictionaries({"role": m(st.just("assistant")), "content": content},
+                                      optional={"object": m(st.fixed_dictionaries({"code": m(text),
+                                                                                  "file_path": m(text)}))})
+    users = st.lists(st.fixed_dictionaries({"role": m(st.just("user")), "content": content}), min_size=1, max_size=2)
+
+    def sides(us, a, b):
+        return {"conversation_a": [t for u in us for t in (u, a)], "conversation_b": [t for u in us for t in (u, b)]}
+    return st.builds(sides, users, assistant, assistant)
+
+
+def traced(m):
+    """multi_trace: n traces with verdict / completeness / finish lists of (mostly) the same length."""
+    def lists(n):
+        flags = st.lists(st.none() | st.booleans(), min_size=n, max_size=n)
+        return st.fixed_dictionaries({
+            "generations": m(st.lists(text, min_size=n, max_size=n)), "correctness_math_verify": m(flags),
+            "correctness_llama": m(st.none() | flags), "is_reasoning_complete": m(flags),
+            "finish_reasons": m(st.none() | st.lists(st.sampled_from(["stop", "length"]), min_size=n, max_size=n))})
+    return st.integers(0, 4).flatmap(lists)
 
 
 #: the mapping of optional fields a registry entry would give (so that they are read too)
 FIELDS = {"generic": {"prompt": "prompt", "response": "response", "system": "system", "id": "id"},
           "alpaca": {"system": "system", "history": "history"}, "sharegpt": {"system": "system", "tools": "tools"},
           "messages": {"label": "label"}, "oasst_messages": {"quality": "quality"}}
-KIND = {"hh_rlhf": "preference", "helpsteer3": "preference", "gsm8k": "cot", "generic": "prompt"}
+KIND = {"hh_rlhf": "preference", "helpsteer3": "preference", "gsm8k": "cot", "generic": "prompt",
+        "pairwise": "preference", "multi_trace": "cot"}
 
 
 def _unpack(row: dict) -> dict:
-    pair = row.pop("pair", None)
-    return {**pair, **row} if isinstance(pair, dict) else row
+    for name in ("pair", "battle", "traced"):  # strategies that give several columns at once
+        pair = row.pop(name, None)
+        row = {**pair, **row} if isinstance(pair, dict) else row
+    return row
 
 
 def rows_for(adapter: str):

@@ -89,7 +89,8 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
         tie_mask = pc.fill_null(preference_records["tie"], False)
         ties = int(pc.sum(tie_mask).as_py() or 0)
         if not config.include_ties:  # ties left out: the flag column is then constant, dropped
-            preference_records = preference_records.filter(pc.invert(tie_mask)).drop_columns(["tie"])
+            preference_records = preference_records.filter(pc.invert(tie_mask)).drop_columns(
+                [c for c in ("tie", "tie_kind") if c in preference_records.column_names])
     tables = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
     reg = registry.load()
     synthetic_missing = {}

@@ -17,13 +17,17 @@ from partitions.registry import SourceSpec
 from ..common.answers import GSM8K_FINAL
 
 RECORD_KEYS = ("source_prompt_id", "prompt", "messages", "response", "chosen", "rejected",
-               "reference_answer", "rank", "labels", "preference_score", "metadata")
+               "reference_answer", "rank", "labels", "preference_score", "metadata",
+               "chosen_messages", "rejected_messages", "tie_kind")
 
 
 class RowReject(Exception):
-    def __init__(self, reason: str, field: str | None = None, detail: str = ""):
+    """A row (or one record of it) that gives no record: `outcome` 'rejected' (bad input) or
+    'removed' (a rule's choice, e.g. a problem whose traces make no preference pair)."""
+
+    def __init__(self, reason: str, field: str | None = None, detail: str = "", outcome: str = "rejected"):
         super().__init__(f"{reason}: {field or ''} {detail}".strip())
-        self.reason, self.field, self.detail = reason, field, detail
+        self.reason, self.field, self.detail, self.outcome = reason, field, detail, outcome
 
 
 def _record(**kw: Any) -> dict:
@@ -62,7 +66,9 @@ def _text(row: dict, spec: SourceSpec, logical: str, required: bool = True) -> s
 
 
 def default_id(source_file: str, source_row: int) -> str:
-    stem = PurePath(source_file).name
+    """'<file>:<row>': `source_file` is the file's path under the glob's root (or a hub part
+    '<config>/<split>') without its extensions, so two configs' equally named files never collide."""
+    stem = PurePath(source_file).as_posix()
     for ext in (".gz", ".jsonl", ".ndjson", ".json", ".csv", ".parquet"):
         stem = stem[: -len(ext)] if stem.lower().endswith(ext) else stem
     return f"{stem}:{source_row}"
@@ -381,11 +387,15 @@ def adapt_helpsteer3(row: dict, spec: SourceSpec, source_file: str, source_row: 
     if isinstance(score, bool) or not isinstance(score, (int, float)) or score not in range(-3, 4):
         raise RowReject("bad_preference_score", spec.column("overall_preference"),
                         f"expected an integer -3..3, got {score!r}")
-    chosen, rejected, _ = helpsteer3_choice(int(score), r1, r2)
+    chosen, rejected, tie = helpsteer3_choice(int(score), r1, r2)
+    # the message lists: each side's whole conversation; a tie keeps response1 / response2 in that order
+    first, second = (r1, r2) if tie else (chosen, rejected)
     return [_record(
         source_prompt_id=_row_id(row, spec, source_file, source_row),
         prompt=render_conversation(messages), messages=messages, chosen=chosen, rejected=rejected,
-        preference_score=float(score), metadata=_meta(row))]
+        chosen_messages=messages + [{"role": "assistant", "content": first}],
+        rejected_messages=messages + [{"role": "assistant", "content": second}],
+        tie_kind="tie" if tie else None, preference_score=float(score), metadata=_meta(row))]
 
 
 def _split_final_reply(messages: list[dict], spec: SourceSpec, col: str) -> tuple[list[dict], str | None]:
@@ -556,6 +566,8 @@ def adapt_messages(row: dict, spec: SourceSpec, source_file: str, source_row: in
         response=reply, labels=labels, metadata=_meta(row))]
 
 
+from .comparisons import adapt_multi_trace, adapt_pairwise  # noqa: E402 - they use the helpers above
+
 ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
     "generic": adapt_generic,
     "gsm8k": adapt_gsm8k,
@@ -568,6 +580,8 @@ ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
     "messages": adapt_messages,
     "helpsteer": adapt_helpsteer,
     "oasst_messages": adapt_oasst_tree,  # over the trees GROUPERS builds (root column ".")
+    "pairwise": adapt_pairwise,
+    "multi_trace": adapt_multi_trace,
 }
 #: adapters whose rows are first grouped across the file (message -> tree) before adapting
 GROUPERS = {"oasst_messages": oasst_message_trees}

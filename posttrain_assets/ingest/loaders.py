@@ -47,6 +47,11 @@ class LoadedRows:
     blank_lines: int = 0  # empty lines in JSONL files (no data, not rows)
     # a shard's reads: a running hash over every row read (bad ones too), in order (partitions/shards.py)
     fingerprint: RowFingerprint | None = None
+    # file -> its `source_file` name (its path under the glob's root; SourceSpec.relative_name)
+    names: dict = field(default_factory=dict)
+
+    def name_of(self, path: Path) -> str:
+        return self.names.get(path, path.name)
 
 
 def lone_surrogate_path(value: Any, path: str = "") -> str | None:
@@ -79,7 +84,7 @@ def _open_binary(path: Path):
 
 
 def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
-    name = path.name
+    name = out.name_of(path)
     with _open_binary(path) as fh:
         n = 0  # data rows (non-blank lines) seen, skipped ones included
         for lineno, raw in enumerate(fh):
@@ -145,7 +150,7 @@ def _read_json(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) 
 
 
 def _read_csv(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
-    name = path.name
+    name = out.name_of(path)
     with _open_binary(path) as fh:
         text = fh.read().decode("utf-8-sig", "surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -224,27 +229,44 @@ def _read_parquet(path: Path, out: LoadedRows, limit: int | None, offset: int = 
 READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
 
 
-def _iter_hub(spec: SourceSpec, out: LoadedRows) -> Iterator[tuple[int, Any]]:
-    """Rows of a Hugging Face dataset through `datasets.load_dataset` (needs network or cache)."""
+def _iter_hub(spec: SourceSpec, out: LoadedRows) -> Iterator[tuple[str, int, Any]]:
+    """Rows of a Hugging Face dataset through `datasets.load_dataset` (needs network or cache), as
+    (part, row, value): every (config, split) of the loader in order (LoaderSpec.hub_parts), part =
+    '<config>/<split>'. Loader offset / limit apply per part, as per file; a shard reads only its
+    range of the parts' rows (the split slice syntax)."""
     import datasets
 
+    from partitions.registry import _hub_rows, hub_part_label
+
     lo = spec.loader
-    split, base = lo.split, 0
-    if spec.shard is not None:  # only the shard's rows: the split's slice syntax
-        split, base = f"{lo.split}[{spec.shard.start}:{spec.shard.stop}]", spec.shard.start
-    try:
-        ds = datasets.load_dataset(lo.hub, lo.config, split=split, revision=lo.revision)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
-        raise SourceLoadError(
-            f"source {spec.key!r}: cannot load hub dataset {lo.hub!r} (config={lo.config!r}, "
-            f"split={split!r}): {type(exc).__name__}: {exc}") from None
-    stop = len(ds) if lo.limit is None else min(lo.offset + lo.limit, len(ds))
-    for i in range(min(lo.offset, stop), stop):
-        out.rows_read += 1
-        row = ds[i]
-        if out.fingerprint is not None:
-            out.fingerprint.add_value(row)
-        yield base + i, row
+    parts = lo.hub_parts()
+    if spec.shard is not None:  # only the shard's rows: each part's piece of the range
+        rng = spec.shard
+        pieces = file_pieces(len(parts), lambda i: _hub_rows(spec, *parts[i]), rng.start, rng.stop)
+        plan = [(parts[i], off, n, True) for i, off, n in pieces]
+    else:
+        plan = [(p, lo.offset, lo.limit, False) for p in parts]
+    for (config, split), offset, limit, sliced in plan:
+        name = f"{split}[{offset}:{offset + limit}]" if sliced else split
+        try:
+            ds = datasets.load_dataset(lo.hub, config, split=name, revision=lo.revision)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+            raise SourceLoadError(
+                f"source {spec.key!r}: cannot load hub dataset {lo.hub!r} (config={config!r}, "
+                f"split={name!r}): {type(exc).__name__}: {exc}") from None
+        label = hub_part_label(config, split)
+        if sliced:
+            rows = range(len(ds))
+            base = offset
+        else:
+            stop = len(ds) if limit is None else min(offset + limit, len(ds))
+            rows, base = range(min(offset, stop), stop), 0
+        for i in rows:
+            out.rows_read += 1
+            row = ds[i]
+            if out.fingerprint is not None:
+                out.fingerprint.add_value(row)
+            yield label, base + i, row
 
 
 def _shard_streams(spec: SourceSpec, paths: list[Path], out: LoadedRows) -> list[tuple[str, Iterator]]:
@@ -270,11 +292,16 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
 
             spec = replace(spec, shard=replace(spec.shard, stop=min(spec.shard.stop, spec.shard.start + limit)))
     if spec.loader.hub:
-        streams = [(spec.loader.hub, _iter_hub(spec, out))]
-        out.files = [spec.loader.hub]
+        from partitions.registry import hub_part_label
+
+        streams = [(None, _iter_hub(spec, out))]
+        parts = spec.loader.hub_parts()
+        out.files = [spec.loader.hub] if len(parts) == 1 else [f"{spec.loader.hub} {hub_part_label(c, s)}"
+                                                               for c, s in parts]
     else:
         try:
             paths = spec.resolved_paths()
+            out.names = {p: spec.relative_name(p) for p in paths}
             if spec.shard is not None:
                 opened = _shard_streams(spec, paths, out)
             else:
@@ -283,12 +310,15 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
             raise SourceLoadError(str(exc)) from None
         except (OSError, ShardError) as exc:
             raise SourceLoadError(f"source {spec.key!r}: cannot count the rows of its files: {exc}") from None
-        streams = [(p.name, stream) for p, stream in opened]
+        # a file's rows are named by its path under the glob's root: two configs' train-00000-of-00001
+        # files are default/train-00000-of-00001.parquet and extended/train-00000-of-00001.parquet
+        streams = [(out.names[p], stream) for p, stream in opened]
         out.files = [str(p) for p, _ in opened]
     t0 = time.monotonic()
-    for fname, stream in streams:
+    for name, stream in streams:
         try:
-            for row_no, row in stream:
+            for item in stream:
+                fname, row_no, row = (name, *item) if name is not None else item
                 if not isinstance(row, dict):
                     out.issues.append(RowIssue(
                         reason="not_an_object", source_file=fname, source_row=row_no,
@@ -307,7 +337,7 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
         except SourceLoadError as exc:
             raise SourceLoadError(f"source {spec.key!r}: {exc}") from None
         except OSError as exc:
-            raise SourceLoadError(f"source {spec.key!r}: cannot read {fname}: {exc}") from None
+            raise SourceLoadError(f"source {spec.key!r}: cannot read {name or spec.loader.hub}: {exc}") from None
     rng = spec.shard
     if rng is not None and out.rows_read == 0 and rng.index > 0:
         raise SourceLoadError(f"source {rng.parent!r}: shard {rng.key!r} (rows {rng.start:,} to {rng.stop - 1:,}) "

@@ -13,6 +13,7 @@ import pyarrow as pa
 from partitions.registry import SourceSpec
 
 from ..common.accounting import Accounting, RowIssue, raw_preview
+from ..common.label_filter import LabelFilter
 from ..common.language import detect_language
 from ..common.schemas import MESSAGE_TYPE
 from ..common.text import normalize_text, text_hash
@@ -38,6 +39,10 @@ MERGED_SCHEMA = pa.schema([
     ("preference_score", pa.float64()),  # e.g. HelpSteer3 overall_preference (-3..3; 0 = tie)
     ("prompt_norm_hash", pa.string()),  # blake2b-64 of the normalised prompt (cross-source exact dedup)
     ("metadata", pa.string()),  # JSON: the original row (OASST: the two messages, without replies)
+    # preference rows: each side's whole conversation, every turn (a tie: sides a and b in source order)
+    ("chosen_messages", MESSAGE_TYPE),
+    ("rejected_messages", MESSAGE_TYPE),
+    ("tie_kind", pa.string()),  # a preference row without a preferred side: 'tie' | 'both_bad'; else null
 ])
 
 
@@ -50,8 +55,10 @@ def _record_key(rec: dict, mode: str) -> bytes:
     """16-byte blake2b digest of the normalised prompt (mode 'record': + response/chosen/rejected):
     what exact dedup keeps per row, not the row."""
     parts = [rec["prompt"]]
-    if mode == "record":
+    if mode == "record":  # both sides' whole conversations too: two battles on one prompt (ties too) differ
         parts += [rec.get("response") or "", rec.get("chosen") or "", rec.get("rejected") or ""]
+        for side in ("chosen_messages", "rejected_messages"):
+            parts.append("\x1e".join(f"{m['role']}\x1d{m['content']}" for m in rec.get(side) or []))
     return hashlib.blake2b("\x1f".join(normalize_text(p) for p in parts).encode("utf-8"), digest_size=16).digest()
 
 
@@ -103,6 +110,7 @@ class PromptMerger:
         self.rows_out = 0
         self._seen_key: dict[bytes, str] = {}
         self._seen_id: set[bytes] = set()
+        self.label_filter = LabelFilter(spec.label_filter)
 
     def records(self, rows: Iterable[tuple[str, int, dict]]) -> Iterator[dict]:
         spec = self.spec
@@ -110,7 +118,8 @@ class PromptMerger:
         if spec.adapter in GROUPERS:  # flat messages -> trees (a reject comes back in place of a row)
             rows = GROUPERS[spec.adapter](rows, spec)
         issues = self.issues
-        prompt_col = spec.column("prompt") or spec.column("chosen") or spec.column("root")
+        prompt_col = (spec.column("prompt") or spec.column("chosen") or spec.column("root")
+                      or spec.column("conversation_a"))
         t0 = time.monotonic()
         for source_file, source_row, row in rows:
             self.raw_rows += 1
@@ -120,19 +129,29 @@ class PromptMerger:
             try:
                 if isinstance(row, RowReject):
                     raise row
+                if self.label_filter:  # the source's label conditions, before the adapter: no record made
+                    why = self.label_filter.judge(row)
+                    if why is not None:
+                        raise RowReject(why[0], why[1], why[2], outcome="removed")
                 produced = adapter(row, spec, source_file, source_row)
             except RowReject as rj:
                 self.candidates += 1
                 issues.append(RowIssue(reason=rj.reason, source_file=source_file, source_row=source_row,
-                                       field=rj.field, detail=rj.detail, raw=raw_preview(row)))
+                                       field=rj.field, detail=rj.detail, outcome=rj.outcome,
+                                       raw=raw_preview(row)))
                 continue
             for rec in produced:
                 self.candidates += 1
                 if isinstance(rec, RowReject):
                     issues.append(RowIssue(reason=rec.reason, source_file=source_file,
                                            source_row=source_row, field=rec.field, detail=rec.detail,
-                                           raw=raw_preview(row)))
+                                           outcome=rec.outcome, raw=raw_preview(row)))
                     continue
+                if rec["chosen"] is not None and rec["chosen_messages"] is None:  # single-turn pairs fill them too
+                    rec["chosen_messages"] = list(rec["messages"] or []) + [{"role": "assistant", "content": rec["chosen"]}]
+                if rec["rejected"] is not None and rec["rejected_messages"] is None:
+                    rec["rejected_messages"] = (list(rec["messages"] or [])
+                                                + [{"role": "assistant", "content": rec["rejected"]}])
                 prompt = rec["prompt"]
                 if prompt is None or not prompt.strip():
                     issues.append(RowIssue(reason="empty_prompt", source_file=source_file,

@@ -2,7 +2,8 @@
 
 - `sft_records`  (kinds sft, attributes): prompt -> answer; OASST: the best-ranked reply per prompt.
 - `cot_records`  (kind cot): prompt -> thinking + answer (GSM8K '####', <think>…</think>, \boxed{}).
-- `preference_records` (kind preference; and ranked replies of any source): prompt, chosen, rejected.
+- `preference_records` (kind preference; the pairs of a multi-trace CoT source; and ranked replies of
+  any source): prompt, chosen, rejected, each side's whole conversation, ties flagged with their kind.
 
 A source whose kind a schema does not take gives an empty table (metadata `applies: false`) without
 reading its rows. Each asset streams: deduplicated_prompts is read batch by batch (a PartitionReader)
@@ -18,8 +19,8 @@ from resources.storage import PartitionReader, StorageResource, TableStream
 
 from ..common.accounting import Accounting, RowIssue, rejects_table
 from ..common.metadata import TableSummary, accounting_check, all_rejected_metadata, stage_metadata, unique_check
-from .unify import (COT_KINDS, COT_SCHEMA, PREFERENCE_SCHEMA, SFT_KINDS, SFT_SCHEMA, best_ranks, cot_from,
-                    preference_from, sft_from)
+from .unify import (COT_KINDS, COT_SCHEMA, PAIR_ADAPTERS, PREFERENCE_SCHEMA, SFT_KINDS, SFT_SCHEMA, best_ranks,
+                    cot_from, preference_from, sft_from)
 
 GROUP = "records"
 
@@ -117,7 +118,7 @@ def cot_records(context: dg.AssetExecutionContext, config: CotConfig, registry: 
 
     def build(issues):
         for t in _tables(deduplicated_prompts, config.batch_rows):
-            table, iss = cot_from(t)
+            table, iss = cot_from(t, spec.answer_rule)
             issues.extend(iss)
             yield table
 
@@ -135,20 +136,22 @@ def preference_records(context: dg.AssetExecutionContext, config: PreferenceConf
     """Streams a preference source row by row; pairing ranked replies (OASST) holds the rows that
     have a rank and a response until the end (a prompt's replies may be anywhere in the source)."""
     spec = registry.get(context.partition_key)
-    applies = spec.kind == "preference" or (config.from_ranked_replies and spec.kind in SFT_KINDS)
+    pairs = spec.kind in COT_KINDS and spec.adapter in PAIR_ADAPTERS  # multi-trace: pairs beside the CoT rows
+    applies = spec.kind == "preference" or pairs or (config.from_ranked_replies and spec.kind in SFT_KINDS)
+    kind = "pairs" if pairs else spec.kind
 
     def build(issues):
         ranked = []
         for t in _tables(deduplicated_prompts, config.batch_rows):
-            if spec.kind != "preference":
+            if kind not in ("preference", "pairs"):
                 has = pc.and_(pc.is_valid(t["response"]), pc.is_valid(t["rank"]))
                 ranked.append(t.filter(has))
                 t = t.filter(pc.invert(has))  # -> no_ranked_reply issues, no rows
-            table, iss = preference_from(t, spec.kind)
+            table, iss = preference_from(t, kind)
             issues.extend(iss)
             yield table
         if ranked:
-            table, iss = preference_from(pa.concat_tables(ranked), spec.kind)
+            table, iss = preference_from(pa.concat_tables(ranked), kind)
             issues.extend(iss)
             yield table
 

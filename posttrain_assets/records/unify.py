@@ -29,7 +29,13 @@ PREFERENCE_SCHEMA = pa.schema([
     ("chosen", pa.string()), ("rejected", pa.string()), ("metadata", pa.string()),
     ("source", pa.string()), ("messages", MESSAGE_TYPE),  # the prompt conversation (multi-turn kept)
     ("tie", pa.bool_()), ("rejected_id", pa.string()),  # ranked replies: the rejected reply's record
+    # each side's whole conversation, every turn (TRL's conversational format with an implicit prompt);
+    # a tie holds its two sides in source order
+    ("chosen_messages", MESSAGE_TYPE), ("rejected_messages", MESSAGE_TYPE),
+    ("tie_kind", pa.string()),  # 'tie' | 'both_bad' where `tie`; else null
 ])
+#: adapters of kind `cot` sources whose rows also hold preference pairs (multi_trace)
+PAIR_ADAPTERS = ("multi_trace",)
 
 
 def _issue(rec: dict, reason: str, detail: str = "", outcome: str = "removed") -> RowIssue:
@@ -73,48 +79,69 @@ def sft_from(prompts: pa.Table, best_reply_only: bool = True,
 THINK = re.compile(r"<think>(.*?)</think>(.*)", re.S)
 
 
-def split_reasoning(text: str, reference_answer: Optional[str] = None) -> tuple[str, str, str]:
-    """(thinking, answer, rule). When the two cannot be separated, everything is thinking and the
-    answer is "" (rule 'unsplit'), as the seed does for LIMO / NuminaMath."""
+def split_reasoning(text: str, reference_answer: Optional[str] = None,
+                    answer_rule: str = "auto") -> tuple[str, str, str]:
+    """(thinking, answer, rule). <think>...</think> tags always split (rule 'think_tags'); otherwise
+    the source's `answer_rule`: auto = after the last '####' (gsm8k_marker), else the last \\boxed{}
+    (boxed; the reasoning keeps it); boxed / gsm8k = only that one; none = no extraction. When the two
+    cannot be separated, everything is thinking and the answer is "" (rule 'unsplit'), as the seed does
+    for LIMO / NuminaMath."""
     m = THINK.search(text)
     if m:
         return m.group(1).strip(), m.group(2).strip(), "think_tags"
-    if GSM8K_FINAL in text:
+    if answer_rule in ("auto", "gsm8k") and GSM8K_FINAL in text:
         body, final = text.rsplit(GSM8K_FINAL, 1)
         return body.strip(), final.strip().replace(",", ""), "gsm8k_marker"
-    boxed = last_boxed(text)
+    boxed = last_boxed(text) if answer_rule in ("auto", "boxed") else None
     if boxed is not None:
         return text.strip(), boxed, "boxed"
     return text.strip(), "", "unsplit"
 
 
-def cot_from(prompts: pa.Table) -> tuple[pa.Table, list[RowIssue]]:
+def cot_from(prompts: pa.Table, answer_rule: str = "auto") -> tuple[pa.Table, list[RowIssue]]:
     rows, issues = [], []
     for r in prompts.to_pylist():
+        if r["response"] is None and r["chosen"] is not None:  # a multi-trace problem's pair
+            issues.append(_issue(r, "preference_pair", "a pair of traces: in preference_records"))
+            continue
         if r["response"] is None or not r["response"].strip():
             issues.append(_issue(r, "no_response", "no solution to split"))
             continue
-        thinking, answer, rule = split_reasoning(r["response"], r["reference_answer"])
+        thinking, answer, rule = split_reasoning(r["response"], r["reference_answer"], answer_rule)
         rows.append({"all_prompt_id": r["all_prompt_id"], "source_prompt_id": r["source_prompt_id"],
                      "prompt": r["prompt"], "thinking": thinking, "answer": answer,
                      "metadata": r["metadata"], "source": r["source"], "split_rule": rule})
     return pa.Table.from_pylist(rows, schema=COT_SCHEMA), issues
 
 
+def _side(r: dict, side: str) -> list[dict]:
+    return list(r["messages"] or []) + [{"role": "assistant", "content": r[side]}]
+
+
 def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIssue]]:
-    """Preference sources map row by row; other sources pair each prompt's best and worst ranked reply."""
+    """Preference sources map row by row; `pairs` (a multi-trace CoT source): its pair rows map the
+    same way and its CoT rows are counted `cot_trace`; other sources pair each prompt's best and worst
+    ranked reply."""
     rows, issues = [], []
     recs = prompts.to_pylist()
-    if kind == "preference":
+    if kind in ("preference", "pairs"):
         for r in recs:
+            if kind == "pairs" and r["chosen"] is None and r["response"] is not None:
+                issues.append(_issue(r, "cot_trace", "a CoT row of the problem: in cot_records"))
+                continue
             if r["chosen"] is None or r["rejected"] is None:
                 issues.append(_issue(r, "no_pair", "chosen or rejected missing", outcome="rejected"))
                 continue
-            tie = r["preference_score"] == 0 if r["preference_score"] is not None else False
+            tie_kind = r.get("tie_kind")
+            if tie_kind is None and r["preference_score"] == 0:  # rows merged before tie_kind existed
+                tie_kind = "tie"
             rows.append({"all_prompt_id": r["all_prompt_id"], "source_prompt_id": r["source_prompt_id"],
                          "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                          "metadata": r["metadata"], "source": r["source"], "messages": r["messages"],
-                         "tie": tie, "rejected_id": None})
+                         "tie": tie_kind is not None, "rejected_id": None,
+                         "chosen_messages": r.get("chosen_messages") or _side(r, "chosen"),
+                         "rejected_messages": r.get("rejected_messages") or _side(r, "rejected"),
+                         "tie_kind": tie_kind})
         return pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA), issues
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for r in recs:
@@ -133,6 +160,9 @@ def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIss
                      "metadata": json.dumps({"chosen": json.loads(best["metadata"]),
                                              "rejected": json.loads(worst["metadata"])}, ensure_ascii=False),
                      "source": best["source"], "messages": best["messages"], "tie": False,
-                     "rejected_id": worst["all_prompt_id"]})
+                     "rejected_id": worst["all_prompt_id"],
+                     "chosen_messages": list(best["messages"]) + [{"role": "assistant", "content": best["response"]}],
+                     "rejected_messages": list(worst["messages"]) + [{"role": "assistant", "content": worst["response"]}],
+                     "tie_kind": None})
         issues.extend(_issue(r, "paired", f"in the pair of {best['all_prompt_id']}") for r in ranks[1:])
     return pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA), issues
