@@ -82,6 +82,10 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
             r["removed_by"] = _meta(ev, "removed_by_reason", {})
         elif name == "deduplicated_prompts":
             r["dedup_kept"] = _meta(ev, "rows_out")
+        elif name in ("sft_records", "cot_records", "preference_records"):
+            r[name] = _meta(ev, "rows_out", 0)
+            if name == "preference_records":
+                r["ties"] = _meta(ev, "ties", 0)
         elif name == "dedup_summary":
             global_stats["dedup_summary"] = _meta(ev, "summary")
         elif name == "difficulty_scores":
@@ -124,7 +128,8 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
 
 def summarise(results: dict[str, dict]) -> str:
     head = ["source", "kind", "raw rows", "raw rejected", "records in", "kept", "removed",
-            "rejected", "reasons", "after dedup", "scored", "seeds", "evolved", "solutions", "hard", "seconds"]
+            "rejected", "reasons", "after dedup", "scored", "seeds", "evolved", "solutions", "hard",
+            "sft/cot/pref/ties", "seconds"]
     rows = []
     for key, r in results.items():
         reasons = {**r.get("raw_rejected_by", {}), **r.get("rejected_by", {}), **r.get("removed_by", {})}
@@ -134,6 +139,7 @@ def summarise(results: dict[str, dict]) -> str:
                      ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "-",
                      r.get("dedup_kept", "-"), r.get("scored", "-"), r.get("selected", "-"),
                      r.get("evolved", "-"), r.get("solutions", "-"), r.get("hard", "-"),
+                     "/".join(str(r.get(n, "-")) for n in ("sft_records", "cot_records", "preference_records", "ties")),
                      f"{r['seconds']:.1f}" if "seconds" in r else "-"])
         if r.get("error"):
             rows[-1][8] = "FAILED (see below)"

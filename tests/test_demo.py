@@ -1,6 +1,7 @@
 """The README's main job end to end, run once per session (`demo_run` in conftest.py): every asset for
-every source of tests/data/demo_registry.yaml (the bundled registry, one source per conversation format
-and a source whose rows are all rejected), then the summary. Many small tests over its tables, so one
+every source of tests/data/demo_registry.yaml (the bundled registry, one source per conversation format,
+a source whose rows are all rejected, and the public datasets users bring: tests/data/brought), then the
+summary. Many small tests over its tables, so one
 failure does not hide the rest.
 
 What the embedded 135M model writes depends on the CPU's kernels (README "Tests on any CPU"): counts
@@ -25,6 +26,10 @@ BUNDLED = ("gsm8k", "hh_rlhf_harmless_base", "awesome_chatgpt_prompts", "self_in
            "oasst2_labelled", "magpie_smollm2", "helpsteer", "helpsteer2", "oasst2_ja_edited")
 FORMATS = ("alpaca_seed_tasks", "sharegpt_glaive_toolcall", "messages_kto_mix", "turns_realpersonachat",
            "turns_realpersonachat_first", "sharegpt_as_generic")
+#: tests/data/brought/registry.yaml's entries (no model stage): what each becomes is its adapter's rule
+BROUGHT = ("arena_battles", "webdev_battles", "openr1_math", "openmathreasoning_hard", "numina_cot", "limo",
+           "helpsteer3_ties")
+ALL = BUNDLED + FORMATS + BROUGHT
 #: the sources whose model stages the demo runs (registry model_stages): scoring, synthesis, tagging
 MODEL_SOURCES = ("gsm8k", "self_instruct", "oasst_en", "magpie_smollm2")
 PER_SOURCE = ("merged_prompts", "prompt_embeddings", "deduplicated_prompts", "sft_records",
@@ -46,7 +51,7 @@ def _magpie_rows(run) -> int:
 def test_the_demo_registry_holds_the_bundled_sources_unchanged():
     """No demo run needed: the session's graph is the README's `make demo` plus the format sources."""
     bundled, demo = load_registry(BUNDLED_REGISTRY), load_registry(DEMO_REGISTRY)
-    assert tuple(bundled.keys) == BUNDLED and tuple(demo.keys) == BUNDLED + FORMATS
+    assert tuple(bundled.keys) == BUNDLED and tuple(demo.keys) == ALL
     for key in BUNDLED:
         a, b = bundled.get(key), demo.get(key)
         assert (a.kind, a.adapter, a.fields, a.priority, a.model_stages, a.generator_config, a.licence) == \
@@ -59,9 +64,9 @@ def test_the_demo_registry_holds_the_bundled_sources_unchanged():
 
 def test_every_job_ran_and_the_summary_lists_every_source(demo_run):
     assert "FAILED" not in demo_run.stdout
-    assert set(demo_run.table) == set(BUNDLED + FORMATS)
+    assert set(demo_run.table) == set(ALL)
     total = sum(int(demo_run.table[k][5]) for k in demo_run.table)  # kept after merging
-    assert f"{len(BUNDLED + FORMATS)} sources, {total:,} merged prompts in " in demo_run.stdout
+    assert f"{len(ALL)} sources, {total:,} merged prompts in " in demo_run.stdout
     assert f"DuckDB:    {demo_run.storage / 'catalog.duckdb'}" in demo_run.stdout
 
 
@@ -90,6 +95,42 @@ def test_every_job_ran_and_the_summary_lists_every_source(demo_run):
 ])
 def test_ingest_and_dedup_counts_of_the_real_sources(demo_run, key, columns):
     assert demo_run.table[key][2:2 + len(columns)] == columns
+
+
+@pytest.mark.parametrize("key, columns, reasons, became", [
+    # raw rows, raw rejected, records in, kept, removed, rejected | reasons | sft/cot/pref/ties
+    ("arena_battles", ["10", "0", "10", "8", "0", "2"], "conversations_diverge=1, unknown_verdict=1", "0/0/8/3"),
+    ("webdev_battles", ["5", "0", "5", "5", "0", "0"], "-", "0/0/5/2"),
+    # 12 problems: 11 CoT rows (`messages`) + 6 best-vs-worst pairs; e6's verdict list is short
+    ("openr1_math", ["12", "0", "23", "17", "5", "1"], "incomplete=1, no_correct_trace=2, no_incorrect_trace=2, "
+                                                       "verdicts_length_mismatch=1", "0/11/6/0"),
+    ("openmathreasoning_hard", ["12", "0", "12", "5", "7", "0"], "label_missing=1, label_not_available=2, "
+                                                                 "label_rule_failed=3, label_unparsable=1", "0/5/0/0"),
+    ("numina_cot", ["4", "0", "4", "4", "0", "0"], "-", "0/4/0/0"),
+    ("limo", ["3", "0", "3", "3", "0", "0"], "-", "0/3/0/0"),
+    ("helpsteer3_ties", ["5", "0", "5", "5", "0", "0"], "-", "0/0/5/3"),
+])
+def test_what_each_brought_dataset_became(demo_run, key, columns, reasons, became):
+    """The summary's line per dataset: ingest counts, every reason, and the records it became (no model ran)."""
+    row = demo_run.table[key]
+    assert row[2:8] == columns and " ".join(row[8:-8]) == reasons and row[-2] == became
+    assert row[-8] == columns[3]  # nothing of theirs is a duplicate of another source's prompt
+    assert row[-7:-3] == ["-"] * 4  # no scoring, seeds, evolution or solutions: model_stages []
+
+
+def test_the_exported_preference_config_holds_each_sides_turns(demo_run):
+    """TRL's conversational format with an implicit prompt: chosen_messages / rejected_messages, every
+    turn of each side; the ties stay out of the export (counted)."""
+    ds = load_export(str(demo_run.storage / "hf_export"), "preference", split="train")
+    rows = demo_run.sql("SELECT all_prompt_id, len(chosen_messages), len(rejected_messages) FROM preference_records "
+                        "WHERE NOT tie")
+    assert sorted(zip(ds["all_prompt_id"], map(len, ds["chosen_messages"]), map(len, ds["rejected_messages"]))) == \
+        sorted(rows)
+    assert "tie" not in ds.column_names and "tie_kind" not in ds.column_names
+    ties = demo_run.sql("SELECT count(*) FROM preference_records WHERE tie")[0][0]
+    assert ties == 3 + 2 + 3 and f"(ties excluded: {ties})" in demo_run.stdout
+    arena = [m for i, m in zip(ds["all_prompt_id"], ds["chosen_messages"]) if i.startswith("arena_battles:")]
+    assert sorted(len(m) for m in arena) == [2, 2, 4, 4, 6]
 
 
 def test_the_synthetic_source_holds_what_its_generator_wrote(demo_run):
@@ -122,7 +163,7 @@ def test_the_instance_the_ui_reads_holds_every_partition(demo_run):
     assert (demo_run.home / "dagster.yaml").read_text().startswith("# Instance config")
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(demo_run.home))) as inst:
         for asset in ("raw_records", "merged_prompts", "deduplicated_prompts", "sft_records"):
-            assert inst.get_materialized_partitions(dg.AssetKey(asset)) == set(BUNDLED + FORMATS), asset
+            assert inst.get_materialized_partitions(dg.AssetKey(asset)) == set(ALL), asset
 
 
 # --------------------------------------------------------------------------- global dedup
@@ -201,7 +242,7 @@ def test_the_export_counts_what_the_tables_hold(demo_run):
                      r"preference_synthetic (\d+), steerlm (\d+) rows", demo_run.stdout)
     assert line
     sft, cot, pref, evol, generated, synthetic, steerlm = map(int, line.groups())
-    assert (cot, pref, steerlm) == (300, 394, 97)
+    assert (cot, pref, steerlm) == (300 + 23, 394 + 16, 97)  # + the brought datasets: 23 CoT rows, 16 pairs (8 ties out)
     assert sft == demo_run.sql("SELECT count(*) FROM sft_records")[0][0]
     assert evol == demo_run.sql("SELECT count(*) FROM evolved_instructions")[0][0]
     assert generated == demo_run.sql("SELECT count(*) FROM generated_solutions")[0][0]

@@ -9,6 +9,8 @@ A source whose kind a schema does not take gives an empty table (metadata `appli
 reading its rows. Each asset streams: deduplicated_prompts is read batch by batch (a PartitionReader)
 and the records are written as Parquet row groups."""
 
+from collections import Counter
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,7 +45,7 @@ class CotConfig(dg.Config):
 
 
 def _stream(context, storage: StorageResource, spec, prompts: PartitionReader, schema: pa.Schema, applies: bool,
-            build_batches, text_column: str = "prompt", batch_rows: int = RECORD_BATCH_ROWS):
+            build_batches, text_column: str = "prompt", batch_rows: int = RECORD_BATCH_ROWS, more=dict):
     """Write one record schema batch by batch. `build_batches(issues)` yields the output tables,
     appending its issues. rows_in = the upstream rows as loaded (each ends as a record or an issue
     with its reason); rows of a source whose kind the schema does not take are not read nor counted
@@ -66,7 +68,7 @@ def _stream(context, storage: StorageResource, spec, prompts: PartitionReader, s
         return stage_metadata(summary, acc, text_column=text_column,
                               preview_columns=[c for c in schema.names if c not in ("metadata", "messages")][:6],
                               extra={"applies": applies, "kind": spec.kind,
-                                     "not_applicable_rows": 0 if applies else upstream_rows,
+                                     "not_applicable_rows": 0 if applies else upstream_rows, **more(),
                                      **all_rejected_metadata(context, key, acc, issues)})
 
     yield dg.Output(TableStream(schema, summary.tap(batches()), on_done=on_done, row_group_rows=batch_rows))
@@ -140,8 +142,14 @@ def preference_records(context: dg.AssetExecutionContext, config: PreferenceConf
     applies = spec.kind == "preference" or pairs or (config.from_ranked_replies and spec.kind in SFT_KINDS)
     kind = "pairs" if pairs else spec.kind
 
+    ties: Counter = Counter()  # tie kind -> rows (they stay, flagged; the export leaves them out by default)
+
     def build(issues):
         ranked = []
+
+        def counted(table):
+            ties.update(k for k in table["tie_kind"].to_pylist() if k is not None)
+            return table
         for t in _tables(deduplicated_prompts, config.batch_rows):
             if kind not in ("preference", "pairs"):
                 has = pc.and_(pc.is_valid(t["response"]), pc.is_valid(t["rank"]))
@@ -149,11 +157,12 @@ def preference_records(context: dg.AssetExecutionContext, config: PreferenceConf
                 t = t.filter(pc.invert(has))  # -> no_ranked_reply issues, no rows
             table, iss = preference_from(t, kind)
             issues.extend(iss)
-            yield table
+            yield counted(table)
         if ranked:
             table, iss = preference_from(pa.concat_tables(ranked), kind)
             issues.extend(iss)
-            yield table
+            yield counted(table)
 
     yield from _stream(context, storage, spec, deduplicated_prompts, PREFERENCE_SCHEMA, applies, build,
-                       batch_rows=config.batch_rows)
+                       batch_rows=config.batch_rows,
+                       more=lambda: {"ties": sum(ties.values()), "ties_by_kind": dg.MetadataValue.json(dict(ties))})
