@@ -126,7 +126,7 @@ ANSWER_RULES = ("auto", "boxed", "gsm8k", "none")
 
 #: pairwise verdicts: what a `winner` value means (a / b preferred, a tie, both bad)
 VERDICT_MEANINGS = ("a", "b", "tie", "both_bad")
-#: multi_trace pair rules (posttrain_assets/ingest/traces.py)
+#: multi_trace pair rules (posttrain_assets/ingest/comparisons.py trace_pairs)
 PAIR_RULES = ("best_vs_worst", "all_pairs", "seed")
 #: multi_trace CoT rows: the `messages` answer (one per problem), or every correct and complete trace
 COT_ROWS = ("messages", "correct")
@@ -252,7 +252,7 @@ class SourceSpec:
     def file_row_counts(self) -> list[int]:
         """Rows per file (resolved_paths order; the hub split: one count), as the loader numbers them."""
         if self.loader.hub:
-            return [_hub_rows(self, c, sp) for c, sp in self.loader.hub_parts()]
+            return [hub_rows(self, c, sp) for c, sp in self.loader.hub_parts()]
         try:
             return [count_rows(p, self.file_format(p)) for p in self.resolved_paths()]
         except (OSError, ShardError) as exc:
@@ -680,7 +680,7 @@ def _shard_fields(raw: dict, key: str, label: str, where: str,
 _HUB_ROWS: dict[tuple, int] = {}
 
 
-def _hub_rows(spec: SourceSpec, config: str | None, split: str) -> int:
+def hub_rows(spec: SourceSpec, config: str | None, split: str) -> int:
     """Rows of one (config, split) of a hub source: the dataset's split info (no rows downloaded), else
     the rows of the loaded split (a local dataset folder); cached in this process per (id, config,
     split, revision)."""

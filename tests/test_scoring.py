@@ -115,6 +115,9 @@ def test_label_pass_rate_and_gold_items():
     assert label_pass_rate(json.dumps({"score": [True, False, True, None]}), "score") == 2 / 3
     assert label_pass_rate(json.dumps({"rate": 0.25}), "rate") == 0.25
     assert label_pass_rate(json.dumps({"rate": 7}), "rate") is None  # not a rate
+    # OpenMathReasoning writes its pass rates as text
+    assert [label_pass_rate(json.dumps({"p": v}), "p") for v in ("0.03125", "n/a", "abc", "1.5")] == [0.03125, None,
+                                                                                                     None, None]
     assert label_pass_rate(json.dumps({"score": []}), "score") is None
     assert label_pass_rate(json.dumps({"x": 1}), "score") is None and label_pass_rate("not json", "score") is None
     assert label_pass_rate(json.dumps({"score": [True]}), "") is None  # no field configured

@@ -236,13 +236,13 @@ def _iter_hub(spec: SourceSpec, out: LoadedRows) -> Iterator[tuple[str, int, Any
     range of the parts' rows (the split slice syntax)."""
     import datasets
 
-    from partitions.registry import _hub_rows, hub_part_label
+    from partitions.registry import hub_rows, hub_part_label
 
     lo = spec.loader
     parts = lo.hub_parts()
     if spec.shard is not None:  # only the shard's rows: each part's piece of the range
         rng = spec.shard
-        pieces = file_pieces(len(parts), lambda i: _hub_rows(spec, *parts[i]), rng.start, rng.stop)
+        pieces = file_pieces(len(parts), lambda i: hub_rows(spec, *parts[i]), rng.start, rng.stop)
         plan = [(parts[i], off, n, True) for i, off, n in pieces]
     else:
         plan = [(p, lo.offset, lo.limit, False) for p in parts]

@@ -133,6 +133,10 @@ def label_pass_rate(metadata: Optional[str], field: str) -> Optional[float]:
     if isinstance(value, list):
         flags = [float(v) for v in value if isinstance(v, (bool, int, float))]
         return sum(flags) / len(flags) if flags else None
+    if isinstance(value, str):  # a label written as text: OpenMathReasoning's "0.03125" ("n/a": none)
+        from ..common.label_filter import label_value
+
+        value = label_value(value)[0]
     if isinstance(value, (bool, int, float)) and 0 <= float(value) <= 1:
         return float(value)
     return None
