@@ -16,7 +16,7 @@ import pytest
 
 from partitions.registry import RegistryError, load_registry, parse_registry
 from posttrain_assets.common.label_filter import LabelFilter, LabelFilterError, label_value, parse_condition
-from posttrain_assets.export.hf_dataset import write_dataset
+from posttrain_assets.export.hf_dataset import preference_config, write_dataset
 from posttrain_assets.ingest.adapters import default_id
 from posttrain_assets.ingest.comparisons import payload_block, trace_pairs
 from posttrain_assets.ingest.loaders import load_rows, rows_to_table
@@ -390,6 +390,15 @@ def test_preference_message_lists_round_trip_through_the_export(tmp_path):
     assert ds["tie_kind"] == pref["tie_kind"].to_pylist()
     multi = [m for m in ds["chosen_messages"] if len(m) == 6][0]
     assert [m["role"] for m in multi] == ["user", "assistant"] * 3
+    # preference_format "trl": chosen / rejected are the message lists, the strings left out
+    trl = preference_config(pref, "trl")
+    write_dataset({"preference": trl}, str(tmp_path / "trl"), max_shard_bytes=1 << 20)
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "trl" / "data" / "preference"), split="train",
+                               cache_dir=str(tmp_path / "cache2"))
+    assert ds.column_names[:2] == ["chosen", "rejected"] and "prompt" not in ds.column_names
+    assert ds["chosen"] == pref["chosen_messages"].to_pylist() and ds["source"] == pref["source"].to_pylist()
+    with pytest.raises(ValueError, match="preference_format must be one of both, trl"):
+        preference_config(pref, "dpo")
 
 
 # --------------------------------------------------------------------------- hub configs and local snapshots

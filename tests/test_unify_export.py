@@ -5,6 +5,7 @@ import json
 import dagster as dg
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import yaml
 
@@ -170,6 +171,13 @@ def test_hf_parquet_asset_excludes_ties_by_default(tmp_path, instance, monkeypat
                          resources=resources_for(root, reg),
                          run_config={"ops": {"hf_parquet": {"config": {"include_ties": True}}}})
     assert mat_metadata(run, "hf_parquet")["rows_preference"] == 7
+    # preference_format trl: chosen / rejected are each side's conversation (context + the response)
+    dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance, resources=resources_for(root, reg),
+                   run_config={"ops": {"hf_parquet": {"config": {"preference_format": "trl"}}}})
+    trl = load_export(str(tmp_path / "storage" / "hf_export"), "preference", split="train")
+    pref = pref.filter(pc.invert(pref["tie"]))
+    assert trl.num_rows == 6 and "prompt" not in trl.column_names
+    assert trl["chosen"] == pref["chosen_messages"].to_pylist() and trl["rejected"][0][-1]["role"] == "assistant"
 
 
 def test_hub_upload_request_without_network(tmp_path, monkeypatch):

@@ -22,8 +22,8 @@ from resources.sources import SourceRegistryResource
 from resources.storage import MissingPartitionError, StorageResource
 
 from ..common.metadata import markdown_preview
-from .hf_dataset import (CONFIGS, MANIFEST_SCHEMA, dataset_card, generated_config, preference_synthetic_config,
-                         write_dataset)
+from .hf_dataset import (CONFIGS, MANIFEST_SCHEMA, dataset_card, generated_config, preference_config,
+                         preference_synthetic_config, write_dataset)
 
 #: export config -> the synthetic asset it reads (where materialised)
 SYNTHETIC = {"evol": "evolved_instructions", "generated": "generated_solutions",
@@ -40,6 +40,9 @@ class HfParquetConfig(dg.Config):
     max_shard_bytes: int = 256 * 1024 * 1024
     test_fraction: float = 0.0  # > 0: deterministic train/test split by id hash
     include_ties: bool = False  # preference rows flagged `tie` are left out by default (counted)
+    # `preference` config: "both" = prompt / chosen / rejected strings + chosen_messages / rejected_messages;
+    # "trl" = TRL's conversational format (chosen / rejected = each side's whole conversation)
+    preference_format: str = "both"
     card_body_path: str = ""  # a Markdown file kept verbatim in README.md (the seed's original_readme)
 
 
@@ -91,6 +94,10 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
         if not config.include_ties:  # ties left out: the flag column is then constant, dropped
             preference_records = preference_records.filter(pc.invert(tie_mask)).drop_columns(
                 [c for c in ("tie", "tie_kind") if c in preference_records.column_names])
+    try:
+        preference_records = preference_config(preference_records, config.preference_format)
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     tables = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
     reg = registry.load()
     synthetic_missing = {}

@@ -67,6 +67,26 @@ def preference_synthetic_config(pairs: pa.Table) -> pa.Table:
     return pa.table(cols)
 
 
+#: `preference` config layouts (HfParquetConfig.preference_format): `both` = the record schema (prompt,
+#: chosen, rejected as strings + chosen_messages / rejected_messages), `trl` = TRL's conversational
+#: preference format with an implicit prompt (chosen / rejected = each side's whole conversation)
+PREFERENCE_FORMATS = ("both", "trl")
+
+
+def preference_config(records: pa.Table, fmt: str = "both") -> pa.Table:
+    """preference_records rows as the `preference` config: as they are (`both`), or (`trl`) with
+    `chosen` / `rejected` = the message lists (every turn of each side; DPOTrainer takes the shared
+    prefix as the prompt) and the string columns left out; provenance columns kept either way."""
+    if fmt not in PREFERENCE_FORMATS:
+        raise ValueError(f"preference_format must be one of {', '.join(PREFERENCE_FORMATS)}, got {fmt!r}")
+    if fmt == "both" or "chosen_messages" not in records.column_names:
+        return records
+    drop = {"prompt", "chosen", "rejected", "messages", "chosen_messages", "rejected_messages"}
+    cols = {"chosen": records["chosen_messages"], "rejected": records["rejected_messages"]}
+    cols.update({c: records[c] for c in records.column_names if c not in drop})
+    return pa.table(cols)
+
+
 def split_of(ids: list[str], test_fraction: float, seed: str = "posttrain") -> list[str]:
     """Deterministic train/test assignment by a hash of the id (stable when rows are added)."""
     if test_fraction <= 0:
