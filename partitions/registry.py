@@ -333,8 +333,11 @@ class SourceSpec:
         pattern = self.path_pattern()
         matches = sorted(Path(p) for p in glob.glob(pattern) if os.path.isfile(p))
         if not matches:
+            # the path as written: a $VAR's value (it may hold a secret) never reaches a message or a log
+            shown = self.loader.path if ("$" in self.loader.path or "~" in self.loader.path) else pattern
+            expanded = " after expanding $VARS and ~" if shown != pattern else ""
             raise RegistryError(
-                f"source '{self.key}': field 'loader.path': no file matches {pattern!r}"
+                f"source '{self.key}': field 'loader.path': no file matches {shown!r}{expanded}"
             )
         return matches
 

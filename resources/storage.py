@@ -14,6 +14,7 @@ view per asset over its Parquet glob (so new partitions show up without a refres
 
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,6 +43,22 @@ READ_BATCH_ROWS = 20_000
 
 def default_storage_root() -> str:
     return os.environ.get(DEFAULT_ROOT_ENV) or os.path.abspath("storage")
+
+
+class UnsafePartitionKeyError(ValueError):
+    """A partition key that is not a registry key (KEY_RE): it could name a path outside the storage root
+    (Dagster accepts `g/../../../other/x` as a dynamic partition key)."""
+
+
+#: the registry's key pattern (partitions/registry.py KEY_RE; shard keys `<key>.sNNNN` match it too)
+PARTITION_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def check_partition_key(key: str) -> str:
+    if not isinstance(key, str) or not PARTITION_KEY_RE.match(key) or ".." in key:
+        raise UnsafePartitionKeyError(f"partition key {key!r} is not a source key ({PARTITION_KEY_RE.pattern}, no "
+                                      f"'..'): refused before it names a path")
+    return key
 
 
 class MissingPartitionError(FileNotFoundError):
@@ -166,9 +183,15 @@ class ParquetStore:
         return f"{self.base}/{asset}"
 
     def path(self, asset: str, partition: Optional[str]) -> str:
+        """The file of an asset (partition): a partition key must be a source key, and the path must
+        stay under the storage root (UnsafePartitionKeyError otherwise)."""
         if partition is None:
-            return f"{self.asset_dir(asset)}/{DATA_FILE}"
-        return f"{self.asset_dir(asset)}/{PARTITION_DIM}={partition}/{DATA_FILE}"
+            out = f"{self.asset_dir(asset)}/{DATA_FILE}"
+        else:
+            out = f"{self.asset_dir(asset)}/{PARTITION_DIM}={check_partition_key(partition)}/{DATA_FILE}"
+        if ".." in out[len(self.base):].split("/"):
+            raise UnsafePartitionKeyError(f"{out!r} leaves the storage root {self.base!r}")
+        return out
 
     def rejects_path(self, asset: str, partition: Optional[str]) -> str:
         return self.path(f"{REJECTS_DIR}/{asset}", partition)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from partitions import source_partitions
 from resources.embeddings import EmbeddingClient, default_threshold
 from resources.sources import SourceRegistryResource
-from resources.storage import PartitionReader, StorageResource, TableStream
+from resources.storage import PartitionReader, StorageResource, TableStream, check_partition_key
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (TableSummary, accounting_check, markdown_preview, report_issues, stage_metadata,
@@ -55,7 +55,7 @@ def prompt_embeddings(context: dg.AssetExecutionContext, config: PromptEmbedding
     fp = embedding_fingerprint(embeddings.model_name, embeddings.normalize, embeddings.max_seq_length, ids, parts,
                                options)
     store = storage.store()
-    chunk_dir = f"{store.base}/{CHUNKS_DIR}/prompt_embeddings/source={context.partition_key}"
+    chunk_dir = f"{store.base}/{CHUNKS_DIR}/prompt_embeddings/source={check_partition_key(context.partition_key)}"
     run = embed_in_chunks(ids, parts, embeddings.encode, fingerprint=fp, chunk_rows=config.chunk_rows,
                           store=store, chunk_dir=chunk_dir, representable=embeddings.representable,
                           model=embeddings.model_name, dim=embeddings.dimension, log=context.log.info)

@@ -1,6 +1,7 @@
 """Ingest stage: `raw_records` (rows as loaded) -> `merged_prompts` (unified prompt schema)."""
 
 import os
+from pathlib import Path
 import shutil
 import tempfile
 from typing import Optional
@@ -16,7 +17,7 @@ from resources.storage import MissingPartitionError, PartitionReader, StorageRes
 from ..common.accounting import Accounting, RowIssue, rejects_table
 from ..common.metadata import (TableSummary, accounting_check, all_rejected_metadata, report_issues,
                                required_check, stage_metadata, unique_check)
-from .loaders import RAW_BATCH_ROWS, LoadedRows, SourceLoadError, iter_rows, rows_from_generator, stream_raw_table
+from .loaders import MAX_ROW_BYTES, RAW_BATCH_ROWS, LoadedRows, SourceLoadError, iter_rows, rows_from_generator, stream_raw_table
 from .merging import MERGE_BATCH_ROWS, MERGED_SCHEMA, FieldMappingError, merge_prompt_batches
 
 GROUP = "ingest"
@@ -34,6 +35,7 @@ class RawRecordsConfig(dg.Config):
     # it is now (the shard's downstream partitions must then be re-materialised too)
     accept_changed_file: bool = False
     batch_rows: int = RAW_BATCH_ROWS  # rows per Arrow batch (memory holds one batch, not the source)
+    max_row_bytes: int = MAX_ROW_BYTES  # a longer JSON Lines row is a `row_too_large` reject, never parsed
 
 
 class MergedPromptsConfig(dg.Config):
@@ -81,7 +83,7 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
     groups in the unified schema; memory holds one batch, the issues and the column types."""
     key = context.partition_key
     spec = source_spec(registry, key)
-    loaded = LoadedRows()
+    loaded = LoadedRows(max_row_bytes=config.max_row_bytes)
     if spec.synthetic:  # nothing to load from files: the generator's asset holds the rows
         generated = GENERATOR_ASSETS[spec.generator]
         store = storage.store()
@@ -126,7 +128,9 @@ def raw_records(context: dg.AssetExecutionContext, config: RawRecordsConfig,
             done["acc"] = acc
             return stage_metadata(
                 summary, acc, preview_columns=raw.schema.names[:6],
-                extra={"files": dg.MetadataValue.json(loaded.files), "blank_lines": loaded.blank_lines,
+                # files by their name under the glob's root: an expanded $VAR never reaches the metadata
+                extra={"files": dg.MetadataValue.json([loaded.names.get(Path(f), f) for f in loaded.files]),
+                       "blank_lines": loaded.blank_lines,
                        "kind": spec.kind, "adapter": spec.adapter, "licence": spec.licence,
                        **({"note": SYNTHETIC_NOTE} if spec.synthetic else {}),
                        **(shard_metadata(spec, loaded) if spec.shard else {}),

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 import sys
 import time
+import zlib
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -30,6 +31,47 @@ RESERVED = ("source_file", "source_row")
 PROGRESS_EVERY = 50_000
 
 csv.field_size_limit(sys.maxsize)  # real prompt CSVs have fields > 131,072 chars
+
+
+#: the longest JSON Lines row parsed (a longer one is counted `row_too_large`)
+MAX_ROW_BYTES = 16 * 1024 * 1024
+
+
+class NonFinite:
+    """What `_loads` makes of NaN, Infinity, -Infinity and a number too large for a float (1e400): not
+    JSON numbers, and `metadata` must stay valid JSON, so the row becomes a `non_finite_number` reject."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __repr__(self) -> str:  # what previews and shard fingerprints write: the token as it was
+        return self.token
+
+    __str__ = __repr__
+
+
+def _parse_float(text: str):
+    value = float(text)
+    return value if value not in (float("inf"), float("-inf")) else NonFinite(text)
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=NonFinite, parse_float=_parse_float)
+
+
+def non_finite_path(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(where, token) of the first NonFinite in a parsed row, else None."""
+    if isinstance(value, NonFinite):
+        return path or "<row>", value.token
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (hit := non_finite_path(v, f"{path}.{k}" if path else str(k))) is not None:
+                return hit
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if (hit := non_finite_path(v, f"{path}[{i}]")) is not None:
+                return hit
+    return None
 
 
 class SourceLoadError(RuntimeError):
@@ -49,6 +91,8 @@ class LoadedRows:
     fingerprint: RowFingerprint | None = None
     # file -> its `source_file` name (its path under the glob's root; SourceSpec.relative_name)
     names: dict = field(default_factory=dict)
+    # a JSON Lines row longer than this is a `row_too_large` reject, not parsed (RawRecordsConfig.max_row_bytes)
+    max_row_bytes: int = MAX_ROW_BYTES
 
     def name_of(self, path: Path) -> str:
         return self.names.get(path, path.name)
@@ -100,6 +144,12 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
             out.rows_read += 1
             if out.fingerprint is not None:
                 out.fingerprint.add(raw.rstrip(b"\r\n"))
+            if len(raw) > out.max_row_bytes:  # not decoded, not parsed
+                out.issues.append(RowIssue(
+                    reason="row_too_large", source_file=name, source_row=lineno,
+                    detail=f"line {lineno + 1}: {len(raw):,} bytes > max_row_bytes={out.max_row_bytes:,}",
+                    raw=raw_preview(raw[:2000])))
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -109,7 +159,7 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
                     raw=raw_preview(raw)))
                 continue
             try:
-                row = json.loads(text)
+                row = _loads(text)
             except json.JSONDecodeError as exc:
                 out.issues.append(RowIssue(
                     reason="malformed_json", source_file=name, source_row=lineno,
@@ -122,7 +172,7 @@ def _read_json(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) 
     with _open_binary(path) as fh:
         text = fh.read().decode("utf-8", "surrogateescape")
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except json.JSONDecodeError as exc:
         # a .json file that is really JSON Lines
         if exc.msg == "Extra data":
@@ -308,8 +358,9 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
                 opened = [(p, READERS[spec.file_format(p)](p, out, limit, spec.loader.offset)) for p in paths]
         except RegistryError as exc:
             raise SourceLoadError(str(exc)) from None
-        except (OSError, ShardError) as exc:
-            raise SourceLoadError(f"source {spec.key!r}: cannot count the rows of its files: {exc}") from None
+        except (OSError, EOFError, zlib.error, ShardError) as exc:
+            raise SourceLoadError(f"source {spec.key!r}: cannot count the rows of its files: "
+                                  f"{type(exc).__name__}: {exc}") from None
         # a file's rows are named by its path under the glob's root: two configs' train-00000-of-00001
         # files are default/train-00000-of-00001.parquet and extended/train-00000-of-00001.parquet
         streams = [(out.names[p], stream) for p, stream in opened]
@@ -324,6 +375,13 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
                         reason="not_an_object", source_file=fname, source_row=row_no,
                         detail=f"row is a {type(row).__name__}, expected an object", raw=raw_preview(row)))
                     continue
+                hit = non_finite_path(row)
+                if hit is not None:
+                    out.issues.append(RowIssue(
+                        reason="non_finite_number", source_file=fname, source_row=row_no, field=hit[0],
+                        detail=f"{hit[1]} is not a JSON number (NaN, Infinity or too large for a float)",
+                        raw=raw_preview(json.dumps(row, default=lambda v: v.token, ensure_ascii=False))))
+                    continue
                 bad = lone_surrogate_path(row)
                 if bad:
                     out.issues.append(RowIssue(
@@ -336,8 +394,9 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
                 yield fname, row_no, row
         except SourceLoadError as exc:
             raise SourceLoadError(f"source {spec.key!r}: {exc}") from None
-        except OSError as exc:
-            raise SourceLoadError(f"source {spec.key!r}: cannot read {name or spec.loader.hub}: {exc}") from None
+        except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz too: name the file
+            raise SourceLoadError(f"source {spec.key!r}: cannot read {name or spec.loader.hub}: "
+                                  f"{type(exc).__name__}: {exc}") from None
     rng = spec.shard
     if rng is not None and out.rows_read == 0 and rng.index > 0:
         raise SourceLoadError(f"source {rng.parent!r}: shard {rng.key!r} (rows {rng.start:,} to {rng.stop - 1:,}) "

@@ -17,7 +17,7 @@ import pyarrow as pa
 from partitions import source_partitions
 from resources.embeddings import EmbeddingClient
 from resources.sources import SourceRegistryResource
-from resources.storage import StorageResource
+from resources.storage import StorageResource, check_partition_key
 
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, markdown_preview, model_asset,
@@ -205,7 +205,7 @@ def attribute_labelled_sft(context: dg.AssetExecutionContext, config: LabelConfi
     version = attribute_model["version"][0].as_py()
     predictor = am.load(store, am.artifact_dir(store.base, version), embed=lambda t: embeddings.encode(t),
                         embedder_name=embeddings.model_name, device=config.device)  # the embedder loads lazily
-    ckpt = Checkpoint(store, f"{store.base}/_checkpoints/attribute_labelled_sft/source={key}/{version}")
+    ckpt = Checkpoint(store, f"{store.base}/_checkpoints/attribute_labelled_sft/source={check_partition_key(key)}/{version}")
     out, stats = label(rows, key, config.input_asset, predictor, ckpt, chunk_rows=config.chunk_rows,
                        log=context.log.info)
     storage.write_rejects(context.asset_key, key, rejects_table(key, "attribute_labelled_sft", issues))
