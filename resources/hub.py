@@ -61,6 +61,29 @@ def plan_upload(local_root: str, local_files: Iterable[str], remote: Iterable[Re
     return plan
 
 
+def shrink_reason(local_files: Iterable[str], remote: Iterable[RemoteFile], managed_prefix: str = "data/") -> Optional[str]:
+    """Why publishing this export would take data off the Hub, or None: the export has no data file
+    while the repo has some (an empty export deletes every shard), or a config the repo holds would
+    lose all its files (`data/<config>/...`). Rows within a config are not compared (the remote
+    counts are not read)."""
+    def configs(paths) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in paths:
+            if p.startswith(managed_prefix) and p.endswith(".parquet"):
+                cfg = p[len(managed_prefix):].split("/", 1)[0]
+                out[cfg] = out.get(cfg, 0) + 1
+        return out
+
+    here, there = configs(local_files), configs(r.path for r in remote)
+    if there and not here:
+        return f"the export is empty: publishing it would delete the repo's {sum(there.values())} data files"
+    gone = sorted(set(there) - set(here))
+    if gone:
+        return (f"the export has no {', '.join(gone)} config{'s' if len(gone) > 1 else ''}: publishing it would "
+                f"delete {sum(there[c] for c in gone)} data files of the repo")
+    return None
+
+
 class HubResource(dg.ConfigurableResource):
     """`repo_id` ("" = local export only), `private`, and `token` from the environment:
     `HubResource(token=dg.EnvVar("HF_TOKEN"))` (definitions.py does this when HF_TOKEN is set)."""

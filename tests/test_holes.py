@@ -83,3 +83,64 @@ def test_a_row_over_max_row_bytes_is_a_reject_never_parsed(tmp_path):
     assert [r[2]["p"] for r in rows] == ["small"] and out.rows_read == 2
     assert [(i.source_row, i.reason) for i in out.issues] == [(0, "row_too_large")]
     assert "5,010 bytes > max_row_bytes=1,000" in out.issues[0].detail
+
+
+def test_an_empty_or_shrunken_export_is_not_published(tmp_path, instance, monkeypatch):
+    """An empty export planned the deletion of every data file on the Hub. The Hub cannot be reached
+    here: a recording stand-in for HfApi lists a repo with sft and preference shards and records commits."""
+    import dagster as dg
+    import huggingface_hub
+    from huggingface_hub.hf_api import RepoFile
+
+    from posttrain_assets.export.assets import hf_parquet
+    from posttrain_assets.records.unify import COT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA
+    from resources.hub import HubResource, RemoteFile, shrink_reason
+
+    from .helpers import resources_for
+
+    remote = ["data/sft/train-00000-of-00001.parquet", "data/preference/train-00000-of-00001.parquet", "README.md"]
+    assert shrink_reason(["README.md"], [RemoteFile(p) for p in remote]) == \
+        "the export is empty: publishing it would delete the repo's 2 data files"
+    assert shrink_reason(["data/sft/train-00000-of-00002.parquet"], [RemoteFile(p) for p in remote]) == \
+        "the export has no preference config: publishing it would delete 1 data files of the repo"
+    assert shrink_reason(["data/sft/a.parquet", "data/preference/b.parquet"], [RemoteFile(p) for p in remote]) is None
+    assert shrink_reason([], []) is None  # a new repo
+
+    commits = []
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def list_repo_tree(self, repo_id, **kw):
+            return [RepoFile(path=p, size=1, blob_id="0" * 40, lfs=None, oid="x") for p in remote]
+
+        def create_repo(self, repo_id, **kw):
+            pass
+
+        def create_commit(self, repo_id, operations, **kw):
+            commits.append(sorted((type(o).__name__, o.path_in_repo) for o in operations))
+            return type("Info", (), {"commit_url": "https://hub/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    for asset, schema in (("sft_records", SFT_SCHEMA), ("cot_records", COT_SCHEMA), ("preference_records", PREFERENCE_SCHEMA)):
+        store.write(schema.empty_table(), store.path(asset, "empty"))
+    reg = tmp_path / "s.yaml"
+    reg.write_text(json.dumps({"sources": [{"key": "empty", "kind": "prompt", "adapter": "generic", "licence": "MIT",
+                                           "fields": {"prompt": "p"}, "loader": {"path": str(reg)}}]}))
+    instance.add_dynamic_partitions("source", ["empty"])
+    upstream = [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source"))
+                for k in ("sft_records", "cot_records", "preference_records")]
+    resources = {**resources_for(root, reg), "hub": HubResource(repo_id="me/ds", token="hf_x")}
+    res = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance, resources=resources,
+                         raise_on_error=False)
+    assert not res.success and commits == []
+    failure = res.get_step_failure_events()[0].event_specific_data.error.message
+    assert "hub me/ds: not published: the export is empty: publishing it would delete the repo's 2 data files" in failure
+    res = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance, resources=resources,
+                         run_config={"ops": {"hf_parquet": {"config": {"allow_shrink": True}}}})
+    assert res.success and commits == [[("CommitOperationAdd", "README.md"),
+                                        ("CommitOperationDelete", "data/preference/train-00000-of-00001.parquet"),
+                                        ("CommitOperationDelete", "data/sft/train-00000-of-00001.parquet")]]

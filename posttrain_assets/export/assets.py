@@ -17,7 +17,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from resources.hub import HubResource, plan_upload, sha256_file
+from resources.hub import HubResource, plan_upload, sha256_file, shrink_reason
 from resources.sources import SourceRegistryResource
 from resources.storage import MissingPartitionError, StorageResource
 
@@ -44,6 +44,8 @@ class HfParquetConfig(dg.Config):
     # "trl" = TRL's conversational format (chosen / rejected = each side's whole conversation)
     preference_format: str = "both"
     card_body_path: str = ""  # a Markdown file kept verbatim in README.md (the seed's original_readme)
+    # publish an export that would take data off the Hub (empty, or without a config the repo has)
+    allow_shrink: bool = False
 
 
 def _materialised(store, asset: str, keys: list[str]) -> tuple[pa.Table | None, list[str]]:
@@ -129,7 +131,13 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     actions = {p: "local" for p in files}
     commit = None
     if ready:
-        plan = plan_upload(out_dir, files, hub.remote_files())
+        remote = hub.remote_files()
+        why_not = shrink_reason(files, remote)
+        if why_not and not config.allow_shrink:
+            raise dg.Failure(description=f"hub {hub.repo_id}: not published: {why_not}; the local export is in "
+                                         f"{out_dir}. Set allow_shrink: true to publish it anyway.",
+                             allow_retries=False)
+        plan = plan_upload(out_dir, files, remote)
         commit = hub.upload(out_dir, plan, message=f"posttrain export ({len(manifest)} shards)")
         actions.update({p: "upload" for p in plan.upload})
         actions.update({p: "unchanged" for p in plan.skip})
