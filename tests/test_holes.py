@@ -144,3 +144,22 @@ def test_an_empty_or_shrunken_export_is_not_published(tmp_path, instance, monkey
     assert res.success and commits == [[("CommitOperationAdd", "README.md"),
                                         ("CommitOperationDelete", "data/preference/train-00000-of-00001.parquet"),
                                         ("CommitOperationDelete", "data/sft/train-00000-of-00001.parquet")]]
+
+
+def test_an_artifact_manifest_cannot_write_or_read_outside_its_folder(tmp_path):
+    """A LoRA manifest's `files` were joined raw (a manifest wrote outside its folder); LATEST's version
+    was joined raw into the artifact folder."""
+    from posttrain_assets.steerlm import model as am
+
+    store = ParquetStore(str(tmp_path / "storage"))
+    folder = am.artifact_dir(store.base, "0123456789abcdef")
+    for bad in ("../../outside.txt", "/etc/passwd", "a/../../b", "", "C:/x"):
+        store.write_bytes(f"{folder}/{am.MANIFEST}", json.dumps({"version": "0123456789abcdef", "backend": "lora",
+                                                                  "files": [bad]}).encode())
+        with pytest.raises(am.AttributeModelError, match="is not a path inside the artifact folder"):
+            am.load(store, folder)
+    assert not (tmp_path / "outside.txt").exists()
+    assert am.safe_relative("adapter/adapter_model.safetensors", "f") == "adapter/adapter_model.safetensors"
+    for version in ("../../../tmp/x", "a/b", ".hidden", ""):
+        with pytest.raises(am.AttributeModelError, match="is not a version name"):
+            am.artifact_dir(store.base, version)

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -125,8 +126,26 @@ def train_head(embed: Embed, embedder_name: str, texts, responses, labels, split
 
 
 # --------------------------------------------------------------------------- artifacts
+#: an artifact version (data_version: 16 hex digits; a user's own folder name: letters, digits, _ . -)
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
 def artifact_dir(root: str, version: str) -> str:
+    """The folder of an artifact version; a version that could name another folder (read from LATEST,
+    a file anyone with write access to the storage can change) is an AttributeModelError."""
+    if not isinstance(version, str) or not VERSION_RE.match(version) or ".." in version:
+        raise AttributeModelError(f"attribute model version {version!r} is not a version name "
+                                  f"({VERSION_RE.pattern}): refused before it names a folder")
     return f"{root.rstrip('/')}/{MODEL_DIR}/{version}"
+
+
+def safe_relative(rel: str, folder: str) -> str:
+    """A file name of a manifest's `files`: relative, inside its folder (no '..', no absolute path)."""
+    parts = rel.replace("\\", "/").split("/") if isinstance(rel, str) else []
+    if not parts or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+        raise AttributeModelError(f"attribute model {folder}: manifest file name {rel!r} is not a path inside "
+                                  f"the artifact folder")
+    return "/".join(parts)
 
 
 def save_head(store, folder: str, head: RidgeHead, manifest: dict) -> None:
@@ -199,6 +218,7 @@ def load(store, folder: str, *, embed: Optional[Embed] = None, embedder_name: st
 
         local = tempfile.mkdtemp(prefix="attribute-model-")
         for rel in manifest["files"]:
+            rel = safe_relative(rel, store.uri(folder))
             dest = os.path.join(local, rel)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with open(dest, "wb") as fh:
