@@ -163,3 +163,30 @@ def test_an_artifact_manifest_cannot_write_or_read_outside_its_folder(tmp_path):
     for version in ("../../../tmp/x", "a/b", ".hidden", ""):
         with pytest.raises(am.AttributeModelError, match="is not a version name"):
             am.artifact_dir(store.base, version)
+
+
+def test_a_corrupt_llm_cache_is_moved_aside_and_a_locked_one_is_named(tmp_path):
+    """Both gave a bare sqlite3 error (the locked one after 60 s) naming no file."""
+    import sqlite3
+
+    from resources.llm.cache import LLMCache, LLMCacheError
+
+    path = tmp_path / "cache" / "llm.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"this is not a database" * 100)
+    cache = LLMCache(str(path))
+    assert cache.moved_aside and (tmp_path / "cache" / cache.moved_aside.rsplit("/", 1)[1]).read_bytes().startswith(b"this is")
+    cache.put_many([("k", "op", "m", {"text": "answer"})])
+    assert cache.get_many(["k"]) == {"k": {"text": "answer"}} and cache.count() == 1
+    cache.close()
+
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write, for as long as this test runs
+    cache = LLMCache(str(path), timeout=0.05)  # WAL: reading goes on
+    assert cache.get_many(["k"]) == {"k": {"text": "answer"}}
+    with pytest.raises(LLMCacheError) as err:
+        cache.put_many([("k2", "op", "m", {"text": "b"})])
+    assert str(err.value).startswith(f"LLM cache {path} is locked by another process (waited 0.05 s")
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert LLMCache(str(path)).get_many(["k"]) == {"k": {"text": "answer"}}

@@ -8,6 +8,7 @@ are never cached (they are retried on the next run)."""
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -17,6 +18,8 @@ from typing import Any, Callable, Optional
 
 from .base import Completion, LLMError
 
+log = logging.getLogger(__name__)
+
 
 def cache_key(settings: dict, op: str, decoding: dict, task: Optional[dict], payload: Any, sample: int) -> str:
     blob = json.dumps({"backend": settings, "op": op, "decoding": decoding, "task": task, "input": payload,
@@ -24,30 +27,68 @@ def cache_key(settings: dict, op: str, decoding: dict, task: Optional[dict], pay
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class LLMCacheError(RuntimeError):
+    """The cache file cannot be used (locked by another process past the timeout); names the file."""
+
+
 class LLMCache:
-    def __init__(self, path: str):
+    """`timeout`: seconds to wait for another process's write lock. A file that is not an SQLite
+    database (or a damaged one) is moved aside to `<path>.corrupt-<time>` and a fresh cache started:
+    a cache only saves model calls, so losing it costs time, never data (`moved_aside` says where)."""
+
+    def __init__(self, path: str, timeout: float = 60):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path = path
-        self.con = sqlite3.connect(path, timeout=60, check_same_thread=False)
-        self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, op TEXT, model TEXT, "
-                         "value TEXT, created REAL)")
-        self.con.commit()
+        self.path, self.timeout, self.moved_aside = path, timeout, None
+        try:
+            self._open()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise LLMCacheError(f"LLM cache {path}: {exc}") from None
+            raise self._locked(exc) from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            self.moved_aside = f"{path}.corrupt-{int(time.time())}"
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.replace(path + suffix, self.moved_aside + suffix)
+            log.warning(f"LLM cache {path}: {exc}; moved aside to {self.moved_aside}, starting an empty cache")
+            self._open()
+
+    def _open(self) -> None:
+        self.con = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
+        try:
+            self.con.execute("PRAGMA journal_mode=WAL")
+            self.con.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, op TEXT, model TEXT, "
+                             "value TEXT, created REAL)")
+            self.con.execute("SELECT count(*) FROM answers WHERE key = ''").fetchone()
+            self.con.commit()
+        except sqlite3.DatabaseError:
+            self.con.close()
+            raise
+
+    def _locked(self, exc: Exception) -> LLMCacheError:
+        return LLMCacheError(f"LLM cache {self.path} is locked by another process (waited {self.timeout:g} s: {exc}); "
+                             f"give each concurrent deployment its own cache_dir, or wait for the other run")
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         out = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            q = f"SELECT key, value FROM answers WHERE key IN ({','.join('?' * len(part))})"
-            out.update((k, json.loads(v)) for k, v in self.con.execute(q, part))
+        try:
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                q = f"SELECT key, value FROM answers WHERE key IN ({','.join('?' * len(part))})"
+                out.update((k, json.loads(v)) for k, v in self.con.execute(q, part))
+        except sqlite3.OperationalError as exc:
+            raise (self._locked(exc) if "locked" in str(exc) else LLMCacheError(f"LLM cache {self.path}: {exc}")) from None
         return out
 
     def put_many(self, rows: list[tuple[str, str, str, Any]]) -> None:
         """(key, op, model, value) rows in one transaction."""
         now = time.time()
-        with self.con:
-            self.con.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
-                                 [(k, op, m, json.dumps(v, ensure_ascii=False), now) for k, op, m, v in rows])
+        try:
+            with self.con:
+                self.con.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
+                                     [(k, op, m, json.dumps(v, ensure_ascii=False), now) for k, op, m, v in rows])
+        except sqlite3.OperationalError as exc:
+            raise (self._locked(exc) if "locked" in str(exc) else LLMCacheError(f"LLM cache {self.path}: {exc}")) from None
 
     def count(self) -> int:
         return self.con.execute("SELECT count(*) FROM answers").fetchone()[0]
