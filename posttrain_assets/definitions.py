@@ -89,7 +89,9 @@ def build_resources() -> dict:
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
         "registry": SourceRegistryResource(),
-        "embeddings": EmbeddingClient(),
+        # an openai-backend embedder's key only ever comes from the environment, as the LLM's
+        "embeddings": EmbeddingClient(api_key=dg.EnvVar("EMBEDDINGS_API_KEY") if os.environ.get("EMBEDDINGS_API_KEY")
+                                      else None),
         "llm": LLMResource(config_file=os.environ.get("POSTTRAIN_LLM_CONFIG", ""),
                            api_key=dg.EnvVar("LLM_API_KEY") if os.environ.get("LLM_API_KEY") else None),
         # reward scores (quality_tags' instruct_reward, preference_pairs): the judge on the embedded model

@@ -51,6 +51,10 @@ _MODELS: dict = {}
 _LOCK = threading.Lock()
 
 
+class EmbeddingError(RuntimeError):
+    """The embeddings server failed after retries; the message names it (credentials redacted)."""
+
+
 def default_threshold(model_name: Optional[str]) -> float:
     """The calibrated dedup threshold of a model (FALLBACK_THRESHOLD for models not calibrated)."""
     return DEDUP_THRESHOLDS.get(model_name or "", FALLBACK_THRESHOLD)
@@ -352,9 +356,12 @@ class EmbeddingClient(dg.ConfigurableResource):
                     r.raise_for_status()
                     data = sorted(r.json()["data"], key=lambda d: d["index"])
                     break
-                except Exception:  # noqa: BLE001 - retried, then raised
+                except Exception as exc:  # noqa: BLE001 - retried, then raised (the URL's credentials redacted)
                     if attempt == 2:
-                        raise
+                        from .llm.base import redact_text, redact_url
+
+                        raise EmbeddingError(f"embeddings {redact_url(self.base_url)}: {type(exc).__name__}: "
+                                             f"{redact_text(str(exc), self.base_url)}") from None
                     time.sleep(2 ** attempt)
             out.extend(d["embedding"] for d in data)
         vecs = np.asarray(out, dtype=np.float32)

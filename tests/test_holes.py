@@ -190,3 +190,31 @@ def test_a_corrupt_llm_cache_is_moved_aside_and_a_locked_one_is_named(tmp_path):
     holder.execute("ROLLBACK")
     holder.close()
     assert LLMCache(str(path)).get_many(["k"]) == {"k": {"text": "answer"}}
+
+
+def test_credentials_in_a_server_url_stay_out_of_settings_rows_and_errors(monkeypatch):
+    """An openai base_url with user:password@ or ?api_key= was kept in the backend's settings (the cache
+    key, every model's metadata), the Magpie rows' configs and the errors in the event log."""
+    from posttrain_assets.magpie.generation import model_identity
+    from resources.embeddings import EmbeddingClient, EmbeddingError
+    from resources.llm.base import LLMError, redact_url
+    from resources.llm.openai_backend import OpenAIBackend
+    from resources.llm.resource import ModelSpec
+
+    url = "http://bob:pa55word@127.0.0.1:9/v1?api_key=s3cret&region=eu"
+    assert redact_url(url) == "http://***@127.0.0.1:9/v1?api_key=***&region=eu"
+    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"  # cache keys of plain URLs kept
+    spec = ModelSpec(name="m", backend="openai", model="served", base_url=url)
+    backend = OpenAIBackend(spec, api_key=None, max_concurrency=1, timeout_s=0.5, max_retries=1)
+    assert "pa55word" not in json.dumps(backend.settings()) and "s3cret" not in json.dumps(backend.settings())
+    assert model_identity(spec)["base_url"] == redact_url(url)
+    with pytest.raises(LLMError) as err:  # port 9 (discard) on loopback: refused at once
+        backend._post("/chat/completions", {"model": "served"})
+    assert "ConnectionError" in str(err.value) and "pa55word" not in str(err.value) and "s3cret" not in str(err.value)
+    import time
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the client's retry back-off
+    client = EmbeddingClient(backend="openai", base_url=url, model="e", timeout_s=0.5)
+    with pytest.raises(EmbeddingError) as err:
+        client._encode_openai(["x"])
+    assert "pa55word" not in str(err.value) and "s3cret" not in str(err.value) and "127.0.0.1:9" in str(err.value)

@@ -94,6 +94,10 @@ def model_identity(spec: Any) -> dict:
     out = {k: get(k, None) for k in MODEL_IDENTITY}
     if out.get("backend") != "openai":
         out.pop("base_url", None)
+    elif out.get("base_url"):  # a credential in the URL never enters the rows or their hash
+        from resources.llm.base import redact_url
+
+        out["base_url"] = redact_url(out["base_url"])
     return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from .base import Backend, Completion, Decoding, LLMError, LogprobsUnsupported
+from .base import Backend, Completion, Decoding, LLMError, LogprobsUnsupported, redact_text, redact_url
 
 
 class _HTTPStatus(Exception):
@@ -63,7 +63,7 @@ class OpenAIBackend(Backend):
         self.schema_supported = True
 
     def settings(self) -> dict:
-        return {"backend": "openai", "model": self.spec.model, "base_url": self.spec.base_url,
+        return {"backend": "openai", "model": self.spec.model, "base_url": redact_url(self.spec.base_url),
                 "revision": self.spec.revision, "dtype": self.spec.dtype, "quantization": self.spec.quantization,
                 "max_model_len": self.spec.max_model_len, "trust_remote_code": self.spec.trust_remote_code}
 
@@ -95,8 +95,8 @@ class OpenAIBackend(Backend):
             err = LLMError(f"{path}: HTTP {exc.status}: {exc.body}")
             err.status = exc.status
             raise err from None
-        except requests.RequestException as exc:
-            raise LLMError(f"{path}: {type(exc).__name__}: {exc}") from None
+        except requests.RequestException as exc:  # its message holds the URL: credentials redacted
+            raise LLMError(f"{path}: {type(exc).__name__}: {redact_text(str(exc), self.spec.base_url)}") from None
 
     def _map(self, fn, items):
         with ThreadPoolExecutor(self.pool) as ex:
@@ -164,7 +164,7 @@ class OpenAIBackend(Backend):
             toks, offs = lp.get("token_logprobs"), lp.get("text_offset")
             if not toks or not offs:
                 raise LogprobsUnsupported(
-                    f"{self.spec.base_url} returned no prompt logprobs for echo=true (transformers serve "
+                    f"{redact_url(self.spec.base_url)} returned no prompt logprobs for echo=true (transformers serve "
                     "ignores echo/logprobs; vllm serve supports them)")
             vals = [v for v, o in zip(toks, offs) if o >= len(p) and o < len(p) + len(c) and v is not None]
             return (sum(vals) / len(vals), len(vals)) if vals else (float("nan"), 0)
