@@ -32,6 +32,8 @@ CATALOG_ENV = "POSTTRAIN_CATALOG"
 REJECTS_DIR = "_rejects"
 PARTITION_DIM = "source"
 DATA_FILE = "data.parquet"
+#: a rejects file waiting for its asset's data to be committed (StorageResource.write_rejects)
+PENDING = ".pending"
 # schemes DuckDB reads itself (through its httpfs / azure extensions)
 DUCKDB_REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "hf")
 #: rows per Parquet row group of a streamed write (batches are buffered up to this, or ROW_GROUP_BYTES)
@@ -397,13 +399,24 @@ class StorageResource(dg.ConfigurableResource):
         return Catalog(path, store)
 
     def write_rejects(self, asset_key: dg.AssetKey, partition: Optional[str], table: pa.Table) -> str:
-        """Always written (also when empty) so that a re-run replaces the previous rejects."""
+        """Always written (also when empty) so that a re-run replaces the previous rejects. Staged
+        (`<rejects file>.pending`) until the IO manager has committed the asset's data, then moved into
+        place (commit_rejects): a failed data write never leaves new rejects beside old data. Returns
+        the rejects file's URI."""
         store = self.store()
-        asset = view_name(asset_key)
-        path = store.rejects_path(asset, partition)
-        store.write(table, path)
-        self.catalog().register({"rejects": store.uri(f"{store.base}/{REJECTS_DIR}/*/*/{DATA_FILE}")})
+        path = store.rejects_path(view_name(asset_key), partition)
+        store.write(table, path + PENDING)
         return store.uri(path)
+
+    def commit_rejects(self, asset: str, partition: Optional[str]) -> bool:
+        """The staged rejects of an asset partition whose data was just committed, moved into place."""
+        store = self.store()
+        path = store.rejects_path(asset, partition)
+        if not store.exists(path + PENDING):
+            return False
+        store.fs.move(path + PENDING, path)
+        self.catalog().register({"rejects": store.uri(f"{store.base}/{REJECTS_DIR}/*/*/{DATA_FILE}")})
+        return True
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
@@ -426,6 +439,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: pa.Table) -> None:
         if obj is None:
+            self.storage.commit_rejects(*self._asset_and_partition(context))
             return
         if not isinstance(obj, (pa.Table, TableStream)):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a pyarrow.Table or "
@@ -440,6 +454,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 extra = obj.on_done(rows) or {}
         else:
             store.write(obj, path)
+        self.storage.commit_rejects(asset, partition)  # the data is in place: now its rejects
         self.storage.catalog().register({asset: store.glob(asset, partition is not None)})
         context.add_output_metadata({"path": dg.MetadataValue.path(store.uri(path)), **extra})
 

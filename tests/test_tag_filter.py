@@ -138,3 +138,28 @@ def test_an_empty_tags_partition_and_a_bad_config(tmp_path, instance):
     assert not bad.success
     assert step_error(bad) == ("source 'e', quality_tags: max_difficulty: must be one of very easy, easy, medium, "
                                "hard, very hard or null, got 'extreme'")
+
+
+def test_a_failed_data_write_keeps_the_old_rejects_beside_the_old_data(tmp_path, instance, monkeypatch):
+    """The rejects were written before the data: a failed data write left new rejects beside old data
+    (issue 21). Now they are staged and moved into place only once the data is committed."""
+    root = tmp_path / "storage"
+    data = root / "filtered_instructions" / "source=s" / "data.parquet"
+    rejects = root / "_rejects" / "filtered_instructions" / "source=s" / "data.parquet"
+    assert _materialize(tmp_path, instance, "s", TAGS).success
+    before = (data.read_bytes(), rejects.read_bytes())
+
+    real_write = ParquetStore.write
+
+    def failing(self, table, path):  # the disk fills up as the data is written, not before
+        if path == str(data):
+            raise OSError(28, "No space left on device")
+        return real_write(self, table, path)
+
+    monkeypatch.setattr(ParquetStore, "write", failing)
+    assert not _materialize(tmp_path, instance, "s", TAGS, config={"min_reward": 3.0}).success
+    assert (data.read_bytes(), rejects.read_bytes()) == before  # both old: consistent
+    monkeypatch.setattr(ParquetStore, "write", real_write)
+    assert _materialize(tmp_path, instance, "s", TAGS, config={"min_reward": 3.0}).success
+    assert "low_instruct_reward" in pq.read_table(rejects)["reason"].to_pylist()
+    assert not (rejects.parent / "data.parquet.pending").exists()
