@@ -358,7 +358,7 @@ class EmbeddingClient(dg.ConfigurableResource):
                     break
                 except Exception as exc:  # noqa: BLE001 - retried, then raised (the URL's credentials redacted)
                     if attempt == 2:
-                        from .llm.base import redact_text, redact_url
+                        from .secrets import redact_text, redact_url
 
                         raise EmbeddingError(f"embeddings {redact_url(self.base_url)}: {type(exc).__name__}: "
                                              f"{redact_text(str(exc), self.base_url)}") from None

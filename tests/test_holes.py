@@ -197,7 +197,8 @@ def test_credentials_in_a_server_url_stay_out_of_settings_rows_and_errors(monkey
     key, every model's metadata), the Magpie rows' configs and the errors in the event log."""
     from posttrain_assets.magpie.generation import model_identity
     from resources.embeddings import EmbeddingClient, EmbeddingError
-    from resources.llm.base import LLMError, redact_url
+    from resources.llm.base import LLMError
+    from resources.secrets import redact_url
     from resources.llm.openai_backend import OpenAIBackend
     from resources.llm.resource import ModelSpec
 

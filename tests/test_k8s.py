@@ -250,7 +250,18 @@ def test_helm_values():
     coordinator = VALUES["dagsterDaemon"]["runCoordinator"]
     assert (coordinator["enabled"], coordinator["type"]) == (True, "QueuedRunCoordinator")
     assert coordinator["config"]["queuedRunCoordinator"] == {
-        "maxConcurrentRuns": 16, "tagConcurrencyLimits": [{"key": "dagster/backfill", "limit": 8}]}
+        "maxConcurrentRuns": 16, "tagConcurrencyLimits": [
+            {"key": "dagster/backfill", "limit": 8},
+            # one run per partition (resources/run_guard.py), as in deploy/dagster.yaml
+            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]}
+    local = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["concurrency"]["runs"]
+    assert local["tag_concurrency_limits"] == [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True},
+                                                "limit": 1}]
+    # never root: the code location's pods and the run workers as the images' user
+    assert USER_DEPLOYMENT["podSecurityContext"]["runAsNonRoot"] is True
+    assert USER_DEPLOYMENT["podSecurityContext"]["runAsUser"] == 10001
+    assert USER_DEPLOYMENT["securityContext"]["allowPrivilegeEscalation"] is False
+    assert launcher["config"]["k8sRunLauncher"]["securityContext"]["runAsNonRoot"] is True
     # the gpu pool's limit: slots = GPUs / GPUs per step
     assert VALUES["concurrency"] == {"enabled": True, "pools": {"defaultLimit": 8, "granularity": "op"}}
     assert STEPS["gpu_step"]["gpus"] == 1
@@ -274,3 +285,15 @@ def test_image_paths_exist():
     assert os.path.isfile(REPO / DEPLOYMENT_ENV["POSTTRAIN_LLM_CONFIG"].removeprefix(prefix))
     gpu = (REPO / "deploy/docker/Dockerfile.gpu").read_text()
     assert "FROM nvidia/cuda:" in gpu and '".[k8s,gpu]"' in gpu
+
+
+def test_images_run_as_a_user_and_listen_on_loopback_by_default():
+    """Both images ran as root and bound the code server to 0.0.0.0 (issue 21)."""
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        lines = (REPO / "deploy/docker" / dockerfile).read_text().splitlines()
+        users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+        assert users == ["10001"], dockerfile  # the Helm values' runAsUser
+        last_user = max(i for i, ln in enumerate(lines) if ln.startswith("USER "))
+        assert last_user < max(i for i, ln in enumerate(lines) if ln.startswith("CMD ")), dockerfile
+        assert "ENV POSTTRAIN_GRPC_HOST=127.0.0.1" in lines and not any("0.0.0.0" in ln for ln in lines
+                                                                         if not ln.startswith("#")), dockerfile

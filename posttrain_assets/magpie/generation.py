@@ -95,7 +95,7 @@ def model_identity(spec: Any) -> dict:
     if out.get("backend") != "openai":
         out.pop("base_url", None)
     elif out.get("base_url"):  # a credential in the URL never enters the rows or their hash
-        from resources.llm.base import redact_url
+        from resources.secrets import redact_url
 
         out["base_url"] = redact_url(out["base_url"])
     return out

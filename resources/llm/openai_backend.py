@@ -13,7 +13,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from .base import Backend, Completion, Decoding, LLMError, LogprobsUnsupported, redact_text, redact_url
+from ..secrets import redact_text, redact_url
+from .base import Backend, Completion, Decoding, LLMError, LogprobsUnsupported
 
 
 class _HTTPStatus(Exception):
