@@ -41,8 +41,11 @@ class NonFinite:
     """What `_loads` makes of NaN, Infinity, -Infinity and a number too large for a float (1e400): not
     JSON numbers, and `metadata` must stay valid JSON, so the row becomes a `non_finite_number` reject."""
 
+    made = 0  # how many were ever made: a reader walks a parsed row for them only when this moved
+
     def __init__(self, token: str):
         self.token = token
+        NonFinite.made += 1
 
     def __repr__(self) -> str:  # what previews and shard fingerprints write: the token as it was
         return self.token
@@ -57,6 +60,16 @@ def _parse_float(text: str):
 
 def _loads(text: str) -> Any:
     return json.loads(text, parse_constant=NonFinite, parse_float=_parse_float)
+
+
+def non_finite_issue(row: Any, name: str, row_no: int) -> RowIssue | None:
+    """The `non_finite_number` reject of a parsed JSON row holding a NonFinite, else None."""
+    hit = non_finite_path(row)
+    if hit is None:
+        return None
+    return RowIssue(reason="non_finite_number", source_file=name, source_row=row_no, field=hit[0],
+                    detail=f"{hit[1]} is not a JSON number (NaN, Infinity or too large for a float)",
+                    raw=raw_preview(json.dumps(row, default=lambda v: v.token, ensure_ascii=False)))
 
 
 def non_finite_path(value: Any, path: str = "") -> tuple[str, str] | None:
@@ -158,6 +171,7 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
                     detail=f"byte 0x{raw[exc.start]:02x} at offset {exc.start} of line {lineno + 1} is not UTF-8",
                     raw=raw_preview(raw)))
                 continue
+            made = NonFinite.made
             try:
                 row = _loads(text)
             except json.JSONDecodeError as exc:
@@ -165,12 +179,16 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
                     reason="malformed_json", source_file=name, source_row=lineno,
                     detail=f"line {lineno + 1}: {exc.msg} at column {exc.colno}", raw=raw_preview(text)))
                 continue
+            if NonFinite.made != made and (issue := non_finite_issue(row, name, lineno)) is not None:
+                out.issues.append(issue)
+                continue
             yield lineno, row
 
 
 def _read_json(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -> Iterator[tuple[int, Any]]:
     with _open_binary(path) as fh:
         text = fh.read().decode("utf-8", "surrogateescape")
+    made = NonFinite.made
     try:
         data = _loads(text)
     except json.JSONDecodeError as exc:
@@ -192,10 +210,14 @@ def _read_json(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) 
     if not isinstance(data, list):
         raise SourceLoadError(f"{path.name}: a JSON file must hold a list of rows")
     stop = offset + limit if limit else None
+    walk = NonFinite.made != made  # the file held NaN / Infinity / an overflow somewhere
     for i, row in enumerate(data[offset:stop], start=offset):
         out.rows_read += 1
         if out.fingerprint is not None:
             out.fingerprint.add_value(row)
+        if walk and (issue := non_finite_issue(row, out.name_of(path), i)) is not None:
+            out.issues.append(issue)
+            continue
         yield i, row
 
 
@@ -374,13 +396,6 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
                     out.issues.append(RowIssue(
                         reason="not_an_object", source_file=fname, source_row=row_no,
                         detail=f"row is a {type(row).__name__}, expected an object", raw=raw_preview(row)))
-                    continue
-                hit = non_finite_path(row)
-                if hit is not None:
-                    out.issues.append(RowIssue(
-                        reason="non_finite_number", source_file=fname, source_row=row_no, field=hit[0],
-                        detail=f"{hit[1]} is not a JSON number (NaN, Infinity or too large for a float)",
-                        raw=raw_preview(json.dumps(row, default=lambda v: v.token, ensure_ascii=False))))
                     continue
                 bad = lone_surrogate_path(row)
                 if bad:
