@@ -408,6 +408,11 @@ class StorageResource(dg.ConfigurableResource):
         store.write(table, path + PENDING)
         return store.uri(path)
 
+    def publish_rejects(self, asset_key: dg.AssetKey, partition: Optional[str]) -> bool:
+        """The staged rejects put in place now, without the data: for a stage that fails the partition
+        on purpose (too many failed requests) and whose rejects say why."""
+        return self.commit_rejects(view_name(asset_key), partition)
+
     def commit_rejects(self, asset: str, partition: Optional[str]) -> bool:
         """The staged rejects of an asset partition whose data was just committed, moved into place."""
         store = self.store()

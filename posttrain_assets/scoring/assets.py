@@ -82,6 +82,7 @@ def difficulty_scores(context: dg.AssetExecutionContext, config: DifficultyConfi
     acc.removed_by_reason.update(removed)
     rate = len(issues) / max(len(items), 1)
     if rate > llm.max_failure_rate:
+        storage.publish_rejects(context.asset_key, key)  # the rejects say which failed and why
         raise dg.Failure(description=f"source {key!r}: {len(issues)}/{len(items)} items failed "
                                      f"({rate:.0%} > max_failure_rate {llm.max_failure_rate:.0%}); first: "
                                      f"{issues[0].detail}", allow_retries=True)

@@ -227,6 +227,7 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
                                 ("judge_failed", config.max_judge_failure_rate, "max_judge_failure_rate")):
         failed = [i for i in res.issues if i.reason == reason]
         if len(failed) / requested > limit:
+            storage.publish_rejects(sol_key, key)  # the rejects say which failed and why
             raise dg.Failure(description=f"source {key!r}: {len(failed)}/{res.counts['requested']} solutions failed "
                                          f"({len(failed) / requested:.0%} > {knob} {limit:.0%}); first: "
                                          f"{failed[0].reason}: {failed[0].detail}", allow_retries=reason == "llm_failed")
@@ -326,6 +327,7 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm
             (request_failures(res.counts), llm.max_failure_rate, "llm max_failure_rate", True),
             (reward_answer_failures(res.counts), config.max_reward_failure_rate, "max_reward_failure_rate", False)):
         if total and failed / total > limit:
+            storage.publish_rejects(context.asset_key, key)  # the rejects say which failed and why
             raise dg.Failure(description=f"source {key!r}: {failed}/{total} {'requests' if retry else 'reward answers'} "
                                          f"failed ({failed / total:.0%} > {knob} {limit:.0%}); see the rejects of "
                                          "preference_pairs", allow_retries=retry)
