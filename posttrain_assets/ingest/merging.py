@@ -15,7 +15,7 @@ from partitions.registry import SourceSpec
 from ..common.accounting import Accounting, RowIssue, raw_preview
 from ..common.label_filter import LabelFilter
 from ..common.language import detect_language
-from ..common.schemas import MESSAGE_TYPE
+from ..common.schemas import MESSAGE_TYPE, with_answer
 from ..common.text import normalize_text, text_hash
 from .adapters import ADAPTERS, GROUPERS, RowReject
 from .loaders import RESERVED, batches_to_rows, table_to_rows
@@ -147,11 +147,9 @@ class PromptMerger:
                                            source_row=source_row, field=rec.field, detail=rec.detail,
                                            outcome=rec.outcome, raw=raw_preview(row)))
                     continue
-                if rec["chosen"] is not None and rec["chosen_messages"] is None:  # single-turn pairs fill them too
-                    rec["chosen_messages"] = list(rec["messages"] or []) + [{"role": "assistant", "content": rec["chosen"]}]
-                if rec["rejected"] is not None and rec["rejected_messages"] is None:
-                    rec["rejected_messages"] = (list(rec["messages"] or [])
-                                                + [{"role": "assistant", "content": rec["rejected"]}])
+                for side in ("chosen", "rejected"):  # single-turn pairs fill the message lists too
+                    if rec[side] is not None and rec[f"{side}_messages"] is None:
+                        rec[f"{side}_messages"] = with_answer(rec["messages"], rec[side])
                 prompt = rec["prompt"]
                 if prompt is None or not prompt.strip():
                     issues.append(RowIssue(reason="empty_prompt", source_file=source_file,

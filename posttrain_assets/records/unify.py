@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from ..common.accounting import RowIssue
 from ..common.answers import GSM8K_FINAL, last_boxed
-from ..common.schemas import MESSAGE_TYPE
+from ..common.schemas import MESSAGE_TYPE, with_answer
 
 SFT_KINDS = ("sft", "attributes", "synthetic")  # synthetic: magpie instruction -> response
 COT_KINDS = ("cot",)
@@ -114,10 +114,6 @@ def cot_from(prompts: pa.Table, answer_rule: str = "auto") -> tuple[pa.Table, li
     return pa.Table.from_pylist(rows, schema=COT_SCHEMA), issues
 
 
-def _side(r: dict, side: str) -> list[dict]:
-    return list(r["messages"] or []) + [{"role": "assistant", "content": r[side]}]
-
-
 def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIssue]]:
     """Preference sources map row by row; `pairs` (a multi-trace CoT source): its pair rows map the
     same way and its CoT rows are counted `cot_trace`; other sources pair each prompt's best and worst
@@ -139,8 +135,8 @@ def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIss
                          "prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                          "metadata": r["metadata"], "source": r["source"], "messages": r["messages"],
                          "tie": tie_kind is not None, "rejected_id": None,
-                         "chosen_messages": r.get("chosen_messages") or _side(r, "chosen"),
-                         "rejected_messages": r.get("rejected_messages") or _side(r, "rejected"),
+                         "chosen_messages": r.get("chosen_messages") or with_answer(r["messages"], r["chosen"]),
+                         "rejected_messages": r.get("rejected_messages") or with_answer(r["messages"], r["rejected"]),
                          "tie_kind": tie_kind})
         return pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA), issues
     by_prompt: dict[str, list[dict]] = defaultdict(list)
@@ -161,8 +157,8 @@ def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIss
                                              "rejected": json.loads(worst["metadata"])}, ensure_ascii=False),
                      "source": best["source"], "messages": best["messages"], "tie": False,
                      "rejected_id": worst["all_prompt_id"],
-                     "chosen_messages": list(best["messages"]) + [{"role": "assistant", "content": best["response"]}],
-                     "rejected_messages": list(worst["messages"]) + [{"role": "assistant", "content": worst["response"]}],
+                     "chosen_messages": with_answer(best["messages"], best["response"]),
+                     "rejected_messages": with_answer(worst["messages"], worst["response"]),
                      "tie_kind": None})
         issues.extend(_issue(r, "paired", f"in the pair of {best['all_prompt_id']}") for r in ranks[1:])
     return pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA), issues
