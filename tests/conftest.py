@@ -107,7 +107,7 @@ SLOW_TESTS = {"test_openai_backend_against_transformers_serve",
 
 
 #: the modules that run an LLM engine (the embedded CTranslate2 one, or transformers) whose outputs move
-#: with the CPU's kernels: `make test` runs them a second time on other kernels (README "Tests on any CPU").
+#: with the CPU's kernels: `make test` runs them a second time on other kernels (docs/tests.md "Tests on any CPU").
 #: test_demo is not among them: its one graph run per session is already on the other kernels (demo_kernels)
 MODEL_MODULES = {"test_llm.py", "test_scoring.py", "test_evolution.py", "test_magpie.py", "test_magpie_chain.py",
                  "test_solutions.py", "test_quality_tags.py", "test_preference_pairs.py", "test_reward.py",

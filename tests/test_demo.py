@@ -4,7 +4,7 @@ a source whose rows are all rejected, and the public datasets users bring: tests
 summary. Many small tests over its tables, so one
 failure does not hide the rest.
 
-What the embedded 135M model writes depends on the CPU's kernels (README "Tests on any CPU"): counts
+What the embedded 135M model writes depends on the CPU's kernels (docs/tests.md "Tests on any CPU"): counts
 that follow from model text (how many Magpie instructions are distinct, which evolutions survive, how
 many answers are correct) are read from the run's own funnels and checked for their arithmetic; the
 counts that do not (ingest, dedup of the real sources, scoring and selection sizes, SteerLM data) are

@@ -73,7 +73,7 @@ def test_embedded_chat_complete_and_logprob(embedded):
     assert embedded.settings()["quantization"] == "int8" and embedded.settings()["backend"] == "embedded"
 
 
-#: |batched - unbatched| avg_logprob bound of the int8 engine, measured across kernels (README "Tests on
+#: |batched - unbatched| avg_logprob bound of the int8 engine, measured across kernels (docs/tests.md "Tests on
 #: any CPU"): 0 with MKL's GEMMs; up to 0.16 with oneDNN's AVX2 int8 GEMMs (what AMD CPUs get), where
 #: padding a sequence into a batch changes the GEMM's shapes and its rounding
 BATCH_LOGPROB_TOLERANCE = 0.5
@@ -112,7 +112,7 @@ def test_transformers_backend_sampled_request_is_batch_independent(tf_backend):
 
 
 #: int8 engine vs transformers fp32 on the same weights: bounds on |avg_logprob difference| over 8 GSM8K
-#: answers (per answer, and their mean), measured across kernels (README "Tests on any CPU"): worst 0.12
+#: answers (per answer, and their mean), measured across kernels (docs/tests.md "Tests on any CPU"): worst 0.12
 #: per answer and 0.05 mean with MKL (any ISA), 0.80 and 0.27 with oneDNN's AVX2 int8 GEMMs; a scoring
 #: window or token offset that is off moves them by whole nats
 INT8_ITEM_TOLERANCE, INT8_MEAN_TOLERANCE = 1.5, 0.5

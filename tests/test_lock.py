@@ -1,4 +1,4 @@
-"""requirements.lock is the venv `make` installs (README "Tests on any CPU"): every dependency that
+"""requirements.lock is the venv `make` installs (docs/tests.md "Tests on any CPU"): every dependency that
 pyproject.toml declares (with the `dev` extra) is pinned there at a version its specifier allows, with
 sha256 hashes, and the Makefile installs it in hash-checking mode. A dependency added to pyproject.toml
 without `make lock` fails here."""
