@@ -27,6 +27,8 @@ import dagster as dg
 from partitions.registry import RegistryError
 from resources.sources import SourceRegistryResource
 
+from .common import asset_names as A
+
 AC = dg.AutomationCondition
 
 #: the cooldown of the global dedup: at most one dedup per tick of this cron schedule
@@ -35,13 +37,12 @@ DEFAULT_DEDUP_CRON = "0 * * * *"
 #: LLM assets a user wants eager anyway (comma-separated names)
 EAGER_LLM_ENV = "POSTTRAIN_EAGER_LLM"
 
-GENERATOR = "magpie_instructions"  # LLM for synthetic sources, an empty partition for the others
-EAGER = ("raw_records", "merged_prompts", "prompt_embeddings", "attribute_training_data",
-         "sft_records", "cot_records", "preference_records")
-DEDUP = ("dedup_clusters", "dedup_cluster_report", "dedup_summary")  # one multi-asset: one condition
-AFTER_DEDUP = "deduplicated_prompts"
-RECORDS = ("sft_records", "cot_records", "preference_records")
-EXPORT = "hf_parquet"
+GENERATOR = A.MAGPIE_INSTRUCTIONS  # LLM for synthetic sources, an empty partition for the others
+RECORDS = (A.SFT_RECORDS, A.COT_RECORDS, A.PREFERENCE_RECORDS)
+EAGER = (A.RAW_RECORDS, A.MERGED_PROMPTS, A.PROMPT_EMBEDDINGS, A.ATTRIBUTE_TRAINING_DATA, *RECORDS)
+DEDUP = (A.DEDUP_CLUSTERS, A.DEDUP_CLUSTER_REPORT, A.DEDUP_SUMMARY)  # one multi-asset: one condition
+AFTER_DEDUP = A.DEDUPLICATED_PROMPTS
+EXPORT = A.HF_PARQUET
 AUTOMATED = (GENERATOR, *EAGER, *DEDUP, AFTER_DEDUP, EXPORT)
 
 #: what the README offers for the LLM stages (opt in through POSTTRAIN_EAGER_LLM)
@@ -109,7 +110,7 @@ def after_dedup_condition() -> AC:
     partition never reads clusters that were made without its rows)."""
     handled = AC.newly_requested() | AC.newly_updated() | AC.initial_evaluation()
     return (
-        _deps_updated(DEDUP[0]).since(handled | _deps_updated("merged_prompts")).with_label("dedup_since_own_prompts")
+        _deps_updated(DEDUP[0]).since(handled | _deps_updated(A.MERGED_PROMPTS)).with_label("dedup_since_own_prompts")
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()

@@ -16,6 +16,7 @@ from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
 from .automation import automation_sensor, with_automation
+from .common import asset_names as A
 from .deployment import select_deployment
 from .sensors import sources_registry_sensor
 
@@ -34,53 +35,67 @@ STAGES = stage_packages()
 all_assets = dg.load_assets_from_modules(list(STAGES.values()))
 all_checks = dg.load_asset_checks_from_modules(list(STAGES.values()))
 
-#: Per source: generate (synthetic sources only; the others get an empty magpie partition, no model),
-#: load, merge, embed (one run per `source` partition).
-ingest_job = dg.define_asset_job(
-    "ingest_job", selection=dg.AssetSelection.assets("magpie_instructions", "prompt_embeddings")
-    | dg.AssetSelection.groups("ingest"), partitions_def=source_partitions,
-    description="Per source: magpie_instructions (synthetic sources) -> raw_records -> merged_prompts -> prompt_embeddings.")
-#: Global: every source's prompts at once.
-dedup_job = dg.define_asset_job(
-    "dedup_job", selection=dg.AssetSelection.assets("dedup_clusters", "dedup_cluster_report", "dedup_summary"),
-    description="Global (fan-in) near-duplicate clustering over every source.")
-#: Per source again: survivors, then the three record schemas.
-records_job = dg.define_asset_job(
-    "records_job", selection=dg.AssetSelection.assets("deduplicated_prompts", "attribute_training_data")
-    | dg.AssetSelection.groups("records"), partitions_def=source_partitions,
-    description="Per source: deduplicated_prompts -> sft_records, cot_records, preference_records; "
-                "attribute_training_data (sources of kind attributes).")
-#: Per source: LLM difficulty scores, then seed selection.
-scoring_job = dg.define_asset_job(
-    "scoring_job", selection=dg.AssetSelection.groups("scoring") | dg.AssetSelection.assets("selected_seeds"),
-    partitions_def=source_partitions, description="Per source: difficulty_scores -> selected_seeds.")
-#: Per source: synthetic data from the seeds (generate-from-seed with an LLM filter, the hard problems
-#: by our own pass rates, Evol-Instruct).
-synthesis_job = dg.define_asset_job(
-    "synthesis_job", selection=(dg.AssetSelection.groups("synthesis") - dg.AssetSelection.assets("preference_pairs"))
-    | dg.AssetSelection.assets("hard_problems"), partitions_def=source_partitions,
-    description="Per source: generated_solutions + solution_pass_rates -> hard_problems; evolved_instructions.")
-#: Per source: Magpie's tags and filter, then preference pairs (on the filtered instructions by default).
-tagging_job = dg.define_asset_job(
-    "tagging_job", selection=dg.AssetSelection.assets("quality_tags", "filtered_instructions", "preference_pairs"),
-    partitions_def=source_partitions,
-    description="Per source: quality_tags -> filtered_instructions -> preference_pairs.")
-#: Global: the SteerLM attribute model over every source's attribute_training_data.
-attribute_model_job = dg.define_asset_job(
-    "attribute_model_job", selection=dg.AssetSelection.assets("attribute_model"),
-    description="Global: train the SteerLM attribute model (CPU head by default) and save it under the storage root.")
-#: Per source: SFT rows labelled with the attribute model, then the SteerLM training formats.
-steerlm_job = dg.define_asset_job(
-    "steerlm_job", selection=dg.AssetSelection.assets("attribute_labelled_sft", "steerlm_sft"),
-    partitions_def=source_partitions,
-    description="Per source: attribute_labelled_sft -> steerlm_sft (NeMo and llm-jp-sft formats).")
-#: Global: the Hugging Face export.
-export_job = dg.define_asset_job(
-    "export_job", selection=dg.AssetSelection.groups("export"),
-    description="Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).")
+#: The jobs follow the packages: a job runs whole asset groups (a stage package's assets), so a new asset
+#: runs in its package's job without a change here. PHASES places the few assets whose package spans
+#: run phases: a per-source step on either side of a global fan-in (dedup, steerlm), or a selection run
+#: right after the stage whose output it selects from. tests/test_jobs.py keeps every job a union of
+#: whole groups plus these placements, and every asset in exactly one job.
+JOB_GROUPS: dict[str, tuple[str, ...]] = {
+    "ingest_job": ("magpie", "ingest"),
+    "dedup_job": ("dedup",),
+    "records_job": ("records",),
+    "attribute_data_job": (),  # steerlm's per-source training data (PHASES), before the global model
+    "scoring_job": ("scoring",),
+    "tagging_job": ("tagging",),
+    "synthesis_job": ("synthesis",),
+    "attribute_model_job": (),  # steerlm's global model (PHASES)
+    "steerlm_job": ("steerlm",),
+    "export_job": ("export",),
+}
+#: asset -> the job it runs in, when that is not its group's job (above)
+PHASES: dict[str, str] = {
+    A.PROMPT_EMBEDDINGS: "ingest_job",  # per source, before the global dedup reads every source's
+    A.DEDUPLICATED_PROMPTS: "records_job",  # per source, after the global dedup
+    A.ATTRIBUTE_TRAINING_DATA: "attribute_data_job",  # per source, before the global attribute model
+    A.ATTRIBUTE_MODEL: "attribute_model_job",  # global: every source's training data
+    A.SELECTED_SEEDS: "scoring_job",  # selection: after the scores it selects by
+    A.FILTERED_INSTRUCTIONS: "tagging_job",  # selection: after the tags it filters by
+    A.HARD_PROBLEMS: "synthesis_job",  # selection: after the pass rates it selects by
+}
 
-PIPELINE = [ingest_job, dedup_job, records_job, scoring_job, synthesis_job, tagging_job, attribute_model_job,
-            steerlm_job, export_job]  # the order the demo runs them in
+
+def job_selection(job: str) -> dg.AssetSelection:
+    """The groups of `job` without the assets PHASES places in another job, plus those it places here."""
+    elsewhere = [a for a, j in PHASES.items() if j != job]
+    here = [a for a, j in PHASES.items() if j == job]
+    return (dg.AssetSelection.groups(*JOB_GROUPS[job]) - dg.AssetSelection.assets(*elsewhere)) \
+        | dg.AssetSelection.assets(*here)
+
+
+def _job(name: str, description: str, per_source: bool = True):
+    return dg.define_asset_job(name, selection=job_selection(name), description=description,
+                               partitions_def=source_partitions if per_source else None)
+
+
+PIPELINE = [  # the order the demo runs them in
+    _job("ingest_job", "Per source: magpie_instructions (synthetic sources) -> raw_records -> merged_prompts -> "
+                       "prompt_embeddings."),
+    _job("dedup_job", "Global (fan-in) near-duplicate clustering over every source.", per_source=False),
+    _job("records_job", "Per source: deduplicated_prompts -> sft_records, cot_records, preference_records."),
+    _job("attribute_data_job", "Per source: attribute_training_data (sources of kind attributes; an empty "
+                               "partition for the others)."),
+    _job("scoring_job", "Per source: difficulty_scores -> selected_seeds."),
+    _job("tagging_job", "Per source: quality_tags -> filtered_instructions."),
+    _job("synthesis_job", "Per source: generated_solutions + solution_pass_rates -> hard_problems; "
+                          "evolved_instructions; preference_pairs (on the filtered instructions by default)."),
+    _job("attribute_model_job", "Global: train the SteerLM attribute model (CPU head by default) and save it under "
+                                "the storage root.", per_source=False),
+    _job("steerlm_job", "Per source: attribute_labelled_sft -> steerlm_sft (NeMo and llm-jp-sft formats)."),
+    _job("export_job", "Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).",
+         per_source=False),
+]
+ingest_job, dedup_job, records_job, attribute_data_job, scoring_job, tagging_job, synthesis_job, \
+    attribute_model_job, steerlm_job, export_job = PIPELINE
 
 
 def build_resources() -> dict:

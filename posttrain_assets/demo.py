@@ -19,31 +19,34 @@ from partitions import sync_partitions
 from partitions.registry import RegistryError, load_registry
 from resources.storage import StorageResource
 
+from .common import asset_names as A
+
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 #: the demo's own choices. Its LLM work sizes (scoring 12 items per source, 2 samples, short answers;
 #: synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions; pairs for 4 prompts x 3
 #: candidates) are the defaults on the embedded engine (posttrain_assets/common/sizing.py), as in the UI
 DEMO_RUN_CONFIG = {
-    "scoring_job": {"ops": {"selected_seeds": {"config": {"total_samples": 60}}}},
+    "scoring_job": {"ops": {A.SELECTED_SEEDS: {"config": {"total_samples": 60}}}},
+    # Magpie's tags over the magpie source's instructions and its filter. The 135M tagger's quality
+    # ratings do not parse (null, counted: README, Synthesis II), so the demo turns the quality rule
+    # off; the colon and near-duplicate rules stay
+    "tagging_job": {"ops": {A.FILTERED_INSTRUCTIONS: {"config": {"qualities": []}}}},
     # the 135M judge writes an unparseable verdict for about a third of free-form answers
-    # (counted judge_failed rejects, never accepted): the demo allows that many
-    "synthesis_job": {"ops": {"generated_solutions": {"config": {"max_judge_failure_rate": 0.75}}}},
-    # Magpie's tags over the magpie source's instructions, its filter, and one preference-pair pass on
-    # what the filter keeps. The 135M tagger's quality ratings do not parse (null, counted: README,
-    # Synthesis II), so the demo turns the quality rule off; the colon and near-duplicate rules stay
-    "tagging_job": {"ops": {
-        "filtered_instructions": {"config": {"qualities": []}},
-        "preference_pairs": {"config": {"max_reward_failure_rate": 0.9}}}},
+    # (counted judge_failed rejects, never accepted): the demo allows that many; one preference-pair
+    # pass on what the tagging filter kept
+    "synthesis_job": {"ops": {A.GENERATED_SOLUTIONS: {"config": {"max_judge_failure_rate": 0.75}},
+                              A.PREFERENCE_PAIRS: {"config": {"max_reward_failure_rate": 0.9}}}},
 }
 
 
 #: per-source jobs the demo runs for a few sources only: the SteerLM labelling of one SFT source
 DEMO_ONLY = {"steerlm_job": ("oasst_en",)}
-STEERLM_JOBS = ("attribute_model_job", "steerlm_job")
+STEERLM_JOBS = ("attribute_data_job", "attribute_model_job", "steerlm_job")
 #: the model stages (registry `model_stages`) of each per-source model job: the demo skips a job for a
 #: source that takes none of them (by default the `attributes` sources' scoring, synthesis and tagging:
-#: their assets would only count the rows removed, as "Materialize all" in the UI does)
+#: their assets would only count the rows removed, as "Materialize all" in the UI does). tagging_job
+#: runs for the synthesis sources too: its filtered_instructions are preference_pairs' default input
 JOB_STAGES = {"scoring_job": ("scoring",), "synthesis_job": ("synthesis",),
               "tagging_job": ("tagging", "synthesis"), "steerlm_job": ("steerlm",)}
 

@@ -13,7 +13,6 @@ from typing import Callable, Optional
 import dagster as dg
 import pyarrow as pa
 
-from posttrain_assets.common.inputs import INPUTS as TAG_INPUTS
 from posttrain_assets.ingest.loaders import load_rows, rows_to_table
 from posttrain_assets.ingest.merging import merge_prompts
 from posttrain_assets.magpie.assets import magpie_instructions
@@ -24,6 +23,7 @@ from posttrain_assets.synthesis.assets import EVOL_INPUTS, evolved_instructions,
 from posttrain_assets.synthesis.evolution import DEPTH_METHODS
 from posttrain_assets.synthesis.pairs import INPUTS as PAIR_INPUTS
 from posttrain_assets.tagging.assets import quality_tags
+from posttrain_assets.tagging.tags import TAG_INPUTS
 from partitions.registry import load_registry
 from resources.llm import LLMResource
 from resources.reward import RewardResource

@@ -18,9 +18,13 @@ from posttrain_assets.selection.length import SEED_COLUMNS
 from posttrain_assets.synthesis.evolution import OUTPUT_SCHEMA as EVOL_SCHEMA
 from posttrain_assets.tagging import tasks as T
 from posttrain_assets.tagging.assets import quality_tags
-from posttrain_assets.common.inputs import INPUTS, input_items
+from posttrain_assets.common.inputs import INPUT_TABLES, input_items, input_table
 from posttrain_assets.tagging.neighbors import gen_dis
-from posttrain_assets.tagging.tags import OUTPUT_SCHEMA, TAGS
+from posttrain_assets.selection.assets import HARD_COLUMNS
+from posttrain_assets.steerlm.labelling import INPUT_ASSETS as LABEL_INPUTS
+from posttrain_assets.synthesis.evolution import INPUTS as EVOL_INPUTS
+from posttrain_assets.synthesis.pairs import INPUTS as PAIR_INPUTS
+from posttrain_assets.tagging.tags import OUTPUT_SCHEMA, TAG_INPUTS, TAGS
 from resources.llm import LLMResource, ModelSpec, TaskParseError
 from resources.reward import RewardResource
 from resources.storage import ParquetStore
@@ -126,12 +130,22 @@ def test_gen_dis_on_hand_built_vectors():
 
 
 def test_every_input_asset_maps_to_its_real_schema():
+    """One contract (common/inputs.py) for every table a stage reads by config: its columns exist in
+    the table the asset writes, and every stage's choices are tables of the contract."""
     real = {"magpie_instructions": MAGPIE_SCHEMA.names, "evolved_instructions": EVOL_SCHEMA.names,
             "sft_records": SFT_SCHEMA.names, "deduplicated_prompts": MERGED_SCHEMA.names,
-            "selected_seeds": SEED_COLUMNS}
-    assert set(real) == set(INPUTS)
-    for asset, cols in INPUTS.items():
-        assert set(cols) <= set(real[asset]), (asset, cols)
+            "selected_seeds": SEED_COLUMNS, "hard_problems": HARD_COLUMNS,
+            "filtered_instructions": OUTPUT_SCHEMA.names}  # the filter keeps quality_tags' columns
+    assert set(real) == set(INPUT_TABLES)
+    for asset, t in INPUT_TABLES.items():
+        cols = [c for c in (t.id, t.text, t.response, t.messages) if c]
+        assert t.asset == asset and set(cols) <= set(real[asset]), (asset, cols)
+    for choices in (TAG_INPUTS, LABEL_INPUTS, PAIR_INPUTS, EVOL_INPUTS):
+        assert set(choices) <= set(INPUT_TABLES), choices
+    assert all(INPUT_TABLES[a].response for a in (*TAG_INPUTS, *LABEL_INPUTS))  # they read a response
+    with pytest.raises(ValueError, match=r"input_asset must be one of selected_seeds, deduplicated_prompts, "
+                                         r"hard_problems, got 'sft_records'"):
+        input_table("sft_records", EVOL_INPUTS)
 
 
 def test_input_rows_that_cannot_be_tagged_are_rejects_with_their_field():
@@ -179,7 +193,7 @@ def _materialize(tmp_path, instance, key, config=None, llm=None):
     resources = resources_for(str(tmp_path / "storage"), BUNDLED_REGISTRY)  # the keys here: tables written by the test
     resources["llm"] = llm or LLMResource(cache_dir=str(tmp_path / "cache"))
     resources["reward"] = RewardResource(max_tokens=32)
-    return dg.materialize([quality_tags, *upstream_specs(*INPUTS)], selection=[quality_tags], partition_key=key,
+    return dg.materialize([quality_tags, *upstream_specs(*TAG_INPUTS)], selection=[quality_tags], partition_key=key,
                           instance=instance, resources=resources, raise_on_error=False,
                           run_config={"ops": {"quality_tags": {"config": {"max_tokens": 48, **(config or {})}}}})
 

@@ -1,12 +1,22 @@
-"""The prompt / SFT tables a model stage can read (config `input_asset`: quality_tags, attribute_labelled_sft), each normalised to
-(row id, instruction, response or null). Pure: pyarrow only.
+"""The one contract of the prompt / SFT tables a model stage reads by config (`input_asset`): per table,
+its row id column, its text (instruction / prompt) column, its response column (None: a prompt-only
+table), the conversation column that keeps a multi-turn prompt whole, and the language column.
+Each stage names the tables it can read (quality_tags: tagging/tags.py `TAG_INPUTS`,
+attribute_labelled_sft: steerlm/labelling.py `INPUT_ASSETS`, preference_pairs: synthesis/pairs.py
+`INPUTS`, evolved_instructions: synthesis/evolution.py `INPUTS`); `input_table` gives the contract of
+one of them, or an error listing the stage's choices. Pure: pyarrow only.
 
-    magpie_instructions   uuid            instruction  response
-    evolved_instructions  id              input        output
-    sft_records           all_prompt_id   prompt       answer
-    deduplicated_prompts  all_prompt_id   prompt       response   (null for prompt-only sources)
-    selected_seeds        all_prompt_id   prompt       solution   (CoT: reasoning + final answer)
+    asset                  id             text         response   messages
+    magpie_instructions    uuid           instruction  response
+    evolved_instructions   id             input        output
+    sft_records            all_prompt_id  prompt       answer     messages
+    deduplicated_prompts   all_prompt_id  prompt       response   messages  (response null for prompt-only sources)
+    selected_seeds         all_prompt_id  prompt       solution             (CoT: reasoning + final answer)
+    hard_problems          all_prompt_id  prompt       -
+    filtered_instructions  id             instruction  response             (quality_tags' rows)
 
+`input_items` (quality_tags, attribute_labelled_sft) normalises a table with a response column to
+(row id, instruction, response or null).
 Rows that cannot be tagged are counted rejects (RowIssue, field named): `missing_id` (null or
 blank id), `duplicate_id` (a later row with an id already seen; `duplicate_of` names it),
 `empty_instruction` (null, empty or whitespace only). A blank response is no response (null). A
@@ -17,20 +27,48 @@ source, the asset and the field (ValueError), not a reject per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import pyarrow as pa
 
-from ..common.accounting import RowIssue, raw_preview
+from . import asset_names as A
+from .accounting import RowIssue, raw_preview
 
-#: asset -> (id column, instruction column, response column)
-INPUTS: dict[str, tuple[str, str, str]] = {
-    "magpie_instructions": ("uuid", "instruction", "response"),
-    "evolved_instructions": ("id", "input", "output"),
-    "sft_records": ("all_prompt_id", "prompt", "answer"),
-    "deduplicated_prompts": ("all_prompt_id", "prompt", "response"),
-    "selected_seeds": ("all_prompt_id", "prompt", "solution"),
-}
+
+@dataclass(frozen=True)
+class InputTable:
+    """Where one input table keeps what a model stage reads."""
+    asset: str
+    id: str  # the row id column
+    text: str  # the instruction / prompt column
+    response: Optional[str] = None  # the response column; None: a prompt-only table
+    messages: Optional[str] = None  # a conversation column (used when the table has it and the row's is set)
+    language: str = "language"  # used when the table has it; otherwise the language is detected
+
+
+#: every table a model stage can read by config, by asset name
+INPUT_TABLES: dict[str, InputTable] = {t.asset: t for t in (
+    InputTable(A.MAGPIE_INSTRUCTIONS, id="uuid", text="instruction", response="response"),
+    InputTable(A.EVOLVED_INSTRUCTIONS, id="id", text="input", response="output"),
+    InputTable(A.SFT_RECORDS, id="all_prompt_id", text="prompt", response="answer", messages="messages"),
+    InputTable(A.DEDUPLICATED_PROMPTS, id="all_prompt_id", text="prompt", response="response", messages="messages"),
+    InputTable(A.SELECTED_SEEDS, id="all_prompt_id", text="prompt", response="solution"),
+    InputTable(A.HARD_PROBLEMS, id="all_prompt_id", text="prompt"),
+    InputTable(A.FILTERED_INSTRUCTIONS, id="id", text="instruction", response="response"),
+)}
+
+
+def input_table(asset: str, allowed: Iterable[str]) -> InputTable:
+    """The contract of `asset`, one of the tables a stage can read (`allowed`, in the order the error
+    lists them); ValueError naming the choices for any other name."""
+    allowed = list(allowed)
+    if asset not in allowed or asset not in INPUT_TABLES:
+        raise ValueError(f"input_asset must be one of {', '.join(allowed)}, got {asset!r}")
+    return INPUT_TABLES[asset]
+
+
+#: the tables with a response column (what `input_items` can read when the caller names no choices)
+WITH_RESPONSE = tuple(a for a, t in INPUT_TABLES.items() if t.response)
 
 
 @dataclass(frozen=True)
@@ -45,11 +83,14 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
 
 
-def input_items(table: pa.Table, source: str, asset: str) -> tuple[list[Item], list[RowIssue]]:
-    """The taggable rows of `table` (an `asset` partition of `source`) and the rejected ones."""
-    if asset not in INPUTS:
-        raise ValueError(f"input_asset must be one of {', '.join(INPUTS)}, got {asset!r}")
-    id_col, ins_col, res_col = INPUTS[asset]
+def input_items(table: pa.Table, source: str, asset: str,
+                allowed: Iterable[str] = WITH_RESPONSE) -> tuple[list[Item], list[RowIssue]]:
+    """The taggable rows of `table` (an `asset` partition of `source`, one of the tables `allowed`,
+    each with a response column) and the rejected ones."""
+    spec = input_table(asset, allowed)
+    id_col, ins_col, res_col = spec.id, spec.text, spec.response
+    if res_col is None:
+        raise ValueError(f"source {source!r}, {asset}: a prompt-only table (no response column) cannot be read here")
     where = f"source {source!r}, {asset}"
     missing = [c for c in (id_col, ins_col, res_col) if c not in table.column_names]
     if missing:

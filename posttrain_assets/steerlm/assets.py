@@ -19,6 +19,7 @@ from resources.embeddings import EmbeddingClient
 from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource, check_partition_key
 
+from ..common import asset_names as A
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, markdown_preview, model_asset,
                                read_input_partition, stage_metadata, unique_check)
@@ -181,12 +182,12 @@ def _schema_md(table: pa.Table) -> dg.TableSchema:
 
 
 class LabelConfig(dg.Config):
-    input_asset: str = "sft_records"  # sft_records | evolved_instructions | magpie_instructions
+    input_asset: str = A.SFT_RECORDS  # sft_records | evolved_instructions | magpie_instructions
     chunk_rows: int = 256  # predictions committed per chunk (what a killed run keeps)
     device: str = "auto"  # lora backend
 
 
-@model_asset("attribute_labelled_sft", group=GROUP, unique="id", deps=[a for a in INPUT_ASSETS if a != "sft_records"],
+@model_asset("attribute_labelled_sft", group=GROUP, unique="id", deps=[a for a in INPUT_ASSETS if a != A.SFT_RECORDS],
              description="SFT rows labelled with the attribute model: 9 predicted attributes clamped to [0, 4] and "
                          "rounded (NeMo's attribute_annotate), the label string, the model version; resumable by row "
                          "key (committed chunks).")
@@ -194,7 +195,7 @@ def attribute_labelled_sft(context: dg.AssetExecutionContext, config: LabelConfi
                            registry: SourceRegistryResource, embeddings: EmbeddingClient, attribute_model: pa.Table,
                            sft_records: pa.Table):
     key = context.partition_key
-    table = (sft_records if config.input_asset == "sft_records"
+    table = (sft_records if config.input_asset == A.SFT_RECORDS
              else read_input_partition(storage, config.input_asset, key, INPUT_ASSETS))
     try:
         rows, issues = conversations(table, key, config.input_asset)

@@ -20,15 +20,17 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from ..common import asset_names as A
 from ..common.accounting import RowIssue
+from ..common.inputs import input_items, input_table
 from ..common.schemas import MESSAGE_TYPE
-from ..common.inputs import input_items
 from .attributes import (ATTRIBUTES, SCALE_MAX, AttributeMappingError, clamp_round, label_string, llmjp_text,
                          parse_label_string, steerlm_text)
 from .training_data import render
 
 #: tables attribute_labelled_sft can read (config input_asset): each has an id, an instruction, a response
-INPUT_ASSETS = ("sft_records", "evolved_instructions", "magpie_instructions")
+#: (their columns: common/inputs.py)
+INPUT_ASSETS = (A.SFT_RECORDS, A.EVOLVED_INSTRUCTIONS, A.MAGPIE_INSTRUCTIONS)
 
 LABELLED_SCHEMA = pa.schema([
     ("id", pa.string()),  # the input row's id (all_prompt_id / evolved id / magpie uuid)
@@ -78,10 +80,10 @@ class Checkpoint:
 
 def conversations(table: pa.Table, source: str, asset: str) -> tuple[list[tuple[str, list[dict]]], list[RowIssue]]:
     """(id, conversation ending with the reply) per labellable row; rows with no reply are removed."""
-    if asset not in INPUT_ASSETS:
-        raise ValueError(f"input_asset must be one of {', '.join(INPUT_ASSETS)}, got {asset!r}")
-    items, issues = input_items(table, source, asset)
-    messages = table["messages"].to_pylist() if asset == "sft_records" and "messages" in table.column_names else None
+    spec = input_table(asset, INPUT_ASSETS)
+    items, issues = input_items(table, source, asset, INPUT_ASSETS)
+    messages = (table[spec.messages].to_pylist() if spec.messages and spec.messages in table.column_names
+                else None)
     out = []
     for it in items:
         if it.response is None:

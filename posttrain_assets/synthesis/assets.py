@@ -19,12 +19,14 @@ from resources.reward import RewardConfigError, RewardResource
 from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
+from ..common import asset_names as A
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
                                stage_metadata, unique_check)
 from ..common.pools import GPU_POOL
 from ..common.sizing import auto, resolve_sizes
 from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped, stage_items
+from .evolution import INPUTS as EVOL_INPUTS
 from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
 from .pairs import INPUTS as PAIR_INPUTS
@@ -41,12 +43,11 @@ from .solutions import funnel_markdown as solution_funnel_markdown
 from .tasks import ANSWER, EQUAL, EVOLVE, JUDGE
 
 GROUP = "synthesis"
-#: the prompt tables evolved_instructions can read (config `input_asset`); all are lineage deps
-EVOL_INPUTS = ("selected_seeds", "deduplicated_prompts", "hard_problems")
 
 
 class EvolConfig(dg.Config):
-    input_asset: str = "selected_seeds"  # selected_seeds | deduplicated_prompts | hard_problems
+    # the prompt table (all of evolution.INPUTS are lineage deps): selected_seeds | deduplicated_prompts | hard_problems
+    input_asset: str = A.SELECTED_SEEDS
     chain: list[str] = ["width", "depth", "flatten"]  # operations per round: width | depth | flatten
     rounds: int = 2
     depth_methods: list[str] = list(DEPTH_METHODS)  # drawn per prompt, round and step (seeded)
@@ -83,7 +84,7 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
         raise dg.Failure(description=f"rounds must be >= 1, got {config.rounds}", allow_retries=False)
     rows_in = source_table.num_rows
     try:
-        items, dropped = input_items(source_table, key, config.max_input_chars)
+        items, dropped = input_items(source_table, key, config.max_input_chars, config.input_asset)
     except ValueError as exc:
         raise dg.Failure(description=f"source {key!r}, {config.input_asset}: {exc}", allow_retries=False) from None
     sampled, removed = stage_items(items, source_skipped(registry, key, GROUP, context.log.info),
@@ -129,7 +130,7 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
     yield unique_check(table, "id")
 
 class SolutionsConfig(dg.Config):
-    input: str = "selected_seeds"  # selected_seeds | records (cot_records + sft_records)
+    input: str = A.SELECTED_SEEDS  # selected_seeds | records (cot_records + sft_records)
     answer_kind: str = "auto"  # auto (math: a short gold math-verify reads, or a CoT record) | math | free
     generator: str = "generator"  # the LLMResource model names
     judge: str = "judge"
@@ -185,7 +186,7 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
                         cot_records: pa.Table, sft_records: pa.Table):
     key = context.partition_key
     config = resolve_sizes(config, llm, [config.generator, config.judge], context.log.info)
-    if config.input == "selected_seeds":
+    if config.input == A.SELECTED_SEEDS:
         loaded = problems_from_seeds(selected_seeds, config.answer_kind)
     elif config.input == "records":
         loaded = problems_from_records(cot_records, sft_records, config.answer_kind)
@@ -265,7 +266,7 @@ def _check_for(check: dg.AssetCheckResult, asset_key: dg.AssetKey) -> dg.AssetCh
 class PairsConfig(dg.Config):
     # any prompt table of the source (all are lineage deps): filtered_instructions | magpie_instructions |
     # deduplicated_prompts | selected_seeds | hard_problems | evolved_instructions
-    input_asset: str = "filtered_instructions"
+    input_asset: str = A.FILTERED_INSTRUCTIONS
     models: list[str] = ["generator"]  # LLMResource model names; each answers at every temperature
     temperatures: list[float] = [0.0, 1.0]  # 0 = greedy: one sample (more would be copies)
     samples_per_setting: int = 2  # samples per (model, sampled temperature)

@@ -40,10 +40,14 @@ import pyarrow as pa
 
 from resources.llm import TaskFailure
 
+from ..common import asset_names as A
 from ..common.accounting import RowIssue
+from ..common.inputs import input_table
 from ..common.language import detect_language
 from . import tasks as T
 
+#: the prompt tables evolved_instructions can read (config `input_asset`; their columns: common/inputs.py)
+INPUTS = (A.SELECTED_SEEDS, A.DEDUPLICATED_PROMPTS, A.HARD_PROBLEMS)
 OPERATIONS = ("width", "depth", "flatten")
 #: operations that must add information (elimination rule 1 applies)
 EQUALITY_OPS = frozenset({"width", "depth"})
@@ -239,26 +243,29 @@ def conversation(system: str, prompt: str, answer: str) -> list[dict]:
 # ------------------------------------------------------------------------------------ input
 
 
-def input_items(table: pa.Table, source: str, max_input_chars: int) -> tuple[list[dict], list[RowIssue]]:
+def input_items(table: pa.Table, source: str, max_input_chars: int,
+                asset: str = A.SELECTED_SEEDS) -> tuple[list[dict], list[RowIssue]]:
     """The prompts to evolve (id, source, prompt, language) and the removed rows. The language comes from
-    a `language` column when the table has one (deduplicated_prompts), else it is detected."""
-    missing = [c for c in ("all_prompt_id", "prompt") if c not in table.column_names]
+    the table's language column when it has one (deduplicated_prompts), else it is detected."""
+    spec = input_table(asset, INPUTS)
+    id_col, text_col = spec.id, spec.text
+    missing = [c for c in (id_col, text_col) if c not in table.column_names]
     if missing:
         raise ValueError(f"the input table has no column {', '.join(missing)} (columns: {', '.join(table.column_names)})")
     items, issues = [], []
-    has_lang = "language" in table.column_names
+    has_lang = spec.language in table.column_names
     for r in table.to_pylist():
-        prompt = r.get("prompt") or ""
+        prompt = r.get(text_col) or ""
         if not prompt.strip():
-            issues.append(RowIssue(reason="empty_prompt", outcome="removed", detail=str(r["all_prompt_id"])))
+            issues.append(RowIssue(reason="empty_prompt", outcome="removed", detail=str(r[id_col])))
             continue
         if len(prompt) > max_input_chars:
             issues.append(RowIssue(reason="prompt_too_long", outcome="removed",
-                                   detail=f"{r['all_prompt_id']}: {len(prompt)} > {max_input_chars} chars",
+                                   detail=f"{r[id_col]}: {len(prompt)} > {max_input_chars} chars",
                                    raw=prompt[:2000]))
             continue
-        lang = (r.get("language") if has_lang else None) or detect_language(prompt)
-        items.append({"id": r["all_prompt_id"], "source": r.get("source") or source, "prompt": prompt,
+        lang = (r.get(spec.language) if has_lang else None) or detect_language(prompt)
+        items.append({"id": r[id_col], "source": r.get("source") or source, "prompt": prompt,
                       "language": lang})
     return items, issues
 

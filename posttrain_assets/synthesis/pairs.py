@@ -3,10 +3,11 @@ every one scored by a reward model, best vs worst (pure: Arrow / rows in, Arrow 
 and the reward scorer are passed in).
 
 1. Prompts (`prompt_items`): any prompt table of the source (`INPUTS`: filtered_instructions,
-   magpie_instructions, deduplicated_prompts, selected_seeds, hard_problems, evolved_instructions),
-   normalised to (row id, prompt conversation, language). A `messages` column (deduplicated_prompts)
-   keeps a multi-turn prompt whole; otherwise the text column is one user turn. The language comes
-   from a `language` column, else it is detected.
+   magpie_instructions, deduplicated_prompts, selected_seeds, hard_problems, evolved_instructions; their
+   columns: the contract in common/inputs.py), normalised to (row id, prompt conversation, language).
+   The table's conversation column (deduplicated_prompts' `messages`) keeps a multi-turn prompt whole;
+   otherwise the text column is one user turn. The language comes from the language column, else it
+   is detected.
 2. Candidates (`generate`): per generation setting (an LLMResource model name x a temperature)
    `samples_per_setting` samples of the task `preference_response` (templates/, en + ja; its system
    turn is added when the conversation has none). A greedy setting (temperature 0) asks for one
@@ -50,7 +51,9 @@ import pyarrow as pa
 
 from resources.llm.tasks import Task
 
+from ..common import asset_names as A
 from ..common.accounting import RowIssue
+from ..common.inputs import input_table
 from ..common.language import detect_language
 from ..common.schemas import MESSAGE_TYPE
 
@@ -58,15 +61,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 #: one candidate response (the whole answer, stripped)
 RESPONSE = Task.from_file(TEMPLATES / "preference_response.yaml", parse=lambda text, row: text.strip())
 
-#: input asset -> (id columns tried in order, text column, messages column or None)
-INPUTS: dict[str, tuple[tuple[str, ...], str, Optional[str]]] = {
-    "filtered_instructions": (("id", "uuid", "all_prompt_id"), "instruction", None),  # quality_tags' rows
-    "magpie_instructions": (("uuid",), "instruction", None),
-    "deduplicated_prompts": (("all_prompt_id",), "prompt", "messages"),
-    "selected_seeds": (("all_prompt_id",), "prompt", None),
-    "hard_problems": (("all_prompt_id",), "prompt", None),
-    "evolved_instructions": (("id",), "input", None),
-}
+#: the prompt tables preference_pairs can read (config `input_asset`; their columns: common/inputs.py)
+INPUTS = (A.FILTERED_INSTRUCTIONS, A.MAGPIE_INSTRUCTIONS, A.DEDUPLICATED_PROMPTS, A.SELECTED_SEEDS, A.HARD_PROBLEMS,
+          A.EVOLVED_INSTRUCTIONS)
 ROLES = ("system", "user", "assistant")
 #: candidate outcomes, in the funnel's order
 CANDIDATE_STATUSES = ("llm_failed", "empty", "truncated", "duplicate", "unique")
@@ -126,15 +123,13 @@ def prompt_items(table: pa.Table, input_asset: str, source: str,
     """The prompts to answer: {id, row, source, prompt, messages, language}, and the rows that end here
     (rejected: no id, a repeated id, a malformed conversation; removed: empty or too long). Raises
     ValueError naming the asset and the missing columns when the table is not a prompt table."""
-    if input_asset not in INPUTS:
-        raise ValueError(f"input_asset must be one of {', '.join(INPUTS)}, got {input_asset!r}")
-    id_cols, text_col, msg_col = INPUTS[input_asset]
+    spec = input_table(input_asset, INPUTS)
+    id_col, text_col, msg_col, lang_col = spec.id, spec.text, spec.messages, spec.language
     cols = table.column_names
-    id_col = next((c for c in id_cols if c in cols), None)
-    missing = ([] if id_col else [" or ".join(id_cols)]) + ([] if text_col in cols else [text_col])
+    missing = [c for c in (id_col, text_col) if c not in cols]
     if missing:
         raise ValueError(f"{input_asset} has no column {', '.join(missing)} (columns: {', '.join(cols)})")
-    has_msgs, has_lang, has_source = msg_col in cols, "language" in cols, "source" in cols
+    has_msgs, has_lang, has_source = msg_col is not None and msg_col in cols, lang_col in cols, "source" in cols
     items, issues, seen = [], [], {}
     for i, r in enumerate(table.to_pylist()):
         rid = r[id_col]
@@ -169,7 +164,7 @@ def prompt_items(table: pa.Table, input_asset: str, source: str,
             issues.append(RowIssue(reason="prompt_too_long", outcome="removed", source_row=i, field=text_col,
                                    detail=f"{rid}: {size} > {max_input_chars} chars", raw=text[:2000]))
             continue
-        lang = (r.get("language") if has_lang else None) or detect_language(text)
+        lang = (r.get(lang_col) if has_lang else None) or detect_language(text)
         items.append({"id": rid, "row": i, "source": (r.get("source") if has_source else None) or source,
                       "prompt": text, "messages": messages, "language": lang})
     return items, issues

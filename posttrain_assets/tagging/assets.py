@@ -18,19 +18,20 @@ from resources.storage import StorageResource
 from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
                                stage_metadata, unique_check)
-from ..common.inputs import INPUTS, input_items
+from ..common import asset_names as A
+from ..common.inputs import input_items
 from ..common.sizing import auto, resolve_sizes
 from ..common.stages import source_skipped, stage_items
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE
-from .tags import TAGS, TagSettings, empty_result, funnel_markdown, run_tags
+from .tags import TAG_INPUTS, TAGS, TagSettings, empty_result, funnel_markdown, run_tags
 from .tasks import ALL_TASKS
 
 GROUP = "tagging"
-ASSET = "quality_tags"
+ASSET = A.QUALITY_TAGS
 
 
 class QualityTagsConfig(dg.Config):
-    input_asset: str = "magpie_instructions"  # magpie_instructions | evolved_instructions | sft_records | deduplicated_prompts | selected_seeds
+    input_asset: str = A.MAGPIE_INSTRUCTIONS  # magpie_instructions | evolved_instructions | sft_records | deduplicated_prompts | selected_seeds
     tagger: str = "judge"  # LLMResource model name of the JSON tags (and of the safety judge)
     tags: list[str] = list(TAGS)  # which tags to run (language always runs)
     guard_model: str = ""  # an LLMResource model name serving Llama Guard 3: safety through its format; "" = the tagger judges
@@ -47,7 +48,7 @@ def _failure(msg: str) -> dg.Failure:
 
 
 @model_asset(
-    ASSET, group=GROUP, unique="id", deps=INPUTS,
+    ASSET, group=GROUP, unique="id", deps=TAG_INPUTS,
     description="Magpie's unitag + gen_dis over a source's prompt or SFT table: quality, difficulty, category, "
                 "safety, reward, language, nearest-neighbour distance; failed tags null and counted.")
 def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, llm: LLMResource,
@@ -62,9 +63,9 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
         settings.check()
     except ValueError as exc:
         raise _failure(f"source {key!r}: {exc}") from None
-    table = read_input_partition(storage, config.input_asset, key, INPUTS)
+    table = read_input_partition(storage, config.input_asset, key, TAG_INPUTS)
     try:
-        items, issues = input_items(table, key, config.input_asset)
+        items, issues = input_items(table, key, config.input_asset, TAG_INPUTS)
     except ValueError as exc:
         raise _failure(str(exc)) from None
     items, removed = stage_items(items, source_skipped(registry, key, GROUP, context.log.info), lambda xs: xs)

@@ -37,11 +37,14 @@ import pyarrow as pa
 
 from ..common.accounting import Accounting
 from ..common.language import detect_language
+from ..common import asset_names as A
 from ..common.inputs import Item
 from .neighbors import REPEAT_THRESHOLD, SEARCH_SPACE, gen_dis
 from .tasks import (CATEGORY, DIFFICULTY, DIFFICULTY_LEVELS, GUARD, QUALITY, QUALITY_LEVELS, SAFETY_JUDGE,
                     SAFETY_VALUES, TASK_CATEGORIES, failure_reason, guard_prompt, judge_row, parse_guard_output)
 
+#: the tables quality_tags can read (config `input_asset`; common/inputs.py says where their columns are)
+TAG_INPUTS = (A.MAGPIE_INSTRUCTIONS, A.EVOLVED_INSTRUCTIONS, A.SFT_RECORDS, A.DEDUPLICATED_PROMPTS, A.SELECTED_SEEDS)
 TAGS = ("input_quality", "difficulty", "task_category", "safety", "instruct_reward", "neighbors")
 #: the columns whose value counts the metadata reports (with null)
 DISTRIBUTIONS = {"input_quality": QUALITY_LEVELS, "difficulty": DIFFICULTY_LEVELS,
