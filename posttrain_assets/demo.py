@@ -25,7 +25,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 #: synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions; pairs for 4 prompts x 3
 #: candidates) are the defaults on the embedded engine (posttrain_assets/common/sizing.py), as in the UI
 DEMO_RUN_CONFIG = {
-    "scoring_job": {"ops": {"selected_seeds": {"config": {"total_samples": 60}}}},
+    "scoring_job": {"ops": {"selected_seeds": {"config": {"method": {"length": {"total_samples": 60}}}}}},
     # the 135M judge writes an unparseable verdict for about a third of free-form answers
     # (counted judge_failed rejects, never accepted): the demo allows that many
     "synthesis_job": {"ops": {"generated_solutions": {"config": {"max_judge_failure_rate": 0.75}}}},
