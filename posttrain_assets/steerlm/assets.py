@@ -177,9 +177,9 @@ def _schema_md(table: pa.Table) -> dg.TableSchema:
 
 
 class LabelConfig(dg.Config):
-    input_asset: str = "sft_records"  # sft_records | evolved_instructions | magpie_instructions
+    input_asset: Literal[INPUT_ASSETS] = "sft_records"
     chunk_rows: int = 256  # predictions committed per chunk (what a killed run keeps)
-    device: str = "auto"  # lora backend
+    device: str = "auto"  # lora backend: auto, cpu, cuda, cuda:N
 
 
 @model_asset("attribute_labelled_sft", group=GROUP, unique="id", deps=[a for a in INPUT_ASSETS if a != "sft_records"],
