@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from posttrain_assets.common.text import normalize_text, text_hash
-from posttrain_assets.dedup.assets import DedupConfig
+from posttrain_assets.dedup.assets import DedupConfig, FaissGraphDedup
 from posttrain_assets.dedup.duplicates import cluster_prompts
 from posttrain_assets.dedup.embedding import embeddings_table
 from resources.embeddings import EmbeddingClient, default_threshold
@@ -261,7 +261,7 @@ def main() -> None:
         for name, extra, e in runs:
             if name != "language rule + guard" and t != default_threshold(client.model_name):
                 continue
-            res = cluster_prompts(merged, e, {}, {}, DedupConfig(threshold=t, **extra))
+            res = cluster_prompts(merged, e, {}, {}, DedupConfig(method=FaissGraphDedup(threshold=t), **extra))
             lab = np.asarray(res.clusters["cluster_id"].to_numpy())
             r = evaluate(lab, family, category, cross, langs)
             cross_ge = int((sims >= t).sum())

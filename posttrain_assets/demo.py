@@ -27,9 +27,9 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 #: synthesis 2 seeds per source evolved for 2 rounds, 3 problems x 2 solutions; pairs for 4 prompts x 3
 #: candidates) are the defaults on the embedded engine (posttrain_assets/common/sizing.py), as in the UI
 DEMO_RUN_CONFIG = {
-    "scoring_job": {"ops": {A.SELECTED_SEEDS: {"config": {"total_samples": 60}}}},
+    "scoring_job": {"ops": {A.SELECTED_SEEDS: {"config": {"method": {"length": {"total_samples": 60}}}}}},
     # Magpie's tags over the magpie source's instructions and its filter. The 135M tagger's quality
-    # ratings do not parse (null, counted: README, Synthesis II), so the demo turns the quality rule
+    # ratings do not parse (null, counted: docs/stages/tagging.md), so the demo turns the quality rule
     # off; the colon and near-duplicate rules stay
     "tagging_job": {"ops": {A.FILTERED_INSTRUCTIONS: {"config": {"qualities": []}}}},
     # the 135M judge writes an unparseable verdict for about a third of free-form answers

@@ -123,7 +123,7 @@ def test_selection_loses_a_row(monkeypatch, instance, tables):
     store = ParquetStore(tables)
     store.write(scoring_assets.SCORES_SCHEMA.empty_table(), store.path("difficulty_scores", "gsm8k"))
     specs = upstream_specs("cot_records", "sft_records", "difficulty_scores")
-    run = {"ops": {"selected_seeds": {"config": {"total_samples": 30}}}}
+    run = {"ops": {"selected_seeds": {"config": {"method": {"length": {"total_samples": 30}}}}}}
     ok = _run(instance, tables, specs + [selection_assets.selected_seeds], "gsm8k", run)
     passed, md = _accounting(ok)
     assert passed and (md["rows_in"], md["rows_out"], md["removed"]) == (300, 30, 270)

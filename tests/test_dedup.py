@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from posttrain_assets.dedup.clustering import components, dbscan_labels, faiss_graph, minhash_labels, relabel
-from posttrain_assets.dedup.assets import DedupConfig
+from posttrain_assets.dedup.assets import DedupConfig, FaissGraphDedup
 from posttrain_assets.dedup.duplicates import cluster_prompts
 from posttrain_assets.dedup.embedding import (conversation_vectors, embed_in_chunks, embedding_parts,
                                               embeddings_table, vectors_of)
@@ -155,7 +155,7 @@ def test_cluster_prompts_representative_rule_and_summary(client):
     res2 = cluster_prompts(merged, emb, {"a": 30, "b": 20}, {"a": "sft", "b": "sft"}, DedupConfig())
     assert {r["all_prompt_id"]: r["keep"] for r in res2.clusters.to_pylist()}["b:1"] is True
     # an explicit threshold wins: at 0.999 the near-duplicate a:4 stays
-    res3 = cluster_prompts(merged, emb, {"a": 10, "b": 20}, {}, DedupConfig(threshold=0.999),
+    res3 = cluster_prompts(merged, emb, {"a": 10, "b": 20}, {}, DedupConfig(method=FaissGraphDedup(threshold=0.999)),
                            model_threshold=lambda m: 0.5)
     assert (res3.stats["threshold"], res3.stats["threshold_source"]) == (0.999, "config")
     assert {r["all_prompt_id"]: r["keep"] for r in res3.clusters.to_pylist()}["a:4"] is True

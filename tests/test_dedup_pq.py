@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from posttrain_assets.dedup.assets import DedupConfig
+from posttrain_assets.dedup.assets import DedupConfig, FaissGraphDedup
 from posttrain_assets.dedup.clustering import (exact_edges, faiss_graph, graph_method, ivfpca_edges,
                                                pca_codes)
 from posttrain_assets.dedup.duplicates import cluster_prompts
@@ -119,8 +119,8 @@ def test_cluster_prompts_reports_the_compressed_search(client):
     assert base.stats["search"] == "exact" and "candidate_pairs" not in base.stats
     # above ivfpca_min_n distinct prompts (here 3) the compressed search runs; all cells probed
     # (nlist 2 <= nprobe 3): the same clusters as the exact search, row for row
-    auto = cluster_prompts(merged, emb, prio, kinds, DedupConfig(exact_max_n=2, ivfpca_min_n=3, nlist=2))
-    forced = cluster_prompts(merged, emb, prio, kinds, DedupConfig(search="ivfpca", nlist=1, ivfpca_dims=16))
+    auto = cluster_prompts(merged, emb, prio, kinds, DedupConfig(method=FaissGraphDedup(exact_max_n=2, ivfpca_min_n=3, nlist=2)))
+    forced = cluster_prompts(merged, emb, prio, kinds, DedupConfig(method=FaissGraphDedup(search="ivfpca", nlist=1, ivfpca_dims=16)))
     for res in (auto, forced):
         assert res.stats["search"] == "ivfpca"
         assert res.clusters.equals(base.clusters)

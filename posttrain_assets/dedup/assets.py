@@ -10,11 +10,12 @@ Representative rule (deterministic): lowest registry `priority`, then the richer
 response / chosen / rejected / reference_answer filled, then more records), then the smallest
 all_prompt_id."""
 
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from partitions import source_partitions
 from resources.embeddings import EmbeddingClient, default_threshold
@@ -74,26 +75,46 @@ def prompt_embeddings(context: dg.AssetExecutionContext, config: PromptEmbedding
     yield accounting_check(acc)
 
 
-class DedupConfig(dg.Config):
-    method: str = "faiss_graph"  # faiss_graph | dbscan | minhash
-    # cosine similarity (faiss_graph, dbscan: eps = 1 - threshold); None = the embedding model's
-    # calibrated default (resources.embeddings.default_threshold)
+class FaissGraphDedup(dg.Config):
+    """Cosine similarity >= threshold links two prompts (a faiss graph: exact all-pairs, IVF, or IVF over
+    compressed codes by size)."""
+    name: Literal["faiss_graph"] = "faiss_graph"
+    # cosine similarity; None = the embedding model's calibrated default (resources.embeddings.default_threshold)
     threshold: Optional[float] = None
-    cross_language: bool = False  # False: never merge semantically records whose `language` differs
-    scope: str = "global"  # global | kind (only compare prompts of the same registry kind)
-    exact_max_n: int = 100_000  # faiss_graph: exact all-pairs up to here, IVF above
-    # faiss_graph: above this many vectors (0 = never) the IVF join runs on compressed codes (PCA
-    # projection + residual norm, an upper bound of the cosine) and every candidate pair is
-    # re-ranked on the exact vectors (no false links; 516 bytes a vector instead of 2 KB)
+    exact_max_n: int = 100_000  # exact all-pairs up to here, IVF above
+    # above this many vectors (0 = never) the IVF join runs on compressed codes (PCA projection +
+    # residual norm, an upper bound of the cosine) and every candidate pair is re-ranked on the exact
+    # vectors (no false links; 516 bytes a vector instead of 2 KB)
     ivfpca_min_n: int = 1_000_000
     ivfpca_dims: int = 128  # ivfpca: principal directions in the codes (+ 1 residual norm)
-    search: str = ""  # faiss_graph: "" = by size (above); or force exact | ivf | ivfpca
+    search: Literal["", "exact", "ivf", "ivfpca"] = ""  # "" = by size (above); or force one
     nlist: int = 0  # IVF cells (0 = ~sqrt(n))
     nprobe: int = 3  # IVF cells probed per vector
     max_neighbors: int = 0  # keep at most this many links per vector (0 = all)
-    minhash_threshold: float = 0.8  # Jaccard over word n-grams (minhash)
-    minhash_ngram: int = 3
-    minhash_num_perm: int = 128
+
+
+class DbscanDedup(dg.Config):
+    """DBSCAN over the embeddings (eps = 1 - threshold)."""
+    name: Literal["dbscan"] = "dbscan"
+    threshold: Optional[float] = None  # cosine similarity; None = the embedding model's calibrated default
+
+
+class MinhashDedup(dg.Config):
+    """MinHash LSH over word n-grams (no embeddings)."""
+    name: Literal["minhash"] = "minhash"
+    jaccard_threshold: float = 0.8  # Jaccard similarity over word n-grams
+    ngram: int = 3
+    num_perm: int = 128
+
+
+#: the dedup methods, one config each (the launchpad shows the chosen one's fields)
+DedupMethod = Union[FaissGraphDedup, DbscanDedup, MinhashDedup]
+
+
+class DedupConfig(dg.Config):
+    method: DedupMethod = Field(default=FaissGraphDedup(), discriminator="name")
+    cross_language: bool = False  # False: never merge semantically records whose `language` differs
+    scope: Literal["global", "kind"] = "global"  # kind: only compare prompts of the same registry kind
     top_n: int = 500  # clusters in the report
     seed: int = 0
 

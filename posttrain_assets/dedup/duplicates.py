@@ -49,8 +49,9 @@ def resolve_threshold(cfg, embeddings: pa.Table, rows: Optional[np.ndarray] = No
             raise ValueError(f"the prompt embeddings come from {len(models)} models ({', '.join(models)}): "
                              "re-materialise prompt_embeddings for every source with one model")
         model = models[0] if models else None
-    if cfg.threshold is not None:
-        return float(cfg.threshold), "config", model
+    threshold = getattr(cfg.method, "threshold", None)  # minhash has a Jaccard threshold of its own
+    if threshold is not None:
+        return float(threshold), "config", model
     return float(model_threshold(model)), f"default of {model or 'an unknown model'}", model
 
 
@@ -69,13 +70,15 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
                     sources: Optional[list[str]] = None,
                     model_threshold: Optional[Callable[[Optional[str]], float]] = None) -> DedupResult:
     """Pure: every source's merged prompts + embeddings -> per-record clusters, report, summary.
-    `cfg`: the fields of `DedupConfig` (method, threshold, scope, cross_language, ...); `sources`:
+    `cfg`: a `DedupConfig` (`method`: one of the method configs, each with its own fields; scope,
+    cross_language, top_n, seed); `sources`:
     every source of the run (sources without rows get a summary row of zeros).
 
     Semantic links (faiss_graph, dbscan) join only prompts the model can represent (embedding
     column `representable`) and, unless `cfg.cross_language`, of the same `language` (when
     merged has that column). Exact duplicates (same normalised prompt) are joined regardless."""
     t0 = time.monotonic()
+    m = cfg.method
     run_sources = sources
     n = merged.num_rows
     ids = merged["all_prompt_id"].to_pylist()
@@ -132,11 +135,11 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
     by_lang = has_language and not cfg.cross_language
     uniq_rep = rep[g_lead[uniq]] if len(uniq) else np.zeros(0, bool)
     stats: dict = {"records": n, "prompt_groups": n_groups, "distinct_prompts": len(uniq),
-                   "method": cfg.method, "threshold": threshold, "threshold_source": threshold_source,
+                   "method": m.name, "threshold": threshold, "threshold_source": threshold_source,
                    "embedding_model": model or "", "unrepresentable": int((~uniq_rep).sum()),
                    "language_rule": ("semantic merges within one language" if by_lang else
                                      "off (cross_language)" if has_language else "no language column")}
-    candidates = uniq[uniq_rep] if cfg.method in EMBEDDING_METHODS else uniq
+    candidates = uniq[uniq_rep] if m.name in EMBEDDING_METHODS else uniq
     bucket_key = lambda g: ((g_kind[g] if cfg.scope == "kind" else ""), (g_lang[g] if by_lang else ""))  # noqa: E731
     members: dict[tuple, list[int]] = {}
     for g in candidates.tolist():
@@ -146,12 +149,10 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
     for bucket in buckets:
         if len(bucket) < 2:
             continue
-        if cfg.method == "faiss_graph":
-            lab, gs = faiss_graph(X[g_lead[bucket]], threshold, exact_max_n=cfg.exact_max_n,
-                                  nlist=cfg.nlist, nprobe=cfg.nprobe, seed=cfg.seed,
-                                  max_neighbors=cfg.max_neighbors, force=getattr(cfg, "search", ""),
-                                  ivfpca_min_n=getattr(cfg, "ivfpca_min_n", 1_000_000),
-                                  ivfpca_dims=getattr(cfg, "ivfpca_dims", 128), log=log)
+        if m.name == "faiss_graph":
+            lab, gs = faiss_graph(X[g_lead[bucket]], threshold, exact_max_n=m.exact_max_n, nlist=m.nlist,
+                                  nprobe=m.nprobe, seed=cfg.seed, max_neighbors=m.max_neighbors, force=m.search,
+                                  ivfpca_min_n=m.ivfpca_min_n, ivfpca_dims=m.ivfpca_dims, log=log)
             searches = set(filter(None, stats.get("search", "").split(", "))) | {gs.method}
             stats.update(search=", ".join(sorted(searches)), nlist=gs.nlist, nprobe=gs.nprobe,
                          edges=stats.get("edges", 0) + gs.edges)
@@ -159,14 +160,11 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
                 stats.update(ivfpca_dims=gs.dims, pca_energy=round(gs.energy, 4),
                              candidate_pairs=stats.get("candidate_pairs", 0) + gs.candidates,
                              links_after_rerank=stats.get("links_after_rerank", 0) + gs.edges)
-        elif cfg.method == "dbscan":
+        elif m.name == "dbscan":
             lab = dbscan_labels(X[g_lead[bucket]], threshold)
-        elif cfg.method == "minhash":
+        else:  # minhash (the config's type admits no other method)
             texts = merged["prompt"].take(pa.array(g_lead[bucket])).to_pylist()
-            lab = minhash_labels(texts, cfg.minhash_threshold, cfg.minhash_num_perm, cfg.minhash_ngram,
-                                 seed=cfg.seed + 1)
-        else:
-            raise ValueError(f"dedup method must be faiss_graph, dbscan or minhash, got {cfg.method!r}")
+            lab = minhash_labels(texts, m.jaccard_threshold, m.num_perm, m.ngram, seed=cfg.seed + 1)
         sem_src.extend(bucket.tolist())
         sem_dst.extend(bucket[lab].tolist())
     g_label = components(n_groups, np.asarray(ex_src + sem_src, np.int64), np.asarray(ex_dst + sem_dst, np.int64))

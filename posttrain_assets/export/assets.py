@@ -13,6 +13,8 @@ exist; the sources without them are listed in the metadata (`synthetic_missing`)
 import os
 import re
 
+from typing import Literal
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +24,7 @@ from resources.sources import SourceRegistryResource
 from resources.storage import MissingPartitionError, StorageResource
 
 from ..common.metadata import markdown_preview
-from .hf_dataset import (CONFIGS, MANIFEST_SCHEMA, dataset_card, generated_config, preference_config,
+from .hf_dataset import (CONFIGS, PREFERENCE_FORMATS, MANIFEST_SCHEMA, dataset_card, generated_config, preference_config,
                          preference_synthetic_config, write_dataset)
 
 #: export config -> the synthetic asset it reads (where materialised)
@@ -42,7 +44,7 @@ class HfParquetConfig(dg.Config):
     include_ties: bool = False  # preference rows flagged `tie` are left out by default (counted)
     # `preference` config: "both" = prompt / chosen / rejected strings + chosen_messages / rejected_messages;
     # "trl" = TRL's conversational format (chosen / rejected = each side's whole conversation)
-    preference_format: str = "both"
+    preference_format: Literal[PREFERENCE_FORMATS] = "both"
     card_body_path: str = ""  # a Markdown file kept verbatim in README.md (the seed's original_readme)
     # publish an export that would take data off the Hub (empty, or without a config the repo has)
     allow_shrink: bool = False

@@ -16,11 +16,12 @@ of our own generations (`solution_pass_rates`): the problems the generator solve
 optional length / difficulty / safety bounds; every dropped row counted under its first failing rule,
 and per rule the share it alone would remove."""
 
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from partitions import source_partitions
 from resources.storage import StorageResource
@@ -34,20 +35,36 @@ from .tag_filter import RULE_COLUMNS, RULES, FilterRules, apply_filter, per_rule
 GROUP = "selection"
 
 
-class SelectionConfig(dg.Config):
-    method: str = "length"  # length | pass_rate | difficulty
-    total_samples: int = 100  # length
+class LengthSelection(dg.Config):
+    """The seed's half-Gaussian selection by answer length."""
+    name: Literal["length"] = "length"
+    total_samples: int = 100
     num_bins: int = 6
     curve_sharpness: float = 2.0
     sample_size_for_stats: int = 10_000
-    length_unit: str = "chars"  # chars | tokens (tokenizer of `tokenizer`, "" = the embedded SmolLM2)
+    length_unit: Literal["chars", "tokens"] = "chars"  # tokens: of `tokenizer` ("" = the embedded SmolLM2)
     tokenizer: str = ""
     seed: int = 42
     shuffle: bool = True
-    pass_rate_column: str = "ensemble_acc"  # pass_rate
+
+
+class PassRateSelection(dg.Config):
+    """Rows whose pass rate is <= max_pass_rate."""
+    name: Literal["pass_rate"] = "pass_rate"
+    pass_rate_column: str = "ensemble_acc"
     max_pass_rate: float = 0.5
-    min_difficulty_z: Optional[float] = None  # difficulty: threshold, or
-    top_k: int = 0  # the k hardest
+
+
+class DifficultySelection(dg.Config):
+    """difficulty_z >= min_difficulty_z (None = 0), or the top_k hardest."""
+    name: Literal["difficulty"] = "difficulty"
+    min_difficulty_z: Optional[float] = None
+    top_k: int = 0  # > 0: the k hardest
+
+
+class SelectionConfig(dg.Config):
+    method: Union[LengthSelection, PassRateSelection, DifficultySelection] = Field(default=LengthSelection(),
+                                                                                   discriminator="name")
 
 
 @dg.asset(
@@ -59,13 +76,13 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
                    sft_records: pa.Table, difficulty_scores: pa.Table):
     rows = seed_rows(cot_records, sft_records)
     acc = Accounting(rows_in=cot_records.num_rows + sft_records.num_rows)
-    extra: dict = {"method": config.method}
-    if config.method == "length":
-        lengths = answer_lengths(rows["solution"].to_pylist(), config.length_unit, config.tokenizer)
-        idx, report = length_select(lengths, total_samples=config.total_samples, num_bins=config.num_bins,
-                                    curve_sharpness=config.curve_sharpness,
-                                    sample_size_for_stats=config.sample_size_for_stats, seed=config.seed,
-                                    shuffle=config.shuffle)
+    m = config.method
+    extra: dict = {"method": m.name}
+    if m.name == "length":
+        lengths = answer_lengths(rows["solution"].to_pylist(), m.length_unit, m.tokenizer)
+        idx, report = length_select(lengths, total_samples=m.total_samples, num_bins=m.num_bins,
+                                    curve_sharpness=m.curve_sharpness,
+                                    sample_size_for_stats=m.sample_size_for_stats, seed=m.seed, shuffle=m.shuffle)
         out = rows.take(pa.array(idx, pa.int64())).append_column("length", pa.array(lengths[idx]))
         # counted from the selector's own per-bin report, not from the table it returns
         acc.removed_by_reason["not_selected"] = sum(b["available"] - b["actual"] for b in report["bins"])
@@ -79,25 +96,23 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
         scored = pc.is_in(rows["all_prompt_id"], value_set=difficulty_scores["all_prompt_id"])
         acc.removed_by_reason["not_scored"] = rows.num_rows - pc.sum(scored).as_py() if rows.num_rows else 0
         joined = rows.join(difficulty_scores.drop_columns(["source"]), "all_prompt_id", join_type="inner")
-        if config.method == "pass_rate":
+        if m.name == "pass_rate":
             try:
-                out, removed = filter_by_pass_rate(joined, config.max_pass_rate, config.pass_rate_column)
+                out, removed = filter_by_pass_rate(joined, m.max_pass_rate, m.pass_rate_column)
             except ValueError as exc:
                 raise dg.Failure(description=f"source {context.partition_key!r}: pass_rate_column: {exc}",
                                  allow_retries=False) from None
             acc.removed_by_reason.update(removed)
-        elif config.method == "difficulty":
+        else:  # difficulty (the config's type admits no other method)
             dz = joined["difficulty_z"]
-            if config.top_k:
-                out = joined.sort_by([("difficulty_z", "descending")]).slice(0, config.top_k)
-                acc.removed_by_reason["below_top_k"] = max(0, joined.num_rows - config.top_k)
+            if m.top_k:
+                out = joined.sort_by([("difficulty_z", "descending")]).slice(0, m.top_k)
+                acc.removed_by_reason["below_top_k"] = max(0, joined.num_rows - m.top_k)
             else:
-                threshold = config.min_difficulty_z or 0.0
+                threshold = m.min_difficulty_z or 0.0
                 out = joined.filter(pc.greater_equal(dz, threshold))
                 acc.removed_by_reason["below_min_difficulty"] = pc.sum(pc.less(dz, threshold)).as_py() or 0
                 acc.removed_by_reason["no_difficulty"] = dz.null_count
-        else:
-            raise dg.Failure(description=f"selection method must be length, pass_rate or difficulty, got {config.method!r}")
         extra["scored_rows"] = joined.num_rows
     acc.rows_out = out.num_rows
     acc.removed_by_reason = +acc.removed_by_reason  # drop zero counts

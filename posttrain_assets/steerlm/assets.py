@@ -6,13 +6,14 @@ and the two SteerLM training formats.
     source, over sft_records / evolved_instructions / magpie_instructions) -> steerlm_sft (per source)
 """
 
-import dataclasses
 import tempfile
 import time
+from typing import Literal, Union
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from partitions import source_partitions
 from resources.embeddings import EmbeddingClient
@@ -68,22 +69,21 @@ def attribute_training_data(context: dg.AssetExecutionContext, config: Attribute
     yield unique_check(table, "id")
 
 
+class HeadBackend(dg.Config):
+    """CPU default: ridge heads over frozen embeddings (the `embeddings` resource's model)."""
+    name: Literal["head"] = "head"
+    max_chars: int = 2000  # the tail of each text / reply the embedder sees
+    l2_grid: list[float] = list(am.L2_GRID)  # ridge strengths tried per attribute (grouped 5-fold CV)
+
+
+class LoraBackend(dg.Config, LoraSettings):
+    """LoRA (peft, GPU) on a causal LM with a regression head; the fields are `LoraSettings`' (lora.py),
+    base_model "embedded" = the bundled SmolLM2-135M."""
+    name: Literal["lora"] = "lora"
+
+
 class AttributeModelConfig(dg.Config):
-    backend: str = "head"  # head (CPU default: ridge heads over frozen embeddings) | lora (peft, GPU)
-    max_chars: int = 2000  # head: the tail of each text / reply the embedder sees
-    l2_grid: list[float] = list(am.L2_GRID)  # head: ridge strengths tried per attribute (grouped 5-fold CV)
-    # lora: the seed's knobs (train_attribute_model.py); base_model "embedded" = the bundled SmolLM2-135M
-    base_model: str = "embedded"
-    learning_rate: float = 1e-4
-    epochs: float = 1.0
-    max_steps: int = 0  # > 0: stop after this many optimizer steps
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    max_length: int = 512
-    batch_size: int = 4
-    device: str = "auto"
-    seed: int = 0
+    backend: Union[HeadBackend, LoraBackend] = Field(default=HeadBackend(), discriminator="name")
 
 
 MODEL_SCHEMA = pa.schema([
@@ -101,8 +101,8 @@ MODEL_SCHEMA = pa.schema([
 def attribute_model(context: dg.AssetExecutionContext, config: AttributeModelConfig, storage: StorageResource,
                     embeddings: EmbeddingClient, attribute_training_data: pa.Table) -> dg.Output:
     data = attribute_training_data
-    if config.backend not in ("head", "lora"):
-        raise dg.Failure(description=f"backend must be head or lora, got {config.backend!r}", allow_retries=False)
+    b = config.backend
+    head = b.name == "head"
     rows = data.to_pylist()
     if not any(r["split"] == "train" for r in rows):
         raise dg.Failure(description="attribute_model: no training rows (materialise attribute_training_data for a "
@@ -114,42 +114,38 @@ def attribute_model(context: dg.AssetExecutionContext, config: AttributeModelCon
     tr, va = np.array([s == "train" for s in splits]), np.array([s == "val" for s in splits])
     train_mean = {a: (float(np.nanmean(Y[tr, j])) if (~np.isnan(Y[tr, j])).any() else None)
                   for j, a in enumerate(ATTRIBUTES)}
-    cfg = config.model_dump()
-    # the settings that shape the model (they enter its version); lora: LoraSettings' own fields
-    settings = ({k: cfg[k] for k in ("max_chars", "l2_grid")} if config.backend == "head" else
-                {f.name: cfg[f.name] for f in dataclasses.fields(LoraSettings) if f.name != "device"})
-    embedder = embeddings.model_name if config.backend == "head" else None
+    # the settings that shape the model (they enter its version)
+    settings = {"max_chars": b.max_chars, "l2_grid": list(b.l2_grid)} if head else b.version_settings()
+    embedder = embeddings.model_name if head else None
     version = am.data_version([r["id"] for r in rows], texts, labels, splits,
-                              {"backend": config.backend, "settings": settings, "embedder": embedder,
+                              {"backend": b.name, "settings": settings, "embedder": embedder,
                                "features": am.FEATURES_VERSION})
     folder = am.artifact_dir(store.base, version)
     t0 = time.monotonic()
     l2 = {}
-    if config.backend == "head":
-        head, l2, X, _ = am.train_head(lambda t: embeddings.encode(t), embedder, texts, responses, labels, splits,
-                                       groups, max_chars=config.max_chars, l2_grid=config.l2_grid,
-                                       log=context.log.info)
-        raw = head.predict(X[va])
+    if head:
+        model, l2, X, _ = am.train_head(lambda t: embeddings.encode(t), embedder, texts, responses, labels, splits,
+                                        groups, max_chars=b.max_chars, l2_grid=b.l2_grid, log=context.log.info)
+        raw = model.predict(X[va])
         pred = np.column_stack([raw[a] if raw[a] is not None else np.full(va.sum(), np.nan) for a in ATTRIBUTES]) \
             if va.any() else np.zeros((0, len(ATTRIBUTES)))
         extra = {"l2": l2}
     else:
         from .lora import lora_files, train_lora
 
-        s = LoraSettings(**settings, device=config.device)
         local = tempfile.mkdtemp(prefix="attribute-lora-")
-        stats, pred = train_lora([t for t, k in zip(texts, tr) if k], [lb for lb, k in zip(labels, tr) if k], local, s,
+        stats, pred = train_lora([t for t, k in zip(texts, tr) if k], [lb for lb, k in zip(labels, tr) if k], local, b,
                                  log=context.log.info, predict_texts=[t for t, k in zip(texts, va) if k])
         extra = {"training": stats, "files": lora_files(local)}
     metrics = evaluate_predictions({a: pred[:, j] for j, a in enumerate(ATTRIBUTES)}, Y[va], train_mean)
     train_rows = {a: int((~np.isnan(Y[tr, j])).sum()) for j, a in enumerate(ATTRIBUTES)}
-    manifest = am.jsonable({"version": version, "backend": config.backend, "embedder": embedder,
-                            "features": am.FEATURES if config.backend == "head" else "text",
-                            "max_chars": config.max_chars, "settings": settings, "metrics": metrics,
+    manifest = am.jsonable({"version": version, "backend": b.name, "embedder": embedder,
+                            "features": am.FEATURES if head else "text",
+                            **({"max_chars": b.max_chars} if head else {}), "settings": settings, "metrics": metrics,
                             "train_rows": train_rows, "train_mean": train_mean, **extra,
                             "sources": sorted(set(data["source"].to_pylist()))})
-    if config.backend == "head":
-        am.save_head(store, folder, head, manifest)
+    if head:
+        am.save_head(store, folder, model, manifest)
     else:
         am.save_folder(store, folder, local, manifest)
     store.write_bytes(f"{store.base}/{am.MODEL_DIR}/LATEST", version.encode())
@@ -157,16 +153,16 @@ def attribute_model(context: dg.AssetExecutionContext, config: AttributeModelCon
     table = pa.Table.from_pylist(
         [{"attribute": a, "train_rows": train_rows[a], "val_rows": metrics[a]["n"], "mae": metrics[a]["mae"],
           "baseline_mae": metrics[a]["baseline_mae"], "spearman": metrics[a]["spearman"],
-          "l2": l2.get(a), "version": version, "backend": config.backend, "path": store.uri(folder)}
+          "l2": l2.get(a), "version": version, "backend": b.name, "path": store.uri(folder)}
          for a in ATTRIBUTES], schema=MODEL_SCHEMA)
     beats = [a for a in ATTRIBUTES if metrics[a]["mae"] is not None and metrics[a]["mae"] < metrics[a]["baseline_mae"]]
     per_source = {s: {a: sum(1 for r in rows if r["source"] == s and r["labels"][j] is not None)
                       for j, a in enumerate(ATTRIBUTES)} for s in sorted({r["source"] for r in rows})}
-    context.log.info(f"attribute model {version} ({config.backend}): beats the mean baseline on "
+    context.log.info(f"attribute model {version} ({b.name}): beats the mean baseline on "
                      f"{', '.join(beats) or 'nothing'}; {seconds:.1f}s")
     return dg.Output(table, metadata={
         "dagster/row_count": table.num_rows, "dagster/column_schema": _schema_md(table),
-        "version": version, "backend": config.backend, "path": dg.MetadataValue.path(store.uri(folder)),
+        "version": version, "backend": b.name, "path": dg.MetadataValue.path(store.uri(folder)),
         "embedder": embedder or "-", "rows_train": int(tr.sum()), "rows_val": int(va.sum()),
         "validation": dg.MetadataValue.md(markdown_preview(table, n=len(ATTRIBUTES), columns=[
             "attribute", "train_rows", "val_rows", "mae", "baseline_mae", "spearman", "l2"])),
@@ -182,9 +178,9 @@ def _schema_md(table: pa.Table) -> dg.TableSchema:
 
 
 class LabelConfig(dg.Config):
-    input_asset: str = A.SFT_RECORDS  # sft_records | evolved_instructions | magpie_instructions
+    input_asset: Literal[INPUT_ASSETS] = A.SFT_RECORDS
     chunk_rows: int = 256  # predictions committed per chunk (what a killed run keeps)
-    device: str = "auto"  # lora backend
+    device: str = "auto"  # lora backend: auto, cpu, cuda, cuda:N
 
 
 @model_asset("attribute_labelled_sft", group=GROUP, unique="id", deps=[a for a in INPUT_ASSETS if a != A.SFT_RECORDS],

@@ -13,17 +13,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from pydantic import BaseModel
 
 from .attributes import ATTRIBUTES, IGNORE
 
 
-@dataclass
-class LoraSettings:
-    base_model: str  # hub id or folder; "embedded" = the bundled SmolLM2-135M-Instruct
+class LoraSettings(BaseModel):
+    """The seed's knobs (train_attribute_model.py): the one definition, also the fields of the
+    `attribute_model` config's `lora` backend (steerlm/assets.py `LoraBackend`)."""
+
+    base_model: str = "embedded"  # hub id or folder; "embedded" = the bundled SmolLM2-135M-Instruct
     learning_rate: float = 1e-4
     epochs: float = 1.0
     max_steps: int = 0  # > 0: stop after this many optimizer steps (a smoke run)
@@ -33,7 +35,11 @@ class LoraSettings:
     max_length: int = 512
     batch_size: int = 4
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto = cuda when present; cpu, cuda, cuda:N
+
+    def version_settings(self) -> dict:
+        """The settings that shape the model (they enter its version): all but the device."""
+        return {k: getattr(self, k) for k in LoraSettings.model_fields if k != "device"}
 
 
 def resolve_base(name: str) -> str:

@@ -8,7 +8,7 @@ round that passes (evolution.py); `preference_pairs` — n candidate responses p
 pair (pairs.py)."""
 
 from collections import Counter
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 import pyarrow as pa
@@ -37,7 +37,7 @@ from .pairs import funnel_markdown as pairs_funnel_markdown
 from .pairs import generate as generate_candidates
 from .pairs import histogram_markdown as margin_markdown
 from .pairs import score as score_candidates
-from .solutions import (FUNNEL, assemble, generate, histogram_markdown, judge,
+from .solutions import (ANSWER_KINDS, FUNNEL, assemble, generate, histogram_markdown, judge,
                         pass_rate_histogram, problems_from_records, problems_from_seeds, sample_problems, to_judge)
 from .solutions import funnel_markdown as solution_funnel_markdown
 from .tasks import ANSWER, EQUAL, EVOLVE, JUDGE
@@ -46,8 +46,8 @@ GROUP = "synthesis"
 
 
 class EvolConfig(dg.Config):
-    # the prompt table (all of evolution.INPUTS are lineage deps): selected_seeds | deduplicated_prompts | hard_problems
-    input_asset: str = A.SELECTED_SEEDS
+    # the prompt table (all of evolution.INPUTS are lineage deps)
+    input_asset: Literal[EVOL_INPUTS] = A.SELECTED_SEEDS
     chain: list[str] = ["width", "depth", "flatten"]  # operations per round: width | depth | flatten
     rounds: int = 2
     depth_methods: list[str] = list(DEPTH_METHODS)  # drawn per prompt, round and step (seeded)
@@ -130,8 +130,8 @@ def evolved_instructions(context: dg.AssetExecutionContext, config: EvolConfig, 
     yield unique_check(table, "id")
 
 class SolutionsConfig(dg.Config):
-    input: str = A.SELECTED_SEEDS  # selected_seeds | records (cot_records + sft_records)
-    answer_kind: str = "auto"  # auto (math: a short gold math-verify reads, or a CoT record) | math | free
+    input: Literal["selected_seeds", "records"] = A.SELECTED_SEEDS  # records: cot_records + sft_records
+    answer_kind: Literal[ANSWER_KINDS] = "auto"  # auto (math: a short gold math-verify reads, or a CoT record) | math | free
     generator: str = "generator"  # the LLMResource model names
     judge: str = "judge"
     n: Optional[int] = auto(2, 4, "solutions per problem")
@@ -146,7 +146,7 @@ class SolutionsConfig(dg.Config):
                                                               "fail the step")
     judge_max_chars: Optional[int] = auto(1000, 2000, "question / gold / response (its end) cut to this for the judge")
     max_input_chars: Optional[int] = auto(1500, 4000, "OOM guard for the problem text")
-    keep: str = "correct"  # correct | all (incorrect solutions kept too, e.g. for preference pairs)
+    keep: Literal["correct", "all"] = "correct"  # all: incorrect solutions kept too, e.g. for preference pairs)
     max_pass_rate: Optional[float] = None  # the seed's label filter on our own generations (<= kept)
     max_problems: Optional[int] = auto(3, 0, "a deterministic sample of the problems (0 = all); the rest: "
                                              "status not_sampled")
@@ -188,12 +188,8 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
     config = resolve_sizes(config, llm, [config.generator, config.judge], context.log.info)
     if config.input == A.SELECTED_SEEDS:
         loaded = problems_from_seeds(selected_seeds, config.answer_kind)
-    elif config.input == "records":
+    else:  # records
         loaded = problems_from_records(cot_records, sft_records, config.answer_kind)
-    else:
-        raise dg.Failure(description=f"input must be selected_seeds or records, got {config.input!r}")
-    if config.keep not in ("correct", "all"):
-        raise dg.Failure(description=f"keep must be correct or all, got {config.keep!r}")
     with_gold = [p for p in loaded if p["gold"]]
     skipped = [(p, "no_gold_answer") for p in loaded if not p["gold"]]
     if source_skipped(registry, key, GROUP, context.log.info):  # one pass-rate row each, n = 0
@@ -264,9 +260,8 @@ def _check_for(check: dg.AssetCheckResult, asset_key: dg.AssetKey) -> dg.AssetCh
 
 
 class PairsConfig(dg.Config):
-    # any prompt table of the source (all are lineage deps): filtered_instructions | magpie_instructions |
-    # deduplicated_prompts | selected_seeds | hard_problems | evolved_instructions
-    input_asset: str = A.FILTERED_INSTRUCTIONS
+    # any prompt table of the source (all are lineage deps)
+    input_asset: Literal[PAIR_INPUTS] = A.FILTERED_INSTRUCTIONS
     models: list[str] = ["generator"]  # LLMResource model names; each answers at every temperature
     temperatures: list[float] = [0.0, 1.0]  # 0 = greedy: one sample (more would be copies)
     samples_per_setting: int = 2  # samples per (model, sampled temperature)

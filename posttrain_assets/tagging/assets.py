@@ -5,7 +5,7 @@ taxonomy), instruct reward (the `reward` resource), language, and the nearest-ne
 repeat count / first similar row (tags.py, neighbors.py). One row per taggable input row; a tag
 the model fails to produce is null and counted, never a default."""
 
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 
@@ -31,7 +31,7 @@ ASSET = A.QUALITY_TAGS
 
 
 class QualityTagsConfig(dg.Config):
-    input_asset: str = A.MAGPIE_INSTRUCTIONS  # magpie_instructions | evolved_instructions | sft_records | deduplicated_prompts | selected_seeds
+    input_asset: Literal[TAG_INPUTS] = A.MAGPIE_INSTRUCTIONS
     tagger: str = "judge"  # LLMResource model name of the JSON tags (and of the safety judge)
     tags: list[str] = list(TAGS)  # which tags to run (language always runs)
     guard_model: str = ""  # an LLMResource model name serving Llama Guard 3: safety through its format; "" = the tagger judges
