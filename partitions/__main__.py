@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry", default=None, help="registry YAML (default: $POSTTRAIN_SOURCES "
                                                      "or partitions/sources.yaml)")
     args = ap.parse_args(argv)
+    # the composition root: the owners register what the registry validates (partitions imports no stage)
+    from posttrain_assets.plugins import load_plugins
+
+    load_plugins()
     try:
         reg = load_registry(args.registry)
     except RegistryError as exc:

@@ -6,8 +6,8 @@ Each entry becomes one key of the `source` dynamic partitions. A bad entry raise
     partitions/sources.yaml: source 'gsm8k': field 'kind': must be one of attributes, cot, ...
 
 A source of kind `synthetic` has no loader, adapter or fields: its rows are written by a generator
-(`generator: magpie` -> the `magpie_instructions` asset) from `generator_config` (MAGPIE_DEFAULTS:
-family, variant, model, total_prompts, decoding, n, seed), under a `version` (default 1) that must
+(`generator: magpie` -> the `magpie_instructions` asset) from `generator_config` (the generator's
+own defaults and checks, registered by posttrain_assets/magpie/generator_config.py), under a `version` (default 1) that must
 change whenever the settings of a partition that already holds rows change.
 
 A source with `shard_rows: R` (or `shards: N`) is one entry and many partitions: `<key>.s0000`,
@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -33,8 +33,6 @@ from .shards import (MAX_PARTITIONS, ShardError, ShardRange, count_rows, looks_l
 KINDS = ("prompt", "sft", "cot", "preference", "attributes", "synthetic")
 #: a source whose rows a generator writes (no loader, no adapter): `generator` + `generator_config`
 SYNTHETIC = "synthetic"
-#: the generators a synthetic source can name (the asset that writes its rows: magpie_instructions)
-GENERATORS = ("magpie",)
 #: generator -> the asset whose partition holds a synthetic source's rows (raw_records reads it)
 GENERATOR_ASSETS = {"magpie": "magpie_instructions"}
 FORMATS = ("jsonl", "json", "csv", "parquet")
@@ -44,125 +42,122 @@ DEDUP_KEYS = ("record", "prompt")
 #: 'all' = every string is one user turn of a multi-turn prompt, 'first' = the first string only
 TURNS = ("all", "first")
 
-#: Logical fields each adapter understands, with the raw column it reads by default.
-#: `None` means the field is optional and unmapped unless the registry maps it.
-ADAPTER_FIELDS: dict[str, dict[str, str | None]] = {
-    # one row = one record; map any of these logical fields to columns
-    "generic": {"prompt": None, "response": None, "chosen": None, "rejected": None,
-                "system": None, "reference_answer": None, "id": None},
-    # question -> prompt, answer -> response, final answer after '####' -> reference_answer
-    "gsm8k": {"prompt": "question", "response": "answer", "id": None},
-    # chosen / rejected transcripts with '\n\nHuman:' / '\n\nAssistant:' turns
-    "hh_rlhf": {"chosen": "chosen", "rejected": "rejected", "id": None},
-    # instruction + instances[{input, output}]; one record per instance
-    "self_instruct": {"prompt": "instruction", "instances": "instances", "id": "id"},
-    # OpenAssistant message tree: `root` is the column holding the root message
-    # ('.' when each row is itself a root message, as in *_message.jsonl exports)
-    "oasst_tree": {"root": "prompt", "id": None},
-    # HelpSteer3 preference rows: context (messages or text), two responses, overall_preference -3..3
-    "helpsteer3": {"context": "context", "response1": "response1", "response2": "response2",
-                   "overall_preference": "overall_preference", "id": None},
-    # Alpaca rows: instruction (+ input, after a blank line) -> prompt; output -> response;
-    # optional system prompt and history ([[user, assistant], ...] turns before the instruction)
-    "alpaca": {"prompt": "instruction", "input": "input", "response": "output", "system": None,
-               "history": None, "id": None},
-    # ShareGPT rows: conversations [{from, value}] (human/gpt/system/tool/function_call/observation);
-    # prompt = the turns before the final assistant turn, response = that turn; map `system`
-    # (a system prompt column) and `tools` (a list or JSON text of tool schemas) when the file has them
-    "sharegpt": {"conversations": "conversations", "system": None, "tools": None, "id": None},
-    # OpenAI chat rows: messages [{role, content}] (system/developer/user/assistant/tool); prompt =
-    # the turns before the final assistant turn, response = that turn; `label` = an optional boolean
-    # judgement of the final turn (KTO desirable / undesirable), kept in `labels`
-    "messages": {"messages": "messages", "label": None, "id": None},
-    # HelpSteer / HelpSteer2: prompt, response and the five human 0-4 scores (kept in `labels`)
-    "helpsteer": {"prompt": "prompt", "response": "response", "helpfulness": "helpfulness",
-                  "correctness": "correctness", "coherence": "coherence", "complexity": "complexity",
-                  "verbosity": "verbosity", "id": None},
-    # flat OpenAssistant messages (one row per message: id, parent id, role, text), rebuilt into
-    # trees across the file, then read as `oasst_tree`; `quality` = an editor's 1-5 rating
-    # (oasst2_ja_edited), `labels` = OASST's per-message labels where the export has them
-    "oasst_messages": {"id": "message_id", "parent": "parent_id", "role": "role", "text": "text",
-                       "tree": "message_tree_id", "quality": None, "labels": None, "root": "."},
-    # battle logs (Chatbot Arena, WebDev Arena): two conversations of the same user turns + a verdict;
-    # content as a string or a list of typed parts [{type: "text", text}]; an assistant turn's extra
-    # payload (`object`: {code, file_path, ...}) is kept (options: verdicts, payload, payload_in_content)
-    "pairwise": {"conversation_a": "conversation_a", "conversation_b": "conversation_b", "winner": "winner",
-                 "id": None},
-    # n generations per problem + per-generation verdicts (OpenR1-Math): CoT rows from the `messages`
-    # answer or the correct complete traces, and preference pairs under a rule (options: pair_rule, cot_rows)
-    "multi_trace": {"prompt": "problem", "traces": "generations", "verdicts": "correctness_math_verify",
-                    "fallback_verdicts": "correctness_llama", "complete": "is_reasoning_complete",
-                    "finish_reasons": "finish_reasons", "messages": "messages", "reference_answer": "answer",
-                    "id": None},
-}
-#: adapters that join rows across the whole file (flat messages -> trees): a shard would cut trees apart
-CROSS_ROW_ADAPTERS = ("oasst_messages",)
-#: adapters whose records carry human attribute labels (the only ones a kind `attributes` source may use)
-ATTRIBUTE_ADAPTERS = ("oasst_tree", "oasst_messages", "helpsteer")
-
-#: Logical fields that must end up mapped for an adapter to produce anything.
-ADAPTER_REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
-    "generic": (("prompt",),),
-    "gsm8k": (("prompt", "response"),),
-    "hh_rlhf": (("chosen", "rejected"),),
-    "self_instruct": (("prompt", "instances"),),
-    "oasst_tree": (("root",),),
-    "helpsteer3": (("context", "response1", "response2", "overall_preference"),),
-    "alpaca": (("prompt", "response"),),
-    "sharegpt": (("conversations",),),
-    "messages": (("messages",),),
-    "helpsteer": (("prompt", "response"),),
-    "oasst_messages": (("id", "parent", "role", "text"),),
-    "pairwise": (("conversation_a", "conversation_b", "winner"),),
-    "multi_trace": (("prompt", "traces", "verdicts"),),
-}
-#: the kind an adapter's rows need, where it is not free (pairwise: pairs; multi_trace: CoT rows + pairs)
-ADAPTER_KINDS = {"pairwise": ("preference",), "multi_trace": ("cot",)}
-
 #: `answer_rule`: how a CoT answer is separated from the reasoning when no <think>...</think> tags do it
 #: (records/unify.split_reasoning). auto = '####' (GSM8K), else the last \boxed{}, else unsplit;
 #: boxed / gsm8k = only that rule; none = everything in `thinking`, answer "" (the seed's LIMO / NuminaMath)
 ANSWER_RULES = ("auto", "boxed", "gsm8k", "none")
 
-#: pairwise verdicts: what a `winner` value means (a / b preferred, a tie, both bad)
-VERDICT_MEANINGS = ("a", "b", "tie", "both_bad")
-#: multi_trace pair rules (posttrain_assets/ingest/comparisons.py trace_pairs)
-PAIR_RULES = ("best_vs_worst", "all_pairs", "seed")
-#: multi_trace CoT rows: the `messages` answer (one per problem), or every correct and complete trace
-COT_ROWS = ("messages", "correct")
-#: per-adapter `options`: name -> default (checked by _parse_options)
-ADAPTER_OPTIONS: dict[str, dict[str, Any]] = {
-    "pairwise": {"verdicts": {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "both_bad"},
-                 "payload": "object", "payload_in_content": True},
-    "multi_trace": {"pair_rule": "best_vs_worst", "cot_rows": "messages"},
-}
-
-
-#: `generator_config` of `generator: magpie`: field -> default (None: no default). Checked by
-#: `_parse_magpie` (types, ranges, the family / variant against the pre-query templates).
-MAGPIE_DEFAULTS: dict[str, Any] = {
-    "family": "smollm2",  # pre-query template family (posttrain_assets/magpie/templates/); smollm2 = the embedded model
-    "variant": None,  # None (plain template) | a variant of the family: math, math.algebra, ..., code, translation, ja
-    "model": "generator",  # the LLMResource model name that writes both instructions and responses
-    "total_prompts": None,  # required: instructions requested (rows_in of magpie_instructions)
-    "ins_temp": 1.0,  # instruction sampling (upstream gen_ins.py defaults)
-    "ins_top_p": 1.0,
-    "ins_max_tokens": 512,
-    "res_temp": 0.0,  # response decoding (upstream gen_res.py defaults)
-    "res_top_p": 1.0,
-    "res_max_tokens": 2048,
-    "n": 200,  # instructions per model call (samples of one seeded request)
-    "seed": 0,  # base seed; call i samples with a seed derived from (seed, i)
-}
 #: fields a synthetic source must not have (its rows come from the generator, not from files). Its
 #: `licence` stays required: the generated data's terms depend on the model that writes it.
 SYNTHETIC_FORBIDDEN = ("loader", "adapter", "fields", "turns", "shard_rows", "shards")
-#: the columns magpie_instructions writes, as the generic adapter would read them (see SourceSpec)
-MAGPIE_FIELDS = {"prompt": "instruction", "response": "response", "id": "uuid"}
 
 
 class RegistryError(ValueError):
     """A sources registry that cannot be used; the message names file, source and field."""
+
+
+# --------------------------------------------------------------------------- registrations
+# The registry validates what the owners declare: each adapter its fields, required fields, kinds and
+# options (posttrain_assets/ingest/adapters.py), each generator its config (posttrain_assets/magpie),
+# the label filter its condition parser (posttrain_assets/common/label_filter.py). They register when
+# imported; `posttrain_assets.plugins.load_plugins()` imports them (definitions.py and
+# `python -m partitions` call it). A registry parsed before that fails loudly (require_registrations).
+
+
+class EntryError(ValueError):
+    """Raised by a registered check: the field inside the entry (`options.verdicts`,
+    `generator_config.n`, ...) and what is wrong; the registry adds the file and the source."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class AdapterDecl:
+    """An adapter as its owner declares it."""
+
+    name: str
+    #: logical field -> the raw column read by default (None: optional, unmapped unless the registry maps it)
+    fields: dict[str, str | None]
+    #: groups of logical fields: at least one group must end up mapped for the adapter to produce anything
+    required: tuple[tuple[str, ...], ...]
+    #: the kinds its rows need, where not free (pairwise: preference; multi_trace: cot); None = any
+    kinds: tuple[str, ...] | None = None
+    #: `options`: name -> default; `check_options(options with defaults)` raises EntryError
+    options: dict[str, Any] = field(default_factory=dict)
+    check_options: Callable[[dict[str, Any]], None] | None = None
+    labelled: bool = False  # its records carry human attribute labels (may feed a kind `attributes` source)
+    cross_row: bool = False  # joins rows across the whole file (flat messages -> trees): cannot be sharded
+    pairs: bool = False  # its rows are preference pairs by themselves (no chosen / rejected mapping needed)
+
+
+@dataclass(frozen=True)
+class GeneratorDecl:
+    """A generator of synthetic sources as its owner declares it."""
+
+    name: str
+    #: the columns its asset writes, as the generic adapter reads them (a synthetic spec's `fields`)
+    fields: dict[str, str]
+    #: `generator_config` -> the config with the defaults filled in; raises EntryError (field relative
+    #: to the entry, `generator_config.<name>`)
+    validate: Callable[[Any], dict[str, Any]]
+
+
+#: the registered adapters and generators (name -> declaration), and the label filter's parser
+ADAPTERS: dict[str, AdapterDecl] = {}
+GENERATOR_DECLS: dict[str, GeneratorDecl] = {}
+_LABEL_FILTER_PARSER: list[Callable[[str], Any]] = []
+
+
+def register_adapter(name: str, *, fields: dict[str, str | None], required: tuple[tuple[str, ...], ...],
+                     kinds: tuple[str, ...] | None = None, options: dict[str, Any] | None = None,
+                     check_options: Callable[[dict[str, Any]], None] | None = None, labelled: bool = False,
+                     cross_row: bool = False, pairs: bool = False) -> AdapterDecl:
+    """Declare an adapter the registry accepts (`adapter: <name>`); the owner calls it at import."""
+    unknown = sorted({f for group in required for f in group} - set(fields))
+    if unknown or not required or (kinds is not None and not set(kinds) <= set(KINDS)):
+        raise ValueError(f"register_adapter({name!r}): required fields {unknown} not among its fields, "
+                         f"no required group, or kinds {kinds!r} not among {KINDS}")
+    decl = AdapterDecl(name=name, fields=dict(fields), required=tuple(tuple(g) for g in required), kinds=kinds,
+                       options=dict(options or {}), check_options=check_options, labelled=labelled,
+                       cross_row=cross_row, pairs=pairs)
+    ADAPTERS[name] = decl
+    return decl
+
+
+def register_generator(name: str, *, fields: dict[str, str], validate: Callable[[Any], dict[str, Any]]) -> GeneratorDecl:
+    """Declare a generator a synthetic source may name (`generator: <name>`); its asset is GENERATOR_ASSETS[name]."""
+    if name not in GENERATOR_ASSETS:
+        raise ValueError(f"register_generator({name!r}): no asset writes its rows (GENERATOR_ASSETS: "
+                         f"{', '.join(GENERATOR_ASSETS)})")
+    decl = GeneratorDecl(name=name, fields=dict(fields), validate=validate)
+    GENERATOR_DECLS[name] = decl
+    return decl
+
+
+def register_label_filter_parser(parse: Callable[[str], Any]) -> None:
+    """The parser of a `label_filter` condition: `parse(text)` raises ValueError naming what is wrong."""
+    _LABEL_FILTER_PARSER[:] = [parse]
+
+
+def require_registrations(where: str) -> None:
+    """Fail loudly when the owners have not registered (a registry would otherwise pass unchecked)."""
+    missing = [what for what, present in (("adapters", ADAPTERS), ("generators", GENERATOR_DECLS),
+                                          ("label filter parser", _LABEL_FILTER_PARSER)) if not present]
+    if missing:
+        raise RegistryError(f"{where}: cannot validate the sources registry: nothing registered for "
+                            f"{', '.join(missing)}; "
+                            "call posttrain_assets.plugins.load_plugins() first (posttrain_assets.definitions "
+                            "and `python -m partitions` do)")
+
+
+def adapter_decl(name: str) -> AdapterDecl:
+    try:
+        return ADAPTERS[name]
+    except KeyError:
+        raise RegistryError(f"adapter {name!r} is not registered (registered: {', '.join(ADAPTERS) or 'none'}; "
+                            "call posttrain_assets.plugins.load_plugins())") from None
 
 
 @dataclass(frozen=True)
@@ -233,11 +228,11 @@ class SourceSpec:
     answer_rule: str = "auto"  # records: how a CoT answer is split off (ANSWER_RULES)
     # keep only rows whose label columns pass these conditions (common/label_filter.py), at ingest
     label_filter: tuple[str, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)  # adapter options, defaults filled (ADAPTER_OPTIONS)
+    options: dict[str, Any] = field(default_factory=dict)  # adapter options, defaults filled (AdapterDecl.options)
 
     def option(self, name: str) -> Any:
         """An adapter option (registry `options`, else its default)."""
-        return self.options.get(name, ADAPTER_OPTIONS.get(self.adapter, {}).get(name))
+        return self.options.get(name, adapter_decl(self.adapter).options.get(name))
 
     @property
     def sharded(self) -> bool:
@@ -296,7 +291,7 @@ class SourceSpec:
     @property
     def synthetic(self) -> bool:
         """Rows written by a generator (`kind: synthetic`), not loaded from files. Such a spec has an
-        empty `loader` and the generic adapter over the generator's columns (MAGPIE_FIELDS), so code
+        empty `loader` and the generic adapter over the generator's columns (GeneratorDecl.fields), so code
         that maps columns never meets an unknown adapter."""
         return self.kind == SYNTHETIC
 
@@ -304,11 +299,11 @@ class SourceSpec:
         """The raw column mapped to a logical field (registry mapping over adapter default)."""
         if logical in self.fields:
             return self.fields[logical]
-        return ADAPTER_FIELDS[self.adapter].get(logical)
+        return adapter_decl(self.adapter).fields.get(logical)
 
     def mapped_columns(self) -> dict[str, str]:
         out = {}
-        for logical in ADAPTER_FIELDS[self.adapter]:
+        for logical in adapter_decl(self.adapter).fields:
             col = self.column(logical)
             if col:
                 out[logical] = col
@@ -472,6 +467,42 @@ def _fail(where: str, src: str | None, fld: str | None, msg: str) -> RegistryErr
 
 
 def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
+    """One registry entry -> its SourceSpec, in the order a reader checks it: the key, the kind (a
+    synthetic source branches off), the adapter, the fields every kind has, the field map, the loader,
+    sharding, the adapter-specific settings, then whether the mapped fields are enough."""
+    key = _entry_key(raw, idx, where)
+    label = key
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise _fail(where, label, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == SYNTHETIC:
+        return _parse_synthetic(raw, label, where, base_dir)
+    decl = _entry_adapter(raw, kind, label, where)
+    licence, priority, dedup_key = _common_fields(raw, label, where)
+    model_stages = _model_stages(raw, label, where)
+    fields = _field_map(raw, decl, label, where)
+    loader = _loader(raw, label, where)
+    shard_rows, shards = _shard_fields(raw, key, label, where, loader)
+    if (shard_rows or shards) and decl.cross_row:
+        raise _fail(where, label, "shard_rows" if shard_rows else "shards",
+                    f"adapter {decl.name!r} rebuilds message trees across the whole file: its rows cannot be "
+                    f"sharded (export one tree per row and use adapter 'oasst_tree')")
+    turns, answer_rule = _reading_rules(raw, decl, label, where)
+    if decl.kinds is not None and kind not in decl.kinds:
+        raise _fail(where, label, "kind", f"adapter {decl.name!r} writes {' / '.join(decl.kinds)} rows: "
+                                          f"kind must be {' or '.join(decl.kinds)}, got {kind!r}")
+    spec = SourceSpec(
+        key=key, kind=kind, adapter=decl.name, loader=loader, licence=licence, fields=fields,
+        description=str(raw.get("description") or ""), priority=priority, dedup_key=dedup_key, turns=turns,
+        base_dir=base_dir, model_stages=model_stages, shard_rows=shard_rows, shards=shards, answer_rule=answer_rule,
+        label_filter=_label_filter(raw, label, where), options=_parse_options(raw, decl, label, where),
+    )
+    _check_mapped(spec, decl, label, where)
+    return spec
+
+
+def _entry_key(raw: Any, idx: int, where: str) -> str:
+    """The entry is a mapping with a valid key (not shard-like) and only known fields."""
     label = f"#{idx}"
     if not isinstance(raw, dict):
         raise _fail(where, label, None, f"each source must be a mapping, got {type(raw).__name__}")
@@ -479,41 +510,45 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
     if not isinstance(key, str) or not KEY_RE.match(key):
         raise _fail(where, label, "key",
                     f"must match {KEY_RE.pattern} (lowercase, digits, _ . -), got {key!r}")
-    label = key
     if looks_like_shard_key(key):
-        raise _fail(where, label, "key", "ends like a shard key (.sNNNN), which is reserved for the "
-                                         "partitions of a sharded source (shard_rows / shards)")
+        raise _fail(where, key, "key", "ends like a shard key (.sNNNN), which is reserved for the "
+                                       "partitions of a sharded source (shard_rows / shards)")
     unknown = set(raw) - _SOURCE_KEYS
     if unknown:
-        raise _fail(where, label, sorted(unknown)[0],
+        raise _fail(where, key, sorted(unknown)[0],
                     f"unknown field; allowed: {', '.join(sorted(_SOURCE_KEYS))}")
+    return key
 
-    kind = raw.get("kind")
-    if kind not in KINDS:
-        raise _fail(where, label, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    if kind == SYNTHETIC:
-        return _parse_synthetic(raw, label, where, base_dir)
+
+def _entry_adapter(raw: dict, kind: str, label: str, where: str) -> AdapterDecl:
+    """A file-backed entry: no synthetic-only field, and a registered adapter (default generic)."""
     for name in _SYNTHETIC_ONLY:
         if name in raw:
             raise _fail(where, label, name, f"only a source of kind {SYNTHETIC!r} has it, not kind {kind!r}")
     adapter = raw.get("adapter", "generic")
-    if adapter not in ADAPTER_FIELDS:
+    if adapter not in ADAPTERS:
         raise _fail(where, label, "adapter",
-                    f"must be one of {', '.join(ADAPTER_FIELDS)}, got {adapter!r}")
-    licence, priority, dedup_key = _common_fields(raw, label, where)
-    model_stages = _model_stages(raw, label, where)
+                    f"must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
+    return ADAPTERS[adapter]
 
+
+def _field_map(raw: dict, decl: AdapterDecl, label: str, where: str) -> dict[str, str]:
+    """`fields`: logical field (one the adapter declares) -> raw column name."""
     fields = raw.get("fields") or {}
     if not isinstance(fields, dict):
         raise _fail(where, label, "fields", "must be a mapping of logical field -> column")
     for logical, col in fields.items():
-        if logical not in ADAPTER_FIELDS[adapter]:
+        if logical not in decl.fields:
             raise _fail(where, label, f"fields.{logical}",
-                        f"adapter {adapter!r} has no field {logical!r}; "
-                        f"it knows: {', '.join(ADAPTER_FIELDS[adapter])}")
+                        f"adapter {decl.name!r} has no field {logical!r}; "
+                        f"it knows: {', '.join(decl.fields)}")
         if col is not None and (not isinstance(col, str) or not col):
             raise _fail(where, label, f"fields.{logical}", f"must be a column name, got {col!r}")
+    return dict(fields)
 
+
+def _loader(raw: dict, label: str, where: str) -> LoaderSpec:
+    """`loader`: exactly one of a local path / glob or a hub dataset, and how to read it."""
     loader_raw = raw.get("loader")
     if not isinstance(loader_raw, dict):
         raise _fail(where, label, "loader",
@@ -548,7 +583,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
             many[name] = tuple(v)
         elif v is not None and not isinstance(v, str):
             raise _fail(where, label, f"loader.{name}", f"must be a string or a list of strings, got {v!r}")
-    loader = LoaderSpec(
+    return LoaderSpec(
         path=loader_raw.get("path"), format=fmt, hub=loader_raw.get("hub"),
         config=None if "config" in many else loader_raw.get("config"),
         split="train" if "split" in many else (loader_raw.get("split") or "train"),
@@ -556,49 +591,38 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         configs=many.get("config", ()), splits=many.get("split", ()),
     )
 
-    shard_rows, shards = _shard_fields(raw, key, label, where, loader)
-    if (shard_rows or shards) and adapter in CROSS_ROW_ADAPTERS:
-        raise _fail(where, label, "shard_rows" if shard_rows else "shards",
-                    f"adapter {adapter!r} rebuilds message trees across the whole file: its rows cannot be "
-                    f"sharded (export one tree per row and use adapter 'oasst_tree')")
 
+def _reading_rules(raw: dict, decl: AdapterDecl, label: str, where: str) -> tuple[str, str]:
+    """`turns` (generic adapter only) and `answer_rule`."""
     turns = raw.get("turns", "all")
     if turns not in TURNS:
         raise _fail(where, label, "turns", f"must be one of {', '.join(TURNS)}, got {turns!r}")
-    if "turns" in raw and adapter != "generic":
+    if "turns" in raw and decl.name != "generic":
         raise _fail(where, label, "turns",
-                    f"only the generic adapter reads it (a list of strings as prompt), not {adapter!r}")
-
+                    f"only the generic adapter reads it (a list of strings as prompt), not {decl.name!r}")
     answer_rule = raw.get("answer_rule", "auto")
     if answer_rule not in ANSWER_RULES:
         raise _fail(where, label, "answer_rule", f"must be one of {', '.join(ANSWER_RULES)}, got {answer_rule!r}")
-    if adapter in ADAPTER_KINDS and kind not in ADAPTER_KINDS[adapter]:
-        raise _fail(where, label, "kind", f"adapter {adapter!r} writes {' / '.join(ADAPTER_KINDS[adapter])} rows: "
-                                          f"kind must be {' or '.join(ADAPTER_KINDS[adapter])}, got {kind!r}")
+    return turns, answer_rule
 
-    spec = SourceSpec(
-        key=key, kind=kind, adapter=adapter, loader=loader, licence=licence,
-        fields={k: v for k, v in fields.items()}, description=str(raw.get("description") or ""),
-        priority=priority, dedup_key=dedup_key, turns=turns, base_dir=base_dir, model_stages=model_stages,
-        shard_rows=shard_rows, shards=shards, answer_rule=answer_rule,
-        label_filter=_label_filter(raw, label, where), options=_parse_options(raw, adapter, label, where),
-    )
+
+def _check_mapped(spec: SourceSpec, decl: AdapterDecl, label: str, where: str) -> None:
+    """The mapped fields are enough for the adapter and the kind; kind `attributes` needs labels."""
     mapped = spec.mapped_columns()
-    options = ADAPTER_REQUIRED[adapter]
-    if not any(all(f in mapped for f in group) for group in options):
-        need = " or ".join("+".join(g) for g in options)
-        raise _fail(where, label, "fields", f"adapter {adapter!r} needs {need} mapped")
-    if kind == "preference" and adapter not in ("helpsteer3", "pairwise") and not ({"chosen", "rejected"} <= set(mapped)):
+    if not any(all(f in mapped for f in group) for group in decl.required):
+        need = " or ".join("+".join(g) for g in decl.required)
+        raise _fail(where, label, "fields", f"adapter {decl.name!r} needs {need} mapped")
+    if spec.kind == "preference" and not decl.pairs and not ({"chosen", "rejected"} <= set(mapped)):
         raise _fail(where, label, "fields", "kind 'preference' needs 'chosen' and 'rejected' mapped")
-    if kind == "attributes" and adapter not in ATTRIBUTE_ADAPTERS:
+    if spec.kind == "attributes" and not decl.labelled:
+        labelled = [a.name for a in ADAPTERS.values() if a.labelled]
         raise _fail(where, label, "adapter", f"kind 'attributes' needs an adapter whose rows carry human "
-                                             f"labels: one of {', '.join(ATTRIBUTE_ADAPTERS)}, got {adapter!r}")
-    return spec
+                                             f"labels: one of {', '.join(labelled)}, got {decl.name!r}")
 
 
 def _label_filter(raw: dict, label: str, where: str) -> tuple[str, ...]:
     """`label_filter`: a condition or a list of them ('pass_rate_72b_tir <= 0.1', '0.2 <= x < 0.8'), all
-    checked here (posttrain_assets/common/label_filter.py parses them)."""
+    checked here by the registered parser (posttrain_assets/common/label_filter.py)."""
     if "label_filter" not in raw:
         return ()
     value = raw["label_filter"]
@@ -606,51 +630,37 @@ def _label_filter(raw: dict, label: str, where: str) -> tuple[str, ...]:
     if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
         raise _fail(where, label, "label_filter", f"must be a condition or a list of conditions "
                                                   f"('COLUMN <= NUMBER', 'LOW <= COLUMN < HIGH', ...), got {value!r}")
-    from posttrain_assets.common.label_filter import LabelFilterError, parse_condition
-
+    (parse,) = _LABEL_FILTER_PARSER  # registered by its owner (require_registrations checked it)
     for i, text in enumerate(items):
         try:
-            parse_condition(text)
-        except LabelFilterError as exc:
+            parse(text)
+        except ValueError as exc:
             raise _fail(where, label, f"label_filter[{i}]" if len(items) > 1 or not isinstance(value, str)
                         else "label_filter", str(exc)) from None
     return tuple(items)
 
 
-def _parse_options(raw: dict, adapter: str, label: str, where: str) -> dict[str, Any]:
-    """`options` of the adapters that have some (ADAPTER_OPTIONS), with the defaults filled in."""
-    allowed = ADAPTER_OPTIONS.get(adapter, {})
+def _parse_options(raw: dict, decl: AdapterDecl, label: str, where: str) -> dict[str, Any]:
+    """`options` of the adapters that declare some, with the defaults filled in, checked by the adapter."""
+    allowed = decl.options
     given = raw.get("options")
     if given is None:
         return dict(allowed)
     if not allowed:
-        raise _fail(where, label, "options", f"adapter {adapter!r} has no options "
-                                             f"(adapters with options: {', '.join(ADAPTER_OPTIONS)})")
+        raise _fail(where, label, "options", f"adapter {decl.name!r} has no options "
+                                             f"(adapters with options: {', '.join(a for a, d in ADAPTERS.items() if d.options)})")
     if not isinstance(given, dict):
         raise _fail(where, label, "options", f"must be a mapping, got {given!r}")
     unknown = sorted(set(given) - set(allowed), key=str)
     if unknown:
-        raise _fail(where, label, f"options.{unknown[0]}", f"unknown option of adapter {adapter!r}; "
+        raise _fail(where, label, f"options.{unknown[0]}", f"unknown option of adapter {decl.name!r}; "
                                                            f"it has: {', '.join(allowed)}")
     out = {**allowed, **given}
-    if adapter == "pairwise":
-        v = out["verdicts"]
-        if (not isinstance(v, dict) or not v or not all(isinstance(k, str) for k in v)
-                or not all(m in VERDICT_MEANINGS for m in v.values())):
-            raise _fail(where, label, "options.verdicts", f"must map each winner value to one of "
-                                                          f"{', '.join(VERDICT_MEANINGS)}, got {v!r}")
-        if not {"a", "b"} <= set(v.values()):
-            raise _fail(where, label, "options.verdicts", "needs a value meaning a and one meaning b")
-        if out["payload"] is not None and (not isinstance(out["payload"], str) or not out["payload"]):
-            raise _fail(where, label, "options.payload", f"must be the key of an assistant turn's extra "
-                                                         f"object (or null), got {out['payload']!r}")
-        if not isinstance(out["payload_in_content"], bool):
-            raise _fail(where, label, "options.payload_in_content", f"must be true or false, got "
-                                                                     f"{out['payload_in_content']!r}")
-    if adapter == "multi_trace":
-        for name, choices in (("pair_rule", PAIR_RULES), ("cot_rows", COT_ROWS)):
-            if out[name] not in choices:
-                raise _fail(where, label, f"options.{name}", f"must be one of {', '.join(choices)}, got {out[name]!r}")
+    if decl.check_options is not None:
+        try:
+            decl.check_options(out)
+        except EntryError as exc:
+            raise _fail(where, label, exc.field, str(exc)) from None
     return out
 
 
@@ -737,82 +747,31 @@ def _model_stages(raw: dict, label: str, where: str) -> tuple[str, ...] | None:
 
 
 def _parse_synthetic(raw: dict, label: str, where: str, base_dir: str) -> SourceSpec:
-    """A `kind: synthetic` source: `generator` (magpie), `generator_config`, `version`; no loader."""
+    """A `kind: synthetic` source: `generator` (a registered one), `generator_config`, `version`; no loader."""
     for name in SYNTHETIC_FORBIDDEN:
         if name in raw:
             raise _fail(where, label, name, f"a {SYNTHETIC} source has no {name} "
                                             f"(its rows are written by its generator)")
     generator = raw.get("generator")
-    if generator not in GENERATORS:
+    if generator not in GENERATOR_DECLS:
         raise _fail(where, label, "generator",
-                    f"required for kind {SYNTHETIC!r}: one of {', '.join(GENERATORS)}, got {generator!r}")
+                    f"required for kind {SYNTHETIC!r}: one of {', '.join(GENERATOR_DECLS)}, got {generator!r}")
+    decl = GENERATOR_DECLS[generator]
     licence, priority, dedup_key = _common_fields(raw, label, where)
     model_stages = _model_stages(raw, label, where)
     version = raw.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise _fail(where, label, "version", f"must be a positive integer, got {version!r}")
-    config = _parse_magpie(raw.get("generator_config"), label, where)
+    try:
+        config = decl.validate(raw.get("generator_config"))
+    except EntryError as exc:
+        raise _fail(where, label, exc.field, str(exc)) from None
     return SourceSpec(
         key=raw["key"], kind=SYNTHETIC, adapter="generic", loader=LoaderSpec(), licence=licence,
-        fields=dict(MAGPIE_FIELDS), description=str(raw.get("description") or ""), priority=priority,
+        fields=dict(decl.fields), description=str(raw.get("description") or ""), priority=priority,
         dedup_key=dedup_key, base_dir=base_dir, generator=generator, generator_config=config, version=version,
         model_stages=model_stages,
     )
-
-
-def _parse_magpie(cfg: Any, label: str, where: str) -> dict[str, Any]:
-    """`generator_config` of a magpie source, with the defaults filled in (MAGPIE_DEFAULTS)."""
-    if not isinstance(cfg, dict):
-        raise _fail(where, label, "generator_config",
-                    f"required: a mapping with at least total_prompts (fields: {', '.join(MAGPIE_DEFAULTS)})")
-    unknown = sorted(set(cfg) - set(MAGPIE_DEFAULTS), key=str)
-    if unknown:
-        raise _fail(where, label, f"generator_config.{unknown[0]}",
-                    f"unknown field; allowed: {', '.join(MAGPIE_DEFAULTS)}")
-    out = {k: cfg.get(k, d) for k, d in MAGPIE_DEFAULTS.items()}
-
-    def bad(name: str, msg: str) -> RegistryError:
-        return _fail(where, label, f"generator_config.{name}", msg)
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    for name in ("family", "model"):
-        if not isinstance(out[name], str) or not out[name].strip():
-            raise bad(name, f"must be a non-empty string, got {out[name]!r}")
-    if out["variant"] is not None and (not isinstance(out["variant"], str) or not out["variant"]):
-        raise bad("variant", f"must be null or a variant name (math, math.algebra, code, ja, ...), got {out['variant']!r}")
-    if "total_prompts" not in cfg:
-        raise bad("total_prompts", "required: the number of instructions to generate (a positive integer)")
-    for name in ("total_prompts", "ins_max_tokens", "res_max_tokens", "n"):
-        if not is_int(out[name]) or out[name] < 1:
-            raise bad(name, f"must be a positive integer, got {out[name]!r}")
-    if not is_int(out["seed"]) or out["seed"] < 0:
-        raise bad("seed", f"must be a non-negative integer, got {out['seed']!r}")
-    for name in ("ins_temp", "res_temp"):
-        v = out[name]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 5:
-            raise bad(name, f"must be a number from 0 to 5, got {v!r}")
-        out[name] = float(v)
-    for name in ("ins_top_p", "res_top_p"):
-        v = out[name]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
-            raise bad(name, f"must be a number in (0, 1], got {v!r}")
-        out[name] = float(v)
-    # the family and variant against the pre-query templates (imported here: the registry loads
-    # without the asset package otherwise)
-    from posttrain_assets.magpie.templates import TemplateError, default_templates
-
-    templates = default_templates()
-    if out["family"] not in templates.families:
-        raise bad("family", f"unknown pre-query template family {out['family']!r} "
-                            f"(known: {', '.join(templates.families)})")
-    if out["variant"] is not None:
-        try:
-            templates.system_prompt(out["family"], out["variant"])
-        except TemplateError as exc:
-            raise bad("variant", str(exc)) from None
-    return out
 
 
 def parse_registry(data: Any, where: str = "<registry>", base_dir: str = ".") -> Registry:
@@ -824,6 +783,7 @@ def parse_registry(data: Any, where: str = "<registry>", base_dir: str = ".") ->
     raw_sources = data.get("sources")
     if not isinstance(raw_sources, list) or not raw_sources:
         raise _fail(where, None, "sources", "must be a non-empty list of sources")
+    require_registrations(where)
     specs: list[SourceSpec] = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_sources):

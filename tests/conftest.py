@@ -12,6 +12,9 @@ import dagster as dg
 import pytest
 
 from partitions.registry import load_registry
+from posttrain_assets.plugins import load_plugins
+
+load_plugins()  # the owners' registrations the registry validates with (a real process: definitions.py does it)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -64,6 +64,25 @@ def test_no_stage_imports_another_stage():
     assert offenders == []
 
 
+LOWER_LAYERS = ("resources", "partitions")
+
+
+def test_lower_layers_import_no_stage():
+    """The model layer (resources/) and the sources registry (partitions/) import no stage and not the
+    shared stage code (`posttrain_assets.<stage>` or `posttrain_assets.common`), in any of their files,
+    imports inside functions included: stages depend on them, never the other way round. The one
+    exception: `partitions/__main__.py` (a command-line entry, a composition root like definitions.py)
+    imports `posttrain_assets.plugins` to load the owners' registrations; that is not a stage."""
+    offenders = []
+    for layer in LOWER_LAYERS:
+        for f in sorted((PKG.parent / layer).rglob("*.py")):
+            for m in _imports(f):
+                parts = (m or "").split(".")
+                if parts[0] == "posttrain_assets" and len(parts) > 1 and (parts[1] in STAGES or parts[1] == SHARED):
+                    offenders.append(f"{f.relative_to(PKG.parent)} imports {m}")
+    assert offenders == []
+
+
 def test_asset_group_is_the_package():
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from partitions.registry import MAGPIE_DEFAULTS, RegistryError, parse_registry
+from partitions.registry import RegistryError, parse_registry
+from posttrain_assets.magpie.generator_config import MAGPIE_DEFAULTS
 from posttrain_assets.ingest.assets import SYNTHETIC_NOTE, merged_prompts, raw_records
 from posttrain_assets.magpie import generation as G
 from posttrain_assets.magpie import templates as PQ

@@ -104,3 +104,22 @@ def test_bundled_attribute_sources_take_only_labelling(bundled):
     assert [s.key for s in bundled.sources if not s.runs_stage("scoring")] == [
         "oasst2_labelled", "helpsteer", "helpsteer2", "oasst2_ja_edited"]
     assert all(s.runs_stage("steerlm") for s in bundled.sources)
+
+
+def test_a_registry_parsed_before_the_owners_register_fails_loudly():
+    """The registry validates what the adapters, the generator and the label filter register; a process
+    that parses one without them (no posttrain_assets.plugins.load_plugins()) is told so, never passes
+    an entry unchecked. `python -m partitions` loads them itself."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from partitions.registry import RegistryError, parse_registry\n"
+            "try:\n    parse_registry({'sources': [{'key': 'a', 'kind': 'sft', 'adapter': 'nope', 'licence': 'MIT',"
+            " 'loader': {'path': 'x.jsonl'}}]}, where='r.yaml')\n"
+            "except RegistryError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == (
+        "r.yaml: cannot validate the sources registry: nothing registered for adapters, generators, label "
+        "filter parser; call posttrain_assets.plugins.load_plugins() first (posttrain_assets.definitions and "
+        "`python -m partitions` do)"), out.stderr

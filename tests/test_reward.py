@@ -207,11 +207,52 @@ def test_classifier_multi_objective_outputs_become_aspects():
 
 # ---------------------------------------------------------------------------------------- errors and config
 def test_attributes_backend_without_a_trained_model_is_a_clear_error(tmp_path):
+    from resources.attributes import AttributeModelError
     from resources.storage import StorageResource
 
-    with pytest.raises(RewardConfigError, match=r"backend 'attributes' found no trained model under .*LATEST; "
-                                                r"materialise attribute_model"):
-        RewardResource(backend="attributes").score(None, [("q", "a")], storage=StorageResource(root=str(tmp_path)))
+    storage = StorageResource(root=str(tmp_path))
+    with pytest.raises(RewardConfigError, match=r"backend 'attributes' has no attribute model: the scoring asset "
+                                                r"passes the version of attribute_model's latest materialization"):
+        RewardResource(backend="attributes").score(None, [("q", "a")], storage=storage)
+    # a pinned version (or the one the asset passes) names its folder; nothing there is a clear error
+    with pytest.raises(AttributeModelError, match=r"models/attribute_model/0123456789abcdef: no model.json .*"
+                                                  r"materialise attribute_model"):
+        RewardResource(backend="attributes", attribute_model="0123456789abcdef").score(None, [("q", "a")],
+                                                                                     storage=storage)
+    with pytest.raises(AttributeModelError, match="is not a version name"):
+        RewardResource(backend="attributes").score(None, [("q", "a")], storage=storage, attribute_version="..")
+
+
+def test_the_reward_gets_the_attribute_model_through_the_graph():
+    """The attributes backend read `<storage>/models/attribute_model/LATEST`: the scoring assets had no
+    lineage edge to attribute_model. Now they list it upstream and take the version its latest
+    materialization recorded."""
+    from posttrain_assets.common.metadata import REWARD_DEPS, attribute_model_version
+    from posttrain_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for asset in ("preference_pairs", "quality_tags"):
+        assert dg.AssetKey("attribute_model") in graph.get(dg.AssetKey(asset)).parent_keys, asset
+
+    seen = []
+
+    @dg.asset(deps=list(REWARD_DEPS))
+    def scorer(context: dg.AssetExecutionContext):
+        for reward in (RewardResource(), RewardResource(backend="attributes", attribute_model="pinned"),
+                       RewardResource(backend="attributes")):
+            seen.append(attribute_model_version(context, reward))
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        res = dg.materialize([scorer], instance=instance, raise_on_error=False)
+        assert not res.success and seen == [None, None]
+        failure = res.get_step_failure_events()[0].event_specific_data.error.message
+        assert "scorer: the reward backend 'attributes' scores with the attribute_model asset's latest " \
+               "materialization, and there is none with a version: materialise attribute_model" in failure
+        instance.report_runless_asset_event(dg.AssetMaterialization("attribute_model",
+                                                                    metadata={"version": "0123456789abcdef"}))
+        seen.clear()
+        assert dg.materialize([scorer], instance=instance).success
+        assert seen == [None, None, "0123456789abcdef"]
 
 
 @pytest.mark.parametrize("config, message", [

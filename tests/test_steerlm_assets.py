@@ -117,7 +117,8 @@ def test_cpu_model_beats_the_mean_on_helpsteer_and_is_saved(chain):
     store, version = chain["store"], md["version"]
     manifest = am.read_manifest(store, am.artifact_dir(store.base, version))
     assert manifest["backend"] == "head" and manifest["embedder"] == EmbeddingClient().model_name
-    assert store.read_bytes(f"{store.base}/{am.MODEL_DIR}/LATEST").decode() == version
+    # users find the artifact by the materialization's `version`, not by a pointer file in the storage
+    assert not store.exists(f"{store.base}/{am.MODEL_DIR}/LATEST")
 
 
 def test_a_source_without_the_steerlm_stage_is_not_labelled(chain, tmp_path):
@@ -218,7 +219,8 @@ def test_reward_attributes_backend_scores_with_the_trained_model(chain):
     reward = RewardResource(backend="attributes", attribute_weights={"helpfulness": 1.0, "verbosity": -0.5})
     pairs = [("What is the capital of France?", "Paris."),
              ([{"role": "user", "content": "日本の首都は？"}], "東京です。")]
-    res = reward.score(None, pairs, storage=StorageResource(root=chain["root"]))
+    res = reward.score(None, pairs, storage=StorageResource(root=chain["root"]),
+                       attribute_version=chain["model_md"]["version"])  # what the scoring asset passes
     assert [r.ok for r in res] == [True, True]
     for r in res:
         assert set(r.aspects) == set(ATTRIBUTES)

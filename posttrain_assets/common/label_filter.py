@@ -103,3 +103,9 @@ class LabelFilter:
             if not cond.holds(number):
                 return "label_rule_failed", cond.column, f"{cond.column} = {raw!r} fails {cond.text}"
         return None
+
+
+# the sources registry checks `label_filter` conditions with this parser (partitions/registry.py)
+from partitions.registry import register_label_filter_parser  # noqa: E402 - registration after the definitions
+
+register_label_filter_parser(parse_condition)

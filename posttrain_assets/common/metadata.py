@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import asset_names as A
 from .accounting import Accounting, all_rejected_message
 
 PREVIEW_ROWS = 5
@@ -287,3 +288,30 @@ def read_input_partition(storage, asset: str, key: str, allowed: Iterable[str]) 
         raise dg.Failure(description=f"source {key!r}: input asset {asset} has no partition {key!r} ({exc}); "
                                      f"materialise {asset} for {key!r} first, or set input_asset",
                          allow_retries=False) from None
+
+
+def attribute_model_version(context, reward) -> str | None:
+    """The attribute model a step's reward scores with, through the graph: for the `attributes` backend
+    with no `attribute_model` pinned in its config, the `version` of the latest materialization of the
+    `attribute_model` asset (an upstream of every asset that scores with the reward resource, see
+    REWARD_DEPS), else None (the reward needs no version from the graph). A dg.Failure when that asset
+    was never materialised."""
+    from resources.attributes import ASSET
+
+    if reward.backend != "attributes" or reward.attribute_model:
+        return None
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(ASSET))
+    value = event.asset_materialization.metadata.get("version") if event and event.asset_materialization else None
+    if value is None or not isinstance(value.value, str) or not value.value:
+        raise dg.Failure(description=f"{context.asset_key.to_user_string()}: the reward backend 'attributes' scores "
+                                     f"with the {ASSET} asset's latest materialization, and there is none with a "
+                                     f"version: materialise {ASSET} (attribute_model_job), or set the reward "
+                                     "resource's attribute_model to a version or an artifact folder",
+                         allow_retries=False)
+    context.log.info(f"reward: attribute model {value.value} ({ASSET}'s latest materialization)")
+    return value.value
+
+
+#: upstreams of every asset that scores with the reward resource: its `attributes` backend uses the
+#: `attribute_model` asset's artifact (attribute_model_version), a lineage edge whichever backend is set
+REWARD_DEPS = (A.ATTRIBUTE_MODEL,)

@@ -12,7 +12,7 @@ from pathlib import PurePath
 import re
 from typing import Any, Callable, Iterable, Iterator
 
-from partitions.registry import SourceSpec
+from partitions.registry import SourceSpec, register_adapter
 
 from ..common.answers import GSM8K_FINAL
 
@@ -566,7 +566,8 @@ def adapt_messages(row: dict, spec: SourceSpec, source_file: str, source_row: in
         response=reply, labels=labels, metadata=_meta(row))]
 
 
-from .comparisons import adapt_multi_trace, adapt_pairwise  # noqa: E402 - they use the helpers above
+from .comparisons import (CHECK_OPTIONS, OPTIONS, adapt_multi_trace,  # noqa: E402 - they use the helpers above
+                          adapt_pairwise)
 
 ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
     "generic": adapt_generic,
@@ -585,3 +586,90 @@ ADAPTERS: dict[str, Callable[[dict, SourceSpec, str, int], list]] = {
 }
 #: adapters whose rows are first grouped across the file (message -> tree) before adapting
 GROUPERS = {"oasst_messages": oasst_message_trees}
+
+
+# --------------------------------------------------------------------------- declarations
+# What the sources registry validates for each adapter (partitions/registry.py register_adapter):
+# the one table of an adapter's fields, required fields, kinds and options.
+
+#: Logical fields each adapter understands, with the raw column it reads by default.
+#: `None` means the field is optional and unmapped unless the registry maps it.
+FIELDS: dict[str, dict[str, str | None]] = {
+    # one row = one record; map any of these logical fields to columns
+    "generic": {"prompt": None, "response": None, "chosen": None, "rejected": None,
+                "system": None, "reference_answer": None, "id": None},
+    # question -> prompt, answer -> response, final answer after '####' -> reference_answer
+    "gsm8k": {"prompt": "question", "response": "answer", "id": None},
+    # chosen / rejected transcripts with '\n\nHuman:' / '\n\nAssistant:' turns
+    "hh_rlhf": {"chosen": "chosen", "rejected": "rejected", "id": None},
+    # instruction + instances[{input, output}]; one record per instance
+    "self_instruct": {"prompt": "instruction", "instances": "instances", "id": "id"},
+    # OpenAssistant message tree: `root` is the column holding the root message
+    # ('.' when each row is itself a root message, as in *_message.jsonl exports)
+    "oasst_tree": {"root": "prompt", "id": None},
+    # HelpSteer3 preference rows: context (messages or text), two responses, overall_preference -3..3
+    "helpsteer3": {"context": "context", "response1": "response1", "response2": "response2",
+                   "overall_preference": "overall_preference", "id": None},
+    # Alpaca rows: instruction (+ input, after a blank line) -> prompt; output -> response;
+    # optional system prompt and history ([[user, assistant], ...] turns before the instruction)
+    "alpaca": {"prompt": "instruction", "input": "input", "response": "output", "system": None,
+               "history": None, "id": None},
+    # ShareGPT rows: conversations [{from, value}] (human/gpt/system/tool/function_call/observation);
+    # prompt = the turns before the final assistant turn, response = that turn; map `system`
+    # (a system prompt column) and `tools` (a list or JSON text of tool schemas) when the file has them
+    "sharegpt": {"conversations": "conversations", "system": None, "tools": None, "id": None},
+    # OpenAI chat rows: messages [{role, content}] (system/developer/user/assistant/tool); prompt =
+    # the turns before the final assistant turn, response = that turn; `label` = an optional boolean
+    # judgement of the final turn (KTO desirable / undesirable), kept in `labels`
+    "messages": {"messages": "messages", "label": None, "id": None},
+    # HelpSteer / HelpSteer2: prompt, response and the five human 0-4 scores (kept in `labels`)
+    "helpsteer": {"prompt": "prompt", "response": "response", "helpfulness": "helpfulness",
+                  "correctness": "correctness", "coherence": "coherence", "complexity": "complexity",
+                  "verbosity": "verbosity", "id": None},
+    # flat OpenAssistant messages (one row per message: id, parent id, role, text), rebuilt into
+    # trees across the file, then read as `oasst_tree`; `quality` = an editor's 1-5 rating
+    # (oasst2_ja_edited), `labels` = OASST's per-message labels where the export has them
+    "oasst_messages": {"id": "message_id", "parent": "parent_id", "role": "role", "text": "text",
+                       "tree": "message_tree_id", "quality": None, "labels": None, "root": "."},
+    # battle logs (Chatbot Arena, WebDev Arena): two conversations of the same user turns + a verdict;
+    # content as a string or a list of typed parts [{type: "text", text}]; an assistant turn's extra
+    # payload (`object`: {code, file_path, ...}) is kept (options: verdicts, payload, payload_in_content)
+    "pairwise": {"conversation_a": "conversation_a", "conversation_b": "conversation_b", "winner": "winner",
+                 "id": None},
+    # n generations per problem + per-generation verdicts (OpenR1-Math): CoT rows from the `messages`
+    # answer or the correct complete traces, and preference pairs under a rule (options: pair_rule, cot_rows)
+    "multi_trace": {"prompt": "problem", "traces": "generations", "verdicts": "correctness_math_verify",
+                    "fallback_verdicts": "correctness_llama", "complete": "is_reasoning_complete",
+                    "finish_reasons": "finish_reasons", "messages": "messages", "reference_answer": "answer",
+                    "id": None},
+}
+
+#: Logical fields that must end up mapped for an adapter to produce anything (one group of them).
+REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "generic": (("prompt",),),
+    "gsm8k": (("prompt", "response"),),
+    "hh_rlhf": (("chosen", "rejected"),),
+    "self_instruct": (("prompt", "instances"),),
+    "oasst_tree": (("root",),),
+    "helpsteer3": (("context", "response1", "response2", "overall_preference"),),
+    "alpaca": (("prompt", "response"),),
+    "sharegpt": (("conversations",),),
+    "messages": (("messages",),),
+    "helpsteer": (("prompt", "response"),),
+    "oasst_messages": (("id", "parent", "role", "text"),),
+    "pairwise": (("conversation_a", "conversation_b", "winner"),),
+    "multi_trace": (("prompt", "traces", "verdicts"),),
+}
+#: the kind an adapter's rows need, where it is not free (pairwise: pairs; multi_trace: CoT rows + pairs)
+KINDS = {"pairwise": ("preference",), "multi_trace": ("cot",)}
+#: adapters whose records carry human attribute labels (the only ones a kind `attributes` source may use)
+LABELLED = ("oasst_tree", "oasst_messages", "helpsteer")
+#: adapters that join rows across the whole file (flat messages -> trees): a shard would cut trees apart
+CROSS_ROW = tuple(GROUPERS)
+#: adapters whose rows are preference pairs by themselves (kind `preference` without chosen / rejected)
+PAIRS = ("helpsteer3", "pairwise")
+
+for _name in ADAPTERS:
+    register_adapter(_name, fields=FIELDS[_name], required=REQUIRED[_name], kinds=KINDS.get(_name),
+                     options=OPTIONS.get(_name), check_options=CHECK_OPTIONS.get(_name), labelled=_name in LABELLED,
+                     cross_row=_name in CROSS_ROW, pairs=_name in PAIRS)

@@ -22,9 +22,49 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from partitions.registry import SourceSpec
+from partitions.registry import EntryError, SourceSpec
 
 from .adapters import RowReject, _get, _meta, _record, _row_id, _text, render_conversation
+
+#: pairwise verdicts: what a `winner` value means (a / b preferred, a tie, both bad)
+VERDICT_MEANINGS = ("a", "b", "tie", "both_bad")
+#: multi_trace pair rules (posttrain_assets/ingest/comparisons.py trace_pairs)
+PAIR_RULES = ("best_vs_worst", "all_pairs", "seed")
+#: multi_trace CoT rows: the `messages` answer (one per problem), or every correct and complete trace
+COT_ROWS = ("messages", "correct")
+#: per-adapter `options`: name -> default (the registry fills them in; CHECK_OPTIONS checks them)
+OPTIONS: dict[str, dict[str, Any]] = {
+    "pairwise": {"verdicts": {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "both_bad"},
+                 "payload": "object", "payload_in_content": True},
+    "multi_trace": {"pair_rule": "best_vs_worst", "cot_rows": "messages"},
+}
+
+
+def check_pairwise_options(out: dict[str, Any]) -> None:
+    """pairwise `options` (defaults filled in): verdicts, payload, payload_in_content."""
+    v = out["verdicts"]
+    if (not isinstance(v, dict) or not v or not all(isinstance(k, str) for k in v)
+            or not all(m in VERDICT_MEANINGS for m in v.values())):
+        raise EntryError("options.verdicts", f"must map each winner value to one of "
+                                             f"{', '.join(VERDICT_MEANINGS)}, got {v!r}")
+    if not {"a", "b"} <= set(v.values()):
+        raise EntryError("options.verdicts", "needs a value meaning a and one meaning b")
+    if out["payload"] is not None and (not isinstance(out["payload"], str) or not out["payload"]):
+        raise EntryError("options.payload", f"must be the key of an assistant turn's extra "
+                                            f"object (or null), got {out['payload']!r}")
+    if not isinstance(out["payload_in_content"], bool):
+        raise EntryError("options.payload_in_content", f"must be true or false, got "
+                                                       f"{out['payload_in_content']!r}")
+
+
+def check_multi_trace_options(out: dict[str, Any]) -> None:
+    """multi_trace `options` (defaults filled in): pair_rule, cot_rows."""
+    for name, choices in (("pair_rule", PAIR_RULES), ("cot_rows", COT_ROWS)):
+        if out[name] not in choices:
+            raise EntryError(f"options.{name}", f"must be one of {', '.join(choices)}, got {out[name]!r}")
+
+
+CHECK_OPTIONS = {"pairwise": check_pairwise_options, "multi_trace": check_multi_trace_options}
 
 PROMPT_ROLES = ("system", "user")
 TURN_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}

@@ -96,8 +96,9 @@ MODEL_SCHEMA = pa.schema([
 @dg.asset(group_name=GROUP, kinds={"parquet", "pytorch"}, pool=GPU_POOL,
           ins={"attribute_training_data": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
           description="The SteerLM attribute model trained on every source's attribute_training_data (masked: a row "
-                      "trains only the attributes it has); an artifact under <storage>/models/attribute_model/<version>/, "
-                      "this table = its per-attribute validation MAE / Spearman next to the training-mean baseline.")
+                      "trains only the attributes it has); an artifact under <storage>/models/attribute_model/<version>/ "
+                      "(the `version` metadata: what the reward's attributes backend loads), this table = its "
+                      "per-attribute validation MAE / Spearman next to the training-mean baseline.")
 def attribute_model(context: dg.AssetExecutionContext, config: AttributeModelConfig, storage: StorageResource,
                     embeddings: EmbeddingClient, attribute_training_data: pa.Table) -> dg.Output:
     data = attribute_training_data
@@ -148,7 +149,6 @@ def attribute_model(context: dg.AssetExecutionContext, config: AttributeModelCon
         am.save_head(store, folder, model, manifest)
     else:
         am.save_folder(store, folder, local, manifest)
-    store.write_bytes(f"{store.base}/{am.MODEL_DIR}/LATEST", version.encode())
     seconds = time.monotonic() - t0
     table = pa.Table.from_pylist(
         [{"attribute": a, "train_rows": train_rows[a], "val_rows": metrics[a]["n"], "mae": metrics[a]["mae"],

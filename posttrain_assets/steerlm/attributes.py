@@ -28,11 +28,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-OASST_ATTRIBUTES = ("quality", "toxicity", "humor", "creativity")
-HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
-ATTRIBUTES = OASST_ATTRIBUTES + HELPSTEER_ATTRIBUTES
-SCALE_MAX = 4
-IGNORE = -100  # NeMo's value for a missing attribute in a training target (masked out of the loss)
+# the names, order and scale are the model layer's contract (resources/attributes/names.py)
+from resources.attributes.names import (ATTRIBUTES, HELPSTEER_ATTRIBUTES, IGNORE, OASST_ATTRIBUTES, SCALE_MAX,
+                                        clamp_round)
 
 STEERLM_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                   "helpful, detailed, and polite answers to the user's questions.")
@@ -102,11 +100,6 @@ def training_target(vector: Iterable[Optional[int]]) -> list[int]:
     return [IGNORE if v is None else int(v) for v in vector]
 
 
-def clamp_round(value: float) -> int:
-    """A predicted attribute -> the 0-4 scale (NeMo's attribute_annotate: clamp to [0, 4], then round)."""
-    return int(round(min(max(float(value), 0.0), float(SCALE_MAX))))
-
-
 def label_string(labels: Mapping[str, Optional[int]]) -> str:
     """`quality:4,toxicity:0,...`: the attributes present (not None), in NeMo's order."""
     label_vector({k: v for k, v in labels.items() if v is not None})  # unknown names are an error
@@ -163,3 +156,9 @@ def llmjp_text(conversation: list[Mapping[str, Any]], system: str = LLMJP_SYSTEM
             labels = label_string(turn.get("labels") or {})
             out += (f"\n{labels}" if labels else "") + LLMJP_ASSISTANT + turn["content"]
     return out
+
+
+__all__ = ["ATTRIBUTES", "HELPSTEER_ATTRIBUTES", "IGNORE", "LLMJP_SYSTEM", "OASST_ATTRIBUTES", "SCALE_MAX",
+           "STEERLM_SYSTEM", "AttributeMappingError", "clamp_round", "helpsteer_labels", "ja_quality", "label_string",
+           "label_vector", "llmjp_text", "oasst_labels", "oasst_scale", "parse_label_string", "steerlm_text",
+           "training_target"]

@@ -6,7 +6,8 @@ with NeMo's masked loss: the squared error of an attribute counts only where the
 length, batch size. The score head is trained in full (`modules_to_save`), saved with the adapter.
 
 On a GPU this is the configured path; on the CPU it runs (a test trains a few real steps of the
-embedded SmolLM2-135M) but is slow: the CPU default is the head over frozen embeddings."""
+embedded SmolLM2-135M) but is slow: the CPU default is the head over frozen embeddings. Loading a saved
+adapter back (LoraPredictor) is the model layer's: resources/attributes/lora.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from .attributes import ATTRIBUTES, IGNORE
+from resources.attributes.lora import LoraPredictor, device_of, load_base, predict, resolve_base
+
+from .attributes import IGNORE
 
 
 class LoraSettings(BaseModel):
@@ -42,36 +45,6 @@ class LoraSettings(BaseModel):
         return {k: getattr(self, k) for k in LoraSettings.model_fields if k != "device"}
 
 
-def resolve_base(name: str) -> str:
-    if name in ("", "embedded"):
-        from resources.llm import embedded_model_dir
-
-        return embedded_model_dir()
-    return name
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _load_base(base: str, device: str):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(ATTRIBUTES), problem_type="regression", torch_dtype=dtype)
-    model.config.pad_token_id = tok.pad_token_id
-    return tok, model
-
-
 def masked_mse(pred, target):
     """NeMo's loss: mean squared error over the (row, attribute) cells whose target is not IGNORE."""
     mask = target != IGNORE
@@ -79,18 +52,6 @@ def masked_mse(pred, target):
         return (pred * 0).sum()
     diff = (pred.float() - target.float()) * mask
     return (diff ** 2).sum() / mask.sum()
-
-
-def _predict(model, tok, texts: Sequence[str], max_length: int, device: str, batch_size: int = 8) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length).to(device)
-            out.append(model(**enc).logits.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(ATTRIBUTES)))
 
 
 def train_lora(texts: Sequence[str], labels: Sequence[Sequence[Optional[int]]], out_dir: str, s: LoraSettings,
@@ -102,8 +63,8 @@ def train_lora(texts: Sequence[str], labels: Sequence[Sequence[Optional[int]]], 
     from peft import LoraConfig, TaskType, get_peft_model
 
     torch.manual_seed(s.seed)
-    device = _device(s.device)
-    tok, model = _load_base(resolve_base(s.base_model), device)
+    device = device_of(s.device)
+    tok, model = load_base(resolve_base(s.base_model), device)
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout)
     model = get_peft_model(model, cfg).to(device)
     model.train()
@@ -131,41 +92,16 @@ def train_lora(texts: Sequence[str], labels: Sequence[Sequence[Optional[int]]], 
             log(f"attribute model lora: step {step + 1}/{total}, loss {losses[-1]:.3f}, "
                 f"{(step + 1) / (time.monotonic() - t0):.2f} steps/s")
     model.eval()
-    predictions = _predict(model, tok, predict_texts, s.max_length, device)
+    predictions = predict(model, tok, predict_texts, s.max_length, device)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return {"steps": total, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "device": device, "seconds": round(time.monotonic() - t0, 1)}, predictions
 
 
-class LoraPredictor:
-    """A saved adapter loaded back over its base model: predict(texts, responses) -> [n, 9]."""
-
-    def __init__(self, manifest: dict, folder: str, device: str = "auto", cleanup: Callable[[], None] = lambda: None,
-                 batch_size: int = 8):
-        from peft import PeftModel
-
-        self.manifest, self.version = manifest, manifest["version"]
-        self.device = _device(device)
-        s = manifest["settings"]
-        self.max_length = s["max_length"]
-        self.batch_size = batch_size
-        tok, base = _load_base(resolve_base(s["base_model"]), self.device)
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(folder)
-        if self.tok.pad_token is None:
-            self.tok.pad_token = tok.pad_token
-        self.model = PeftModel.from_pretrained(base, folder).to(self.device).eval()
-        cleanup()
-
-    def close(self) -> None:
-        self.model = None
-
-    def predict(self, texts: Sequence[str], responses: Sequence[str] = ()) -> np.ndarray:
-        return _predict(self.model, self.tok, texts, self.max_length, self.device, self.batch_size)
-
-
 def lora_files(folder: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(b, f), folder).replace(os.sep, "/")
                   for b, _, fs in os.walk(folder) for f in fs)
+
+
+__all__ = ["LoraPredictor", "LoraSettings", "lora_files", "masked_mse", "resolve_base", "train_lora"]

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 
+from resources.attributes.names import render  # the model layer's render of one example
+
 from ..common.accounting import RowIssue, raw_preview
 from ..common.schemas import MESSAGE_TYPE
 from .attributes import (ATTRIBUTES, HELPSTEER_ATTRIBUTES, OASST_ATTRIBUTES, AttributeMappingError,
@@ -61,12 +63,6 @@ def source_labels(raw: Optional[Mapping[str, Any]]) -> dict[str, int]:
             raise AttributeMappingError("quality: both an OASST label and an editor's rating")
         out.update(ja)
     return out
-
-
-def render(messages: list[dict], response: str) -> str:
-    names = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
-    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}"
-                       for m in [*messages, {"role": "assistant", "content": response}])
 
 
 def _group(row: dict) -> str:

@@ -21,8 +21,8 @@ from resources.storage import StorageResource
 
 from ..common import asset_names as A
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
-                               stage_metadata, unique_check)
+from ..common.metadata import (REWARD_DEPS, accounting_check, all_rejected_metadata, attribute_model_version,
+                               model_asset, read_input_partition, stage_metadata, unique_check)
 from ..common.pools import GPU_POOL
 from ..common.sizing import auto, resolve_sizes
 from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped, stage_items
@@ -278,7 +278,7 @@ class PairsConfig(dg.Config):
 
 
 @model_asset(
-    "preference_pairs", group=GROUP, unique="id", deps=PAIR_INPUTS,
+    "preference_pairs", group=GROUP, unique="id", deps=[*PAIR_INPUTS, *REWARD_DEPS],
     description="On-policy preference pairs: n candidate responses per prompt (models x temperatures), scored "
                 "by the reward resource; chosen = best, rejected = worst, with scores, margin and lineage.")
 def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm: LLMResource,
@@ -303,12 +303,13 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, llm
 
     llm_md, reward_md = {}, {}
     if sampled:  # no model is loaded for an empty partition
+        attribute_version = attribute_model_version(context, reward)
         with llm.sessions(context, config.models, storage=storage, chunk=config.chunk) as group:
             candidates = generate_candidates(sampled, group.sessions, settings, max_tokens=config.max_tokens,
                                              seed=config.seed, drop_truncated=config.drop_truncated)
         llm_md = group.metadata()
         results = score_candidates(sampled, candidates, lambda pairs, languages: reward.score(
-            context, pairs, llm=llm, storage=storage, languages=languages))
+            context, pairs, llm=llm, storage=storage, languages=languages, attribute_version=attribute_version))
         reward_md = getattr(results, "metadata", {})
     else:
         candidates = {}

@@ -16,8 +16,8 @@ from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, rejects_table
-from ..common.metadata import (accounting_check, all_rejected_metadata, model_asset, read_input_partition,
-                               stage_metadata, unique_check)
+from ..common.metadata import (REWARD_DEPS, accounting_check, all_rejected_metadata, attribute_model_version,
+                               model_asset, read_input_partition, stage_metadata, unique_check)
 from ..common import asset_names as A
 from ..common.inputs import input_items
 from ..common.sizing import auto, resolve_sizes
@@ -48,7 +48,7 @@ def _failure(msg: str) -> dg.Failure:
 
 
 @model_asset(
-    ASSET, group=GROUP, unique="id", deps=TAG_INPUTS,
+    ASSET, group=GROUP, unique="id", deps=[*TAG_INPUTS, *REWARD_DEPS],
     description="Magpie's unitag + gen_dis over a source's prompt or SFT table: quality, difficulty, category, "
                 "safety, reward, language, nearest-neighbour distance; failed tags null and counted.")
 def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, llm: LLMResource,
@@ -73,13 +73,15 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
     llm_md: dict = {}
     use_guard = "safety" in settings.tags and bool(config.guard_model)
     if items:  # no model is loaded for an empty partition
+        attribute_version = attribute_model_version(context, reward)
         use_tagger = bool(set(settings.tags) & {"input_quality", "difficulty", "task_category"}) or \
             ("safety" in settings.tags and not use_guard)
         names = ([config.tagger] if use_tagger else []) + ([config.guard_model] if use_guard else [])
         scored: dict = {}
 
         def score(pairs, languages):
-            out = reward.score(context, pairs, llm=llm, storage=storage, languages=languages)
+            out = reward.score(context, pairs, llm=llm, storage=storage, languages=languages,
+                               attribute_version=attribute_version)
             scored.update(out.metadata)
             return out
 

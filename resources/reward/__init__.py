@@ -6,8 +6,8 @@
     scores.py       RewardScore, RewardFailure, RewardResults, the input check
     templates/      ultrafeedback_rating.yaml (versioned, en + ja)
 
-Backend `attributes`: the SteerLM attribute model artifact (posttrain_assets/steerlm/model.py), loaded from the
-storage root; `overall` = a weighted sum of its predictions."""
+Backend `attributes`: the SteerLM attribute model artifact (resources/attributes/), loaded from the
+storage root by version; `overall` = a weighted sum of its predictions."""
 
 from .classifier import ARMORM_ATTRIBUTES, vllm_reward_engine_kwargs, vllm_reward_request
 from .judge import ASPECTS, RATING

@@ -6,9 +6,12 @@
   ranked right (bench/reward.py, judge.py).
 - `classifier`: a sequence-classification reward model (ArmoRM, Skywork-Reward, ...) with
   transformers or vLLM (GPU).
-- `attributes`: the SteerLM attribute model the `attribute_model` asset trained (an artifact folder under
-  the storage root; `attribute_model` "" = the latest): `overall` = the weighted sum of its raw
-  predictions (`attribute_weights`, default helpfulness alone), the 9 predictions as aspects.
+- `attributes`: the SteerLM attribute model the `attribute_model` asset trained (an artifact under the
+  storage root, resources/attributes/): `overall` = the weighted sum of its raw predictions
+  (`attribute_weights`, default helpfulness alone), the 9 predictions as aspects. Which artifact:
+  `attribute_model` (a version or a folder), else the version the scoring asset passes
+  (`score(..., attribute_version=)`: the `version` of attribute_model's latest materialization, an
+  upstream of the asset in the graph).
 
 Engines (the classifier, and the LLMResource the judge makes when none is passed) are owned in a
 private attribute, made on first use and closed when the step's execution ends."""
@@ -22,6 +25,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
+from resources.attributes import ATTRIBUTES, VERSION_RE, render
 from resources.engines import OwnedEngines
 
 from .classifier import DTYPES, ENGINES, SCORE_OUTPUTS, HFRewardModel, VLLMRewardModel, render_ids
@@ -65,7 +69,9 @@ class RewardResource(dg.ConfigurableResource):
     num_labels: Optional[int] = None  # None = the checkpoint's; 1 to load a causal LM folder as a reward head
     gpu_memory_utilization: float = 0.9  # vllm
     # --- attributes
-    attribute_model: str = ""  # artifact folder (path or URI); "" = <storage root>/models/attribute_model/LATEST
+    # a version (<storage root>/models/attribute_model/<version>) or an artifact folder (path or URI);
+    # "" = the version the scoring asset passes: attribute_model's latest materialization
+    attribute_model: str = ""
     attribute_weights: dict[str, float] = {"helpfulness": 1.0}  # overall = sum(weight * predicted attribute)
 
     _engines: OwnedEngines = PrivateAttr(default_factory=OwnedEngines)
@@ -80,8 +86,6 @@ class RewardResource(dg.ConfigurableResource):
         if self.backend not in BACKENDS:
             raise bad("backend", BACKENDS, self.backend)
         if self.backend == "attributes":
-            from posttrain_assets.steerlm.attributes import ATTRIBUTES
-
             if not self.attribute_weights or any(a not in ATTRIBUTES for a in self.attribute_weights):
                 raise bad("attribute_weights", f"a non-empty mapping over {', '.join(ATTRIBUTES)}",
                           self.attribute_weights)
@@ -145,10 +149,12 @@ class RewardResource(dg.ConfigurableResource):
 
     # ------------------------------------------------------------------ scoring
     def score(self, context, pairs: list, *, llm=None, storage=None,
-              languages: Optional[list[Optional[str]]] = None) -> RewardResults:
+              languages: Optional[list[Optional[str]]] = None,
+              attribute_version: Optional[str] = None) -> RewardResults:
         """Per pair `(messages or prompt text, response)`: a `RewardScore` (per-aspect values, `overall`,
         the model) or a `RewardFailure` (bad_input, llm_failed, parse_failed, classifier_failed,
-        non_finite), never a default score. `languages` (judge): the template language per pair."""
+        non_finite), never a default score. `languages` (judge): the template language per pair.
+        `attribute_version` (attributes, when `attribute_model` is ""): the artifact version to load."""
         self.check()
         pairs = list(pairs)
         if languages is not None and len(languages) != len(pairs):
@@ -165,7 +171,7 @@ class RewardResource(dg.ConfigurableResource):
         if self.backend == "judge":
             meta = self._score_judge(context, valid, out, llm=llm, storage=storage, languages=languages)
         elif self.backend == "attributes":
-            meta = self._score_attributes(valid, out, storage)
+            meta = self._score_attributes(valid, out, storage, attribute_version)
         else:
             meta = self._score_classifier(context, valid, out)
         res = RewardResults(out)
@@ -193,35 +199,37 @@ class RewardResource(dg.ConfigurableResource):
         return {**session.metadata(), "reward_model": f"judge:{model}", "reward_template_version": RATING.version,
                 "reward_aspects": ", ".join(self.aspects)}
 
-    def attribute_predictor(self, storage=None, embeddings=None):
-        """The attribute model artifact loaded (once per step) with the embedder it was trained with."""
-        from posttrain_assets.steerlm import model as am
+    def attribute_predictor(self, storage=None, embeddings=None, version: Optional[str] = None):
+        """The attribute model artifact loaded (once per step) with the embedder it was trained with:
+        `attribute_model` (a version or a folder), else `version` (what the scoring asset resolved from
+        attribute_model's latest materialization)."""
+        from resources.attributes import artifact
         from resources.embeddings import EmbeddingClient
         from resources.storage import ParquetStore, StorageResource
 
         def make():
             store = (storage or StorageResource()).store()
             folder = self.attribute_model
-            if folder and "://" in folder:
+            if not folder and not version:
+                raise RewardConfigError(
+                    "reward: backend 'attributes' has no attribute model: the scoring asset passes the version of "
+                    f"{artifact.ASSET}'s latest materialization (materialise {artifact.ASSET}), or set "
+                    "attribute_model to a version or an artifact folder")
+            if not folder:  # the version from the graph: only ever a folder under the storage root
+                folder = artifact.artifact_dir(store.base, version)
+            elif "://" in folder:
                 store, folder = ParquetStore(folder), ParquetStore(folder).base
-            elif not folder:
-                latest = f"{store.base}/{am.MODEL_DIR}/LATEST"
-                if not store.exists(latest):
-                    raise RewardConfigError("reward: backend 'attributes' found no trained model under "
-                                            f"{store.uri(latest)}; materialise attribute_model or set attribute_model")
-                folder = am.artifact_dir(store.base, store.read_bytes(latest).decode().strip())
+            elif VERSION_RE.match(folder):  # a version name (no '/'): its folder under the storage root
+                folder = artifact.artifact_dir(store.base, folder)
             emb = embeddings or EmbeddingClient()
-            return am.load(store, folder, embed=emb.encode, embedder_name=emb.model_name, device=self.device)
+            return artifact.load(store, folder, embed=emb.encode, embedder_name=emb.model_name, device=self.device)
 
         return self._engines.get_or_make("attributes", make)
 
-    def _score_attributes(self, valid, out, storage) -> dict:
+    def _score_attributes(self, valid, out, storage, version) -> dict:
         if not valid:
             return {}
-        from posttrain_assets.steerlm.attributes import ATTRIBUTES
-        from posttrain_assets.steerlm.training_data import render
-
-        predictor = self.attribute_predictor(storage)
+        predictor = self.attribute_predictor(storage, version=version)
         model = f"attributes:{predictor.version}"
         raw = predictor.predict([render(m, r) for _, m, r in valid], [r for _, _, r in valid])
         for (i, _, _), row in zip(valid, raw):
