@@ -1,5 +1,5 @@
 """How much the embedded engine's outputs move with the CPU's kernels: the measurement behind the
-tests' tolerances (README "Tests on any CPU").
+tests' tolerances (docs/tests.md "Tests on any CPU").
 
     .venv/bin/python -m bench.kernels            # every variant below, one subprocess each
     .venv/bin/python -m bench.kernels --one      # the current environment only (one JSON line)

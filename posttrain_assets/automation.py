@@ -45,7 +45,7 @@ AFTER_DEDUP = A.DEDUPLICATED_PROMPTS
 EXPORT = A.HF_PARQUET
 AUTOMATED = (GENERATOR, *EAGER, *DEDUP, AFTER_DEDUP, EXPORT)
 
-#: what the README offers for the LLM stages (opt in through POSTTRAIN_EAGER_LLM)
+#: what docs/jobs.md offers for the LLM stages (opt in through POSTTRAIN_EAGER_LLM)
 LLM_EAGER = AC.eager()
 
 
