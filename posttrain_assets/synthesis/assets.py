@@ -271,7 +271,7 @@ class PairsConfig(dg.Config):
     drop_truncated: bool = False  # candidates cut at max_tokens: dropped (counted) instead of scored
     max_prompts: Optional[int] = auto(4, 0, "a seeded sample of the prompts (0 = all); the rest: not_sampled")
     max_input_chars: int = 4000  # longer prompt conversations are removed (counted)
-    # the 135M judge as the reward parses for about 5 of 12 candidates (docs/stages/tagging.md)
+    # the 135M judge as the reward parses for about 5 of 12 candidates (docs/demo.md)
     max_reward_failure_rate: Optional[float] = auto(0.9, 0.5, "unusable reward answers (parse_failed, ...) above "
                                                               "this share fail the step")
     chunk: int = 8  # prompts per committed cache chunk
