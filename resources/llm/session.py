@@ -156,7 +156,7 @@ class SessionGroup:
     adds their figures up. A context manager: the cache closes with it."""
 
     def __init__(self, resource, names, *, context=None, storage=None, chunk: int = 16):
-        self.cache = LLMCache(resource.cache_path(storage))
+        self.cache = resource.open_cache(storage)
         self.sessions = {n: resource.session(context, n, chunk=chunk, cache=self.cache) for n in dict.fromkeys(names)}
 
     def get(self, name: str) -> LLMSession:
