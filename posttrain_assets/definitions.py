@@ -16,7 +16,7 @@ from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
 from .automation import automation_sensor, with_automation
-from .deployment import select_deployment
+from .deployment import LLM_CACHE_DIR_ENV, select_deployment
 from .sensors import sources_registry_sensor
 
 
@@ -92,7 +92,9 @@ def build_resources() -> dict:
         # an openai-backend embedder's key only ever comes from the environment, as the LLM's
         "embeddings": EmbeddingClient(api_key=dg.EnvVar("EMBEDDINGS_API_KEY") if os.environ.get("EMBEDDINGS_API_KEY")
                                       else None),
+        # the cache: POSTTRAIN_LLM_CACHE_DIR, else under a local storage root, else ~/.cache (k8s requires it)
         "llm": LLMResource(config_file=os.environ.get("POSTTRAIN_LLM_CONFIG", ""),
+                           cache_dir=os.environ.get(LLM_CACHE_DIR_ENV, ""),
                            api_key=dg.EnvVar("LLM_API_KEY") if os.environ.get("LLM_API_KEY") else None),
         # reward scores (quality_tags' instruct_reward, preference_pairs): the judge on the embedded model
         # unless the launchpad says otherwise
