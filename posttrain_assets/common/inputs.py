@@ -21,6 +21,8 @@ from typing import Optional
 
 import pyarrow as pa
 
+from resources.reasons import Reason
+
 from ..common.accounting import RowIssue, raw_preview
 
 #: asset -> (id column, instruction column, response column)
@@ -66,14 +68,14 @@ def input_items(table: pa.Table, source: str, asset: str) -> tuple[list[Item], l
                                    duplicate_of=duplicate_of, raw=raw_preview(text) if text is not None else None))
 
         if rid is None or not rid.strip():
-            reject("missing_id", id_col, "the row has no id")
+            reject(Reason.MISSING_ID, id_col, "the row has no id")
             continue
         if rid in seen:
-            reject("duplicate_id", id_col, f"id {rid!r} also at row {seen[rid]}", duplicate_of=rid)
+            reject(Reason.DUPLICATE_ID, id_col, f"id {rid!r} also at row {seen[rid]}", duplicate_of=rid)
             continue
         seen[rid] = i
         if text is None or not text.strip():
-            reject("empty_instruction", ins_col, f"id {rid!r}: the instruction is empty")
+            reject(Reason.EMPTY_INSTRUCTION, ins_col, f"id {rid!r}: the instruction is empty")
             continue
         items.append(Item(index=i, id=rid, instruction=text,
                           response=resp if resp is not None and resp.strip() else None))

@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from resources.reasons import Reason
+
 from ..common.accounting import Accounting, RowIssue
 from ..common.metadata import markdown_preview
 from .clustering import components, dbscan_labels, faiss_graph, minhash_labels
@@ -196,8 +198,8 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
         if keep[i]:
             reason.append(None)
         else:
-            reason.append("duplicate_within_source" if sources[rep_rec[i]] == sources[i]
-                          else "duplicate_of_other_source")
+            reason.append(Reason.DUPLICATE_WITHIN_SOURCE if sources[rep_rec[i]] == sources[i]
+                          else Reason.DUPLICATE_OF_OTHER_SOURCE)
     clusters = pa.Table.from_pydict({
         "all_prompt_id": ids, "source": sources,
         "cluster_id": [cid_of_rep[int(rep_of_group[g])] for g in g_idx.tolist()],
@@ -270,7 +272,7 @@ def dedup_summary(clusters: pa.Table, sources: Optional[list[str]] = None) -> pa
         if keep:
             r["after"] += 1
         else:
-            r["removed_within_source" if reason == "duplicate_within_source" else "removed_other_source"] += 1
+            r["removed_within_source" if reason == Reason.DUPLICATE_WITHIN_SOURCE else "removed_other_source"] += 1
             r["removed_exact" if match == "exact" else "removed_semantic"] += 1
     return pa.Table.from_pylist(sorted(out.values(), key=lambda r: r["source"]), schema=SUMMARY_SCHEMA)
 

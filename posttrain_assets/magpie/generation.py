@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional
 import pyarrow as pa
 
 from resources.llm.tasks import Task
+from resources.reasons import Reason
 
 from ..common.accounting import Accounting, RowIssue, raw_preview
 from ..common.language import detect_language
@@ -81,7 +82,7 @@ META_HASH, META_VERSION, META_SETTINGS = b"posttrain.settings_hash", b"posttrain
 FUNNEL = ("requested", "calls", "generated", "llm_failed", "empty", "truncated", "template_echo",
           "duplicate_instruction", "unique", "response_llm_failed", "empty_response", "answered",
           "response_truncated")
-INSTRUCTION_REJECTS = ("empty", "truncated", "template_echo")
+INSTRUCTION_REJECTS = (Reason.EMPTY, Reason.TRUNCATED, Reason.TEMPLATE_ECHO)
 #: the model identity fields of an LLMResource ModelSpec that change what a model writes
 MODEL_IDENTITY = ("backend", "model", "revision", "quantization", "dtype", "max_model_len",
                   "trust_remote_code", "batch_invariant", "base_url")
@@ -252,7 +253,7 @@ def generate(session: Any, settings: MagpieSettings, source: str, *, model: str 
             index = start + j
             if _is_failure(a):
                 funnel["llm_failed"] += 1
-                reject(index, "llm_failed", "instruction", str(a))
+                reject(index, Reason.LLM_FAILED, "instruction", str(a))
                 continue
             funnel["generated"] += 1
             issue = s.t.instruction_issue(a.text, a.finish_reason, s.family, s.variant)
@@ -267,7 +268,7 @@ def generate(session: Any, settings: MagpieSettings, source: str, *, model: str 
             uid = row_uuid(source, h, index)
             if text in seen:
                 funnel["duplicate_instruction"] += 1
-                reject(index, "duplicate_instruction", "instruction", "the same instruction as an earlier sample",
+                reject(index, Reason.DUPLICATE_INSTRUCTION, "instruction", "the same instruction as an earlier sample",
                        raw=text, outcome="removed", duplicate_of=seen[text])
                 continue
             seen[text] = uid
@@ -297,11 +298,11 @@ def generate(session: Any, settings: MagpieSettings, source: str, *, model: str 
                 funnel["response_llm_failed"] += 1
                 response_failures += 1
                 detail = getattr(sample, "error", None) or str(sample)
-                reject(c["index"], "llm_failed", "response", detail, raw=c["instruction"])
+                reject(c["index"], Reason.LLM_FAILED, "response", detail, raw=c["instruction"])
                 continue
             if not sample:
                 funnel["empty_response"] += 1
-                reject(c["index"], "empty_response", "response", "the answer is empty or whitespace only",
+                reject(c["index"], Reason.EMPTY_RESPONSE, "response", "the answer is empty or whitespace only",
                        raw=c["instruction"])
                 continue
             finish = completion.finish_reason or ""

@@ -39,6 +39,7 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from resources.llm import TaskFailure
+from resources.reasons import Reason
 
 from ..common.accounting import RowIssue
 from ..common.language import detect_language
@@ -52,7 +53,7 @@ DEPTH_METHODS = tuple(T.DEPTH_METHODS)  # constraints, deepen, concretize, reaso
 CHAR_LANGUAGES = frozenset({"ja", "zh"})
 JUDGE_CRITERIA = ("natural", "clear_intent", "safe", "answerable")
 #: reasons that are failures (counted as `rejected`); the other reasons are policy (`removed`)
-FAILURE_REASONS = frozenset({"llm_failed", "equal_judge_failed", "judge_failed"})
+FAILURE_REASONS = frozenset({Reason.LLM_FAILED, Reason.EQUAL_JUDGE_FAILED, Reason.JUDGE_FAILED})
 
 CONVERSATION_TYPE = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 OUTPUT_SCHEMA = pa.schema([
@@ -185,7 +186,7 @@ def equality_outcome(samples: list) -> tuple[str, str]:
     """Rule 1 from the equality judge's samples: ('equal' | 'not_equal' | 'equal_judge_failed', detail).
     An unparseable verdict never lets the evolution through."""
     if not samples or isinstance(samples[0], TaskFailure):
-        fail = samples[0] if samples else TaskFailure("llm_failed", "no answer")
+        fail = samples[0] if samples else TaskFailure(Reason.LLM_FAILED, "no answer")
         return "equal_judge_failed", str(fail)[:300]
     v = samples[0]
     return ("equal" if v.get("equal") is True else "not_equal"), str(v.get("reason", ""))[:300]
@@ -201,7 +202,7 @@ def judge_outcome(samples: list) -> tuple[str, Any]:
     """('accepted' | 'judge_rejected' | 'judge_failed', verdict or failure). A failure (unparseable or
     off-schema verdict, or a failed request) is never an acceptance."""
     if not samples or isinstance(samples[0], TaskFailure):
-        return "judge_failed", samples[0] if samples else TaskFailure("llm_failed", "no answer")
+        return "judge_failed", samples[0] if samples else TaskFailure(Reason.LLM_FAILED, "no answer")
     v = samples[0]
     return ("accepted" if judge_accepts(v) else "judge_rejected"), v
 
@@ -250,10 +251,10 @@ def input_items(table: pa.Table, source: str, max_input_chars: int) -> tuple[lis
     for r in table.to_pylist():
         prompt = r.get("prompt") or ""
         if not prompt.strip():
-            issues.append(RowIssue(reason="empty_prompt", outcome="removed", detail=str(r["all_prompt_id"])))
+            issues.append(RowIssue(reason=Reason.EMPTY_PROMPT, outcome="removed", detail=str(r["all_prompt_id"])))
             continue
         if len(prompt) > max_input_chars:
-            issues.append(RowIssue(reason="prompt_too_long", outcome="removed",
+            issues.append(RowIssue(reason=Reason.PROMPT_TOO_LONG, outcome="removed",
                                    detail=f"{r['all_prompt_id']}: {len(prompt)} > {max_input_chars} chars",
                                    raw=prompt[:2000]))
             continue
@@ -351,7 +352,7 @@ def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
             rendered.setdefault(f"{task.name}/{res.language}", res.messages)
             stats["requests"] += len(res.samples)
             stats["generation_errors"] += sum(1 for s in res.samples if isinstance(s, TaskFailure)
-                                              and s.reason == "llm_failed")
+                                              and s.reason == Reason.LLM_FAILED)
         return results
 
     for rnd in range(1, cfg.rounds + 1):
@@ -379,7 +380,7 @@ def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
             for lin, label, res in zip(lineages, labels, results):
                 if res.failures:
                     funnel[op]["failed"] += 1
-                    lin.events.append((rnd, label, "llm_failed", str(res.failures[0])[:500]))
+                    lin.events.append((rnd, label, Reason.LLM_FAILED, str(res.failures[0])[:500]))
                     continue
                 evolved = res.values[0]
                 funnel[op]["evolved"] += 1
@@ -429,10 +430,10 @@ def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
             outcome, verdict = judge_outcome(res.samples)
             if outcome == "judge_failed":
                 count(lin, "judge_failed")
-                lin.events.append((rnd, "judge", "judge_failed", str(verdict)[:500]))
+                lin.events.append((rnd, "judge", Reason.JUDGE_FAILED, str(verdict)[:500]))
             elif outcome == "judge_rejected":
                 count(lin, "judge_rejected")
-                lin.events.append((rnd, "judge", "judge_rejected", str(verdict.get("reason", ""))[:500]))
+                lin.events.append((rnd, "judge", Reason.JUDGE_REJECTED, str(verdict.get("reason", ""))[:500]))
             else:
                 count(lin, "accepted")
                 by_lang[lin.language]["accepted"] += 1
@@ -443,7 +444,7 @@ def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
         for (lin, verdict), res in zip(accepted, answers):
             if res.failures:
                 count(lin, "answer_failed")
-                lin.events.append((rnd, "answer", "llm_failed", str(res.failures[0])[:500]))
+                lin.events.append((rnd, "answer", Reason.LLM_FAILED, str(res.failures[0])[:500]))
                 continue
             count(lin, "answered")
             answer = res.values[0]
@@ -457,7 +458,7 @@ def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
             if rule:
                 count(lin, f"eliminated_{rule[0]}")
                 eliminated[rule[0]] += 1
-                lin.events.append((rnd, "answer", f"eliminated_{rule[0]}", rule[1]))
+                lin.events.append((rnd, "answer", Reason(f"eliminated_{rule[0]}"), rule[1]))
                 continue
             count(lin, "out")
             by_lang[lin.language]["out"] += 1
@@ -505,7 +506,7 @@ def _eliminate(lin: Lineage, rnd: int, label: str, hit: tuple[str, str], counts:
     rule, detail = hit
     counts[f"eliminated_{rule}"] += 1
     eliminated[rule] += 1
-    reason = rule if rule == "equal_judge_failed" else f"eliminated_{rule}"
+    reason = Reason(rule if rule == Reason.EQUAL_JUDGE_FAILED else f"eliminated_{rule}")
     lin.events.append((rnd, label, reason, detail))
 
 

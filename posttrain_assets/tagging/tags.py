@@ -35,6 +35,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyarrow as pa
 
+from resources.reasons import Reason
+
 from ..common.accounting import Accounting
 from ..common.language import detect_language
 from ..common.inputs import Item
@@ -170,7 +172,7 @@ def run_tags(items: list[Item], source: str, input_asset: str, settings: TagSett
             (sample,) = res.samples
             if not isinstance(sample, dict):  # a TaskFailure
                 reason = failure_reason(sample.error, sample.reason)
-                llm_failed += sample.reason == "llm_failed"
+                llm_failed += sample.reason == Reason.LLM_FAILED
                 fail(i, tag, reason, sample.error)
                 continue
             r = rows[i]
@@ -199,12 +201,12 @@ def run_tags(items: list[Item], source: str, input_asset: str, settings: TagSett
             a = per[0]
             if not hasattr(a, "text"):  # an LLMError
                 llm_failed += 1
-                fail(i, "safety", "llm_failed", str(a))
+                fail(i, "safety", Reason.LLM_FAILED, str(a))
                 continue
             try:
                 verdict, category = parse_guard_output(a.text)
             except ValueError as exc:  # TaskParseError
-                fail(i, "safety", "parse_failed", f"{exc} (answer {a.text.strip()[:80]!r})")
+                fail(i, "safety", Reason.PARSE_FAILED, f"{exc} (answer {a.text.strip()[:80]!r})")
                 continue
             rows[i].update(safety=verdict, safety_category=category, safety_model=guard_label)
 
@@ -231,7 +233,7 @@ def run_tags(items: list[Item], source: str, input_asset: str, settings: TagSett
         keep = [i for i in range(len(items)) if ok[i]]
         for i in range(len(items)):
             if not ok[i]:
-                fail(i, "neighbors", "unrepresentable", "the embedding model does not cover most of the text's letters")
+                fail(i, "neighbors", Reason.UNREPRESENTABLE, "the embedding model does not cover most of the text's letters")
         vecs = embedder.encode([texts[i] for i in keep]) if keep else np.zeros((0, 1), np.float32)
         for i, t in zip(keep, gen_dis(vecs, [items[i].id for i in keep], threshold=settings.repeat_threshold,
                                       search_space=settings.search_space)):
