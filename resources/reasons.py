@@ -84,6 +84,13 @@ class Reason(StrEnum):
     DUPLICATE_WITHIN_SOURCE = "duplicate_within_source"
     # scoring
     NO_GOLD_ANSWER = "no_gold_answer"
+    # selection: seeds, hard problems (acc.removed_by_reason counts)
+    BELOW_MIN_DIFFICULTY = "below_min_difficulty"
+    BELOW_TOP_K = "below_top_k"
+    NO_DIFFICULTY = "no_difficulty"
+    NOT_SCORED = "not_scored"
+    NOT_SELECTED = "not_selected"
+    TOO_FEW_VERDICTS = "too_few_verdicts"
     # selection: tag filter
     DIFFICULTY_MISSING = "difficulty_missing"
     ENDS_WITH_COLON = "ends_with_colon"

@@ -158,6 +158,8 @@ def reason_literals(tree):
             sides = [n.left, *n.comparators]
             if any(_name(s) in REASON_NAMES for s in sides):
                 out += [c for s in sides for c in _strings(s)]
+        elif isinstance(n, ast.Subscript) and (_name(n.value) or "").endswith("_by_reason"):
+            out += _strings(n.slice)
         elif isinstance(n, ast.Dict):
             out += [c for k, v in zip(n.keys, n.values)
                     if isinstance(k, ast.Constant) and k.value in REASON_NAMES for c in _strings(v)]
@@ -189,8 +191,8 @@ def test_reason_scan_sees_a_literal():
     """The scan itself: each kind of reason position is found (so an empty result means something)."""
     src = ("def reject(i, reason, fld): pass\nclass S:\n    def fail(self, i, tag, reason): pass\nst.fail(1, 't', 'f')\n"
            "RowIssue(reason='a')\nRowReject('b', 'f')\nreject(1, 'c', 'fld')\nx.reason == 'd'\n"
-           "FAILURE_REASONS = frozenset({'e'})\nTaskFailure(Reason.LLM_FAILED, 'detail')\n")
-    assert sorted(n.value for n in reason_literals(ast.parse(src))) == ["a", "b", "c", "d", "e", "f"]
+           "FAILURE_REASONS = frozenset({'e'})\nacc.removed_by_reason['g'] += 1\nTaskFailure(Reason.LLM_FAILED, 'detail')\n")
+    assert sorted(n.value for n in reason_literals(ast.parse(src))) == ["a", "b", "c", "d", "e", "f", "g"]
 
 
 # ------------------------------------------------------------------ functions a reader can follow
