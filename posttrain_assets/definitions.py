@@ -17,7 +17,7 @@ from resources.storage import ParquetIOManager, StorageResource
 
 from .automation import automation_sensor, with_automation
 from .common import asset_names as A
-from .deployment import select_deployment
+from .deployment import LLM_CACHE_DIR_ENV, select_deployment
 from .plugins import load_plugins
 from .sensors import sources_registry_sensor
 
@@ -110,7 +110,9 @@ def build_resources() -> dict:
         # an openai-backend embedder's key only ever comes from the environment, as the LLM's
         "embeddings": EmbeddingClient(api_key=dg.EnvVar("EMBEDDINGS_API_KEY") if os.environ.get("EMBEDDINGS_API_KEY")
                                       else None),
+        # the cache: POSTTRAIN_LLM_CACHE_DIR, else under a local storage root, else ~/.cache (k8s requires it)
         "llm": LLMResource(config_file=os.environ.get("POSTTRAIN_LLM_CONFIG", ""),
+                           cache_dir=os.environ.get(LLM_CACHE_DIR_ENV, ""),
                            api_key=dg.EnvVar("LLM_API_KEY") if os.environ.get("LLM_API_KEY") else None),
         # reward scores (quality_tags' instruct_reward, preference_pairs): the judge on the embedded model
         # unless the launchpad says otherwise

@@ -222,30 +222,38 @@ def steerlm_summary(results: dict[str, dict], global_stats: dict) -> str:
     return "\n".join(lines)
 
 
-def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
+def _job_keys(job, reg, keys: list[str]) -> list:
+    """The partitions the demo runs `job` for ([None] for an unpartitioned job)."""
+    if job.partitions_def is None:
+        return [None]
+    return [k for k in keys if k in DEMO_ONLY.get(job.name, keys) and (job.name not in JOB_STAGES or any(
+        reg.get(k).runs_stage(st) for st in JOB_STAGES[job.name]))]
+
+
+def _failure_message(res) -> str:
+    """What a failed run says: the step's Failure description, else the user code's own error."""
+    failure = next((e for e in res.all_events if e.is_step_failure), None)
+    if failure is None:
+        return "run failed"
+    data = failure.step_failure_data
+    err = data.error
+    while err is not None and err.cause is not None:  # the user code's own error
+        err = err.cause
+    return data.user_failure_data.description if data.user_failure_data else (err.message.strip() if err else "step failed")
+
+
+def _run_jobs(reg, keys: list[str], instance, results: dict, global_stats: dict) -> int:
+    """Every pipeline job in order, per partition; stops after the first job with a failed run.
+    Returns the number of failed runs."""
     from .definitions import PIPELINE, defs
 
-    reg = load_registry(registry_path)
-    if registry_path:
-        os.environ["POSTTRAIN_SOURCES"] = str(Path(registry_path).resolve())
-    instance = ensure_instance()
-    plan = sync_partitions(instance, reg)
-    global_stats: dict = {}
-    print(f"registry {reg.path}: {len(reg.keys)} sources "
-          f"({len(plan.added)} new partitions, {len(plan.present)} present)")
-    keys = only or reg.keys
-    results: dict[str, dict] = {k: {"kind": reg.get(k).kind, "seconds": 0.0} for k in keys}
     failed = 0
-    t_all = time.monotonic()
     for unresolved in PIPELINE:
         job = defs.resolve_job_def(unresolved.name)
-        partitioned = job.partitions_def is not None
         if job.name in STEERLM_JOBS and not any(reg.get(k).kind == "attributes" for k in keys):
             print(f"  {job.name}: skipped (no source of kind attributes to train the attribute model on)")
             continue
-        run_keys = [k for k in keys if k in DEMO_ONLY.get(job.name, keys) and (job.name not in JOB_STAGES or any(
-            reg.get(k).runs_stage(st) for st in JOB_STAGES[job.name]))] if partitioned else [None]
-        for key in run_keys:
+        for key in _job_keys(job, reg, keys):
             t0 = time.monotonic()
             res = job.execute_in_process(partition_key=key, instance=instance,
                                          run_config={**QUIET, **DEMO_RUN_CONFIG.get(job.name, {})},
@@ -256,26 +264,16 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
             collect(res, results, global_stats)
             if not res.success:
                 failed += 1
-                failure = next((e for e in res.all_events if e.is_step_failure), None)
-                msg = "run failed"
-                if failure is not None:
-                    data = failure.step_failure_data
-                    err = data.error
-                    while err is not None and err.cause is not None:  # the user code's own error
-                        err = err.cause
-                    msg = (data.user_failure_data.description if data.user_failure_data
-                           else (err.message.strip() if err else "step failed"))
-                if key:
-                    results[key]["error"] = msg
-                else:
-                    global_stats["error"] = msg
+                (results[key] if key else global_stats)["error"] = _failure_message(res)
             print(f"  {job.name}{'[' + key + ']' if key else ''}: {'ok' if res.success else 'FAILED'} "
                   f"in {dt:.1f}s (run {res.run_id[:8]})")
         if failed:
             break
+    return failed
 
-    storage = StorageResource()
-    store, catalog = storage.store(), storage.catalog()
+
+def _print_report(results: dict, global_stats: dict) -> None:
+    """The summary tables: per source, global dedup, synthesis funnels, SteerLM, failures, export."""
     print()
     print(summarise(results))
     if global_stats.get("dedup_summary"):
@@ -306,15 +304,40 @@ def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
         print(f"  hub: {e['hub_status']}")
     if global_stats.get("error"):
         print(f"\nglobal step FAILED: {global_stats['error']}")
-    print()
+
+
+def _print_where(keys: list[str], results: dict, failed: int, seconds: float) -> None:
+    """The totals and where the outputs are (Parquet, rejects, DuckDB, Dagster)."""
+    storage = StorageResource()
+    store, catalog = storage.store(), storage.catalog()
     total = sum(r.get("rows_out") or 0 for r in results.values())
-    print(f"{len(keys)} sources, {total:,} merged prompts in {time.monotonic() - t_all:.1f}s"
+    print(f"{len(keys)} sources, {total:,} merged prompts in {seconds:.1f}s"
           + (f"; {failed} FAILED" if failed else ""))
     print(f"Parquet:   {store.uri(store.base)}/<asset>/source=<key>/data.parquet")
     print(f"Rejects:   {store.uri(store.base)}/_rejects/<asset>/source=<key>/data.parquet")
     print(f"DuckDB:    {catalog.path}  (a view per asset, plus rejects)")
     print("  query:   .venv/bin/python -m resources \"SELECT source, count(*) FROM merged_prompts GROUP BY 1\"")
     print(f"Dagster:   DAGSTER_HOME={os.environ['DAGSTER_HOME']}; `make ui` -> http://127.0.0.1:3000")
+
+
+def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
+    """The whole pipeline over the registry's sources (or `only`): sync the partitions, run every
+    job, print the report. Returns the exit status (1 when a run failed)."""
+    reg = load_registry(registry_path)
+    if registry_path:
+        os.environ["POSTTRAIN_SOURCES"] = str(Path(registry_path).resolve())
+    instance = ensure_instance()
+    plan = sync_partitions(instance, reg)
+    global_stats: dict = {}
+    print(f"registry {reg.path}: {len(reg.keys)} sources "
+          f"({len(plan.added)} new partitions, {len(plan.present)} present)")
+    keys = only or reg.keys
+    results: dict[str, dict] = {k: {"kind": reg.get(k).kind, "seconds": 0.0} for k in keys}
+    t_all = time.monotonic()
+    failed = _run_jobs(reg, keys, instance, results, global_stats)
+    _print_report(results, global_stats)
+    print()
+    _print_where(keys, results, failed, time.monotonic() - t_all)
     return 1 if failed else 0
 
 

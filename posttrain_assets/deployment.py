@@ -6,7 +6,10 @@
   work comes from the run queue (deploy/dagster.yaml); `execution: config: multiprocess: {}` in the
   launchpad gives a run Dagster's process per step instead.
 - `k8s`: dagster-k8s's `k8s_job_executor` (one Kubernetes Job per step) and the Parquet root on object
-  storage (`POSTTRAIN_STORAGE=s3://…` or `gs://…`; step pods share no disk). The instance (Postgres,
+  storage (`POSTTRAIN_STORAGE=s3://…` or `gs://…`; step pods share no disk). The LLM cache needs a
+  persistent volume: `POSTTRAIN_LLM_CACHE_DIR` (an absolute path) and `POSTTRAIN_LLM_CACHE_CLAIM` (the
+  PersistentVolumeClaim every step pod mounts there, deploy/k8s/llm-cache.yaml); without them the
+  definitions do not load (the cache would fall back to the pod's home and die with the pod). The instance (Postgres,
   `K8sRunLauncher`, run queue, the `gpu` pool's limit) comes from the Helm values, deploy/helm/values.yaml.
 
 Per-step pod resources come from deploy/k8s/steps.yaml (`POSTTRAIN_K8S_STEPS` names another file):
@@ -31,11 +34,14 @@ DEPLOYMENT_ENV = "POSTTRAIN_DEPLOYMENT"
 STEPS_ENV = "POSTTRAIN_K8S_STEPS"
 GPU_IMAGE_ENV = "POSTTRAIN_GPU_IMAGE"
 STORAGE_ENV = "POSTTRAIN_STORAGE"
+LLM_CACHE_DIR_ENV = "POSTTRAIN_LLM_CACHE_DIR"  # LLMResource.cache_dir (definitions.build_resources)
+LLM_CACHE_CLAIM_ENV = "POSTTRAIN_LLM_CACHE_CLAIM"  # k8s: the PersistentVolumeClaim mounted at the cache dir
+LLM_CACHE_VOLUME = "llm-cache"
 DEPLOYMENTS = ("local", "k8s")
 OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs")
 DEFAULT_STEPS_FILE = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "steps.yaml"
 #: passed to every step pod by value (the rest of its environment: env_secrets / the code location)
-FORWARDED_ENV = ("POSTTRAIN_LLM_CONFIG", "POSTTRAIN_GPU_POOL", "AWS_REGION")
+FORWARDED_ENV = ("POSTTRAIN_LLM_CONFIG", "POSTTRAIN_GPU_POOL", "AWS_REGION", LLM_CACHE_DIR_ENV, LLM_CACHE_CLAIM_ENV)
 
 
 @dg.executor(
@@ -107,8 +113,34 @@ def _container(step: dict) -> dict:
     return {"container_config": container, **({"pod_spec_config": pod} if pod else {})}
 
 
-def k8s_executor_config(assets: Iterable, steps: dict, storage_root: str) -> dict:
-    """The k8s_job_executor's config: env for every step pod, CPU-step defaults, GPU steps by op."""
+def llm_cache_volume() -> tuple[str, str]:
+    """k8s: (the LLM cache directory, the PersistentVolumeClaim mounted there). Both are required: a
+    step pod's home directory (the cache's fallback when the storage root is not local) is lost with
+    the pod, so every run would ask the models again."""
+    path = os.environ.get(LLM_CACHE_DIR_ENV, "").strip()
+    claim = os.environ.get(LLM_CACHE_CLAIM_ENV, "").strip()
+    if not path or not path.startswith("/") or not claim:
+        raise DeploymentError(
+            f"{DEPLOYMENT_ENV}=k8s needs a persistent LLM cache: set {LLM_CACHE_DIR_ENV} to an absolute path "
+            f"(got {path!r}) and {LLM_CACHE_CLAIM_ENV} to the PersistentVolumeClaim mounted there in every step "
+            f"pod (got {claim!r}; deploy/k8s/llm-cache.yaml, deploy/helm/values.yaml); without them the cache "
+            f"falls back to the pod's home directory and is lost when the pod ends")
+    return path, claim
+
+
+def _with_volume(container: dict, path: str, claim: str) -> dict:
+    """A _container() config with the LLM cache claim mounted at `path`."""
+    out = copy.deepcopy(container)
+    out["container_config"]["volume_mounts"] = [{"name": LLM_CACHE_VOLUME, "mount_path": path}]
+    out.setdefault("pod_spec_config", {})["volumes"] = [
+        {"name": LLM_CACHE_VOLUME, "persistent_volume_claim": {"claim_name": claim}}]
+    return out
+
+
+def k8s_executor_config(assets: Iterable, steps: dict, storage_root: str,
+                        llm_cache: Optional[tuple[str, str]] = None) -> dict:
+    """The k8s_job_executor's config: env for every step pod, CPU-step defaults, GPU steps by op;
+    `llm_cache` (path, claim): the claim mounted at the path in every step pod."""
     gpu_step = dict(steps["gpu_step"])
     gpu_step["image"] = os.environ.get(GPU_IMAGE_ENV) or gpu_step.get("image", "")
     cpu_step = {k: v for k, v in steps["cpu_step"].items() if k != "image"}
@@ -118,10 +150,13 @@ def k8s_executor_config(assets: Iterable, steps: dict, storage_root: str) -> dic
     env += [f"{k}={os.environ[k]}" for k in FORWARDED_ENV if os.environ.get(k)]
     per_step = {op: _container(_merged(gpu_step, overrides.get(op, {}))) for op in gpu}
     per_step.update({op: _container(_merged(cpu_step, o)) for op, o in overrides.items() if op not in gpu})
+    step_config = _container(cpu_step)
+    if llm_cache:
+        step_config = _with_volume(step_config, *llm_cache)
     return {
         "env_vars": env,
         "env_secrets": list(steps.get("env_secrets") or []),
-        "step_k8s_config": _container(cpu_step),
+        "step_k8s_config": step_config,
         "per_step_k8s_config": per_step,
     }
 
@@ -150,6 +185,7 @@ def select_deployment(assets: Iterable) -> Deployment:
     from resources.storage import ParquetIOManager, StorageResource
 
     root = object_store_root(os.environ.get(STORAGE_ENV, ""))
+    cache = llm_cache_volume()
     storage = StorageResource(root=root)
-    executor = k8s_job_executor.configured(k8s_executor_config(assets, load_steps(), root), name="k8s")
+    executor = k8s_job_executor.configured(k8s_executor_config(assets, load_steps(), root, cache), name="k8s")
     return Deployment("k8s", executor, {"storage": storage, "io_manager": ParquetIOManager(storage=storage)})

@@ -266,6 +266,10 @@ class EmbeddingClient(dg.ConfigurableResource):
             return int(get())
         return int(self.encode(["dimension probe"]).shape[1])
 
+    def checkpoint(self, unit: str) -> None:
+        """Called after each embedding chunk is written (`resources.faults`): nothing here; a
+        crash-recovery test injects a subclass whose checkpoint kills the process at a known point."""
+
     def encode(self, texts: list[str], log: Optional[Callable[[str], None]] = None) -> np.ndarray:
         """float32 [n, dim] embeddings, L2-normalised when `normalize`."""
         self._check_backend()

@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,32 @@ from resources.storage import ParquetIOManager, StorageResource
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "posttrain_assets" / "sample_data"
+
+
+class KillAfter:
+    """A `resources.faults.Checkpoint` that SIGKILLs the process right after the k-th checkpoint of
+    `unit`: a crash-recovery test knows exactly what was committed before the kill."""
+
+    def __init__(self, k: int, unit: str):
+        self.k, self.unit, self.seen = k, unit, 0
+
+    def __call__(self, unit: str) -> None:
+        if unit == self.unit:
+            self.seen += 1
+            if self.seen >= self.k:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def killed_after(resource_cls, k: int, unit: str, **fields):
+    """`resource_cls(**fields)` whose checkpoint hook is a KillAfter(k, unit) (the injected hook)."""
+    kill = KillAfter(k, unit)
+
+    class Killing(resource_cls):
+        def checkpoint(self, unit: str) -> None:
+            kill(unit)
+
+    Killing.__name__ = resource_cls.__name__
+    return Killing(**fields)
 
 
 def write_registry(path: Path, sources: list[dict]) -> Path:

@@ -1,8 +1,7 @@
 """prompt_embeddings killed half-way (SIGKILL) resumes from its finished chunks: nothing lost,
 nothing duplicated, the same vectors as an uninterrupted run. The worker kills itself right after
-its 3rd chunk (POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS), so the counts are exact."""
+its 3rd chunk (the checkpoint hook `tests/embed_worker.py` injects), so the counts are exact."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,9 +24,9 @@ def test_sigkill_then_resume(tmp_path, instance):
     materialize_source("self_instruct", instance, root, BUNDLED_REGISTRY, assets=[raw_records, merged_prompts])
     chunk_dir = tmp_path / "storage" / "_chunks" / "prompt_embeddings" / "source=self_instruct"
     killed_after = 3
-    env = {**os.environ, "POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS": str(killed_after)}
     proc = subprocess.run([sys.executable, "-m", "tests.embed_worker", root, str(BUNDLED_REGISTRY),
-                           "self_instruct", "16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           "self_instruct", "16", str(killed_after)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     done = sorted(p.name for p in chunk_dir.glob("*/chunk-*.parquet"))
     # 175 rows / 16 = 11 chunks: exactly the first 3 (the shortest prompts) were written

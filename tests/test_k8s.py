@@ -38,6 +38,8 @@ GPU_IMAGE = DEPLOYMENT_ENV["POSTTRAIN_GPU_IMAGE"]
 K8S_VERSION = "1.30.0"
 GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+LLM_CACHE_DIR = DEPLOYMENT_ENV["POSTTRAIN_LLM_CACHE_DIR"]
+LLM_CACHE_CLAIM = DEPLOYMENT_ENV["POSTTRAIN_LLM_CACHE_CLAIM"]
 SECRET_VALUE = "not-for-any-manifest"  # a credential in the environment must never reach a spec
 
 
@@ -60,6 +62,22 @@ def test_k8s_refuses_a_storage_root_the_step_pods_do_not_share(monkeypatch, root
     monkeypatch.setenv("POSTTRAIN_DEPLOYMENT", "k8s")
     monkeypatch.setenv("POSTTRAIN_STORAGE", root)
     with pytest.raises(DeploymentError, match=r"POSTTRAIN_STORAGE to be an object-store URI .*s3://bucket/prefix"):
+        select_deployment(definitions.all_assets)
+
+
+@pytest.mark.parametrize("cache_dir,claim", [(None, None), ("", "posttrain-llm-cache"), ("~/.cache/llm", "c"),
+                                             ("/var/cache/posttrain/llm", None)])
+def test_k8s_refuses_an_llm_cache_without_a_persistent_volume(monkeypatch, cache_dir, claim):
+    """The cache fell back to the pod's home directory on k8s, lost with each step pod (issue 21)."""
+    monkeypatch.setenv("POSTTRAIN_DEPLOYMENT", "k8s")
+    monkeypatch.setenv("POSTTRAIN_STORAGE", "s3://b/p?region=eu-west-1")
+    for name, value in (("POSTTRAIN_LLM_CACHE_DIR", cache_dir), ("POSTTRAIN_LLM_CACHE_CLAIM", claim)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(DeploymentError, match=r"k8s needs a persistent LLM cache: set POSTTRAIN_LLM_CACHE_DIR "
+                                              r".* and POSTTRAIN_LLM_CACHE_CLAIM"):
         select_deployment(definitions.all_assets)
 
 
@@ -96,6 +114,8 @@ def test_k8s_definitions_load_with_the_k8s_executor_and_an_s3_root(k8s_defs):
     assert isinstance(store.fs, pafs.S3FileSystem) and store.fs.region == "eu-west-1"
     assert (store.base, store.path("merged_prompts", "gsm8k")) == \
         ("posttrain-data/posttrain", "posttrain-data/posttrain/merged_prompts/source=gsm8k/data.parquet")
+    # the LLM cache on the mounted claim, not the pod's home
+    assert k8s_defs.defs.resources["llm"].cache_path(storage) == "/var/cache/posttrain/llm/llm_cache.sqlite"
 
 
 # ------------------------------------------------------------------ Job specs, built by dagster-k8s
@@ -187,6 +207,12 @@ def test_step_job_spec(k8s_defs, k8s_instance, step):
     assert env["POSTTRAIN_STORAGE"]["value"] == "s3://posttrain-data/posttrain?region=eu-west-1"
     assert env["POSTTRAIN_LLM_CONFIG"]["value"] == "/opt/posttrain/deploy/k8s/models-serve.yaml"
     assert env["DAGSTER_RUN_STEP_KEY"]["value"] == step
+    # the LLM cache's claim mounted at the cache dir in every step pod
+    assert env["POSTTRAIN_LLM_CACHE_DIR"]["value"] == LLM_CACHE_DIR
+    assert [v for v in pod["volumes"] if v["name"] == "llm-cache"] == [
+        {"name": "llm-cache", "persistentVolumeClaim": {"claimName": LLM_CACHE_CLAIM}}]
+    assert [m for m in container["volumeMounts"] if m["name"] == "llm-cache"] == [
+        {"name": "llm-cache", "mountPath": LLM_CACHE_DIR}]
     # secrets by reference only: envFrom the Secret, the instance's password by secretKeyRef
     assert container["envFrom"] == [{"secretRef": {"name": "posttrain-secrets"}}]
     assert env["DAGSTER_PG_PASSWORD"] == {"name": "DAGSTER_PG_PASSWORD", "valueFrom": {
@@ -232,6 +258,16 @@ def test_vllm_manifests_validate_and_keep_secrets_in_secrets():
     served = container["args"][container["args"].index("--model") + 1]
     url = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
     assert {(m["backend"], m["model"], m["base_url"]) for m in models.values()} == {("openai", served, url)}
+
+
+def test_llm_cache_claim_and_the_values_mount_it():
+    [pvc] = _docs("deploy/k8s/llm-cache.yaml")
+    kubernetes_validate.validate(pvc, K8S_VERSION, strict=True)
+    assert (pvc["kind"], pvc["metadata"]["name"], pvc["spec"]["accessModes"]) == \
+        ("PersistentVolumeClaim", LLM_CACHE_CLAIM, ["ReadWriteMany"])  # step pods on several nodes
+    assert LLM_CACHE_DIR.startswith("/") and not LLM_CACHE_DIR.startswith(("/tmp", "/root", "/home"))
+    assert USER_DEPLOYMENT["volumes"] == [{"name": "llm-cache", "persistentVolumeClaim": {"claimName": LLM_CACHE_CLAIM}}]
+    assert USER_DEPLOYMENT["volumeMounts"] == [{"name": "llm-cache", "mountPath": LLM_CACHE_DIR}]
 
 
 def test_helm_values():

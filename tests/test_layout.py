@@ -9,8 +9,10 @@ import yaml
 
 from posttrain_assets.common.pools import GPU_POOL
 from posttrain_assets.definitions import STAGES, defs
+from resources.reasons import Reason
 
 PKG = Path(__file__).resolve().parents[1] / "posttrain_assets"
+CODE_ROOTS = ("posttrain_assets", "resources", "partitions")
 SHARED = "common"
 
 
@@ -126,3 +128,109 @@ def test_task_templates_are_versioned_with_en_and_ja():
         data = yaml.safe_load(f.read_text(encoding="utf-8"))
         assert data["task"] == f.stem and str(data["version"])
         assert {"en", "ja"} <= set(data["templates"]), f
+
+
+# ------------------------------------------------------------------ reason codes: one enum
+#: where a reject / removal reason is written: `reason=` / `why=` keywords, the first argument of the
+#: row-issue types, a local helper's `reason` parameter, comparisons with `reason`, `*_REASONS` sets
+REASON_NAMES = {"reason", "why", "removed_reason"}
+REASON_CALLS = {"RowIssue", "RowReject", "TaskFailure", "RewardFailure"}
+REASON_SETS = ("_REASONS", "_REJECTS", "_FAILURES")
+
+
+def _name(node):
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+def _strings(node):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [e for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    if isinstance(node, ast.Call) and _name(node.func) in ("frozenset", "set", "tuple") and node.args:
+        return _strings(node.args[0])
+    if isinstance(node, ast.IfExp):
+        return _strings(node.body) + _strings(node.orelse)
+    return []
+
+
+def reason_literals(tree):
+    """String literals written where a reject / removal reason goes."""
+    params = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+            names = names[1:] if names[:1] == ["self"] else names  # a method: called as obj.name(...)
+            hit = [i for i, a in enumerate(names) if a in REASON_NAMES]
+            if hit:
+                params[fn.name] = hit[0]
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call):
+            fname = _name(n.func)
+            out += [c for kw in n.keywords if kw.arg in REASON_NAMES for c in _strings(kw.value)]
+            if fname in REASON_CALLS and n.args:
+                out += _strings(n.args[0])
+            elif fname in params and len(n.args) > params[fname]:
+                out += _strings(n.args[params[fname]])
+        elif isinstance(n, ast.Compare):
+            sides = [n.left, *n.comparators]
+            if any(_name(s) in REASON_NAMES for s in sides):
+                out += [c for s in sides for c in _strings(s)]
+        elif isinstance(n, ast.Subscript) and (_name(n.value) or "").endswith("_by_reason"):
+            out += _strings(n.slice)
+        elif isinstance(n, ast.Dict):
+            out += [c for k, v in zip(n.keys, n.values)
+                    if isinstance(k, ast.Constant) and k.value in REASON_NAMES for c in _strings(v)]
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+            if any(isinstance(t, ast.Name) and t.id.endswith(REASON_SETS) for t in targets) and n.value:
+                out += _strings(n.value)
+    return out
+
+
+def _code_files():
+    for root in CODE_ROOTS:
+        yield from sorted((PKG.parent / root).rglob("*.py"))
+
+
+def test_reason_literals_are_the_enum():
+    """Every reject / removal reason is a `resources.reasons.Reason` member, written as the member:
+    a new literal (or a typo of an old one) fails here, naming file and line."""
+    offenders = []
+    for f in _code_files():
+        for node in reason_literals(ast.parse(f.read_text())):
+            known = node.value in {r.value for r in Reason}
+            offenders.append(f"{f.relative_to(PKG.parent)}:{node.lineno} {node.value!r}: "
+                             + (f"write Reason.{Reason(node.value).name}" if known else "add it to resources/reasons.py"))
+    assert offenders == []
+
+
+def test_reason_scan_sees_a_literal():
+    """The scan itself: each kind of reason position is found (so an empty result means something)."""
+    src = ("def reject(i, reason, fld): pass\nclass S:\n    def fail(self, i, tag, reason): pass\nst.fail(1, 't', 'f')\n"
+           "RowIssue(reason='a')\nRowReject('b', 'f')\nreject(1, 'c', 'fld')\nx.reason == 'd'\n"
+           "FAILURE_REASONS = frozenset({'e'})\nacc.removed_by_reason['g'] += 1\nTaskFailure(Reason.LLM_FAILED, 'detail')\n")
+    assert sorted(n.value for n in reason_literals(ast.parse(src))) == ["a", "b", "c", "d", "e", "f", "g"]
+
+
+# ------------------------------------------------------------------ functions a reader can follow
+MAX_FUNCTION_LINES = 80
+#: functions allowed to be longer, each with why (empty is the goal)
+LONG_FUNCTIONS = {
+    "partitions/registry.py:_parse_source": "split by the registry change of issue 21 (owners register what "
+                                            "the registry validates), which rewrites it",
+}
+
+
+def test_functions_are_short_named_steps():
+    """A function over ~80 lines becomes named steps (issue 21: run_evolution was 176 lines)."""
+    long = {}
+    for f in _code_files():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    long[f"{f.relative_to(PKG.parent)}:{node.name}"] = size
+    assert set(long) <= set(LONG_FUNCTIONS), {k: v for k, v in long.items() if k not in LONG_FUNCTIONS}
+    assert set(LONG_FUNCTIONS) <= set(long), f"no longer long, drop from LONG_FUNCTIONS: {set(LONG_FUNCTIONS) - set(long)}"

@@ -2,7 +2,7 @@
 
 - SIGKILL in the middle of every LLM stage: `tests/stage_worker.py` materialises the stage in a
   subprocess that kills itself right after its k-th committed cache chunk
-  (POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS, a deterministic kill point, not a timer); the re-run asks the
+  (the checkpoint hook it injects into its LLMResource, a deterministic kill point, not a timer); the re-run asks the
   model only for what the killed run had not committed, and writes the tables an uninterrupted run
   writes (outputs and rejects).
 - A faulty LLM server (`tests/llm_servers.py`) behind the `openai` backend for generated_solutions:
@@ -25,9 +25,6 @@ from resources.llm import LLMResource, ModelSpec
 from .helpers import REPO, mat_metadata, step_error
 from .llm_servers import faulty_server
 from .stage_cases import CACHE, STAGES, model_calls, write_seeds
-
-KILL_ENV = "POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS"
-
 
 def cache_rows(root: str) -> int:
     path = os.path.join(root, CACHE)
@@ -75,7 +72,6 @@ KILLS = [("scoring", ((7, 8),), 12, 3), ("evolution", ((3, 3),), None, None), ("
 @pytest.mark.parametrize("stage,kill_points,total,rows", KILLS, ids=[k[0] for k in KILLS])
 def test_sigkill_mid_stage_then_the_rerun_asks_only_for_what_is_missing(stage, kill_points, total, rows,
                                                                         tmp_path, instance):
-    assert KILL_ENV not in os.environ
     case = STAGES[stage]
     reference, root = str(tmp_path / "reference"), str(tmp_path / "killed")
     case.write_inputs(reference)
@@ -93,8 +89,7 @@ def test_sigkill_mid_stage_then_the_rerun_asks_only_for_what_is_missing(stage, k
     assert committed < total
 
     # the killed run: SIGKILLed right after its k-th committed chunk, nothing written but the cache
-    proc = subprocess.run([sys.executable, "-m", "tests.stage_worker", stage, root], cwd=REPO,
-                          env={**os.environ, KILL_ENV: str(kill_after)},
+    proc = subprocess.run([sys.executable, "-m", "tests.stage_worker", stage, root, str(kill_after)], cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert cache_rows(root) == committed

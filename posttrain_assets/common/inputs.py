@@ -31,6 +31,8 @@ from typing import Iterable, Optional
 
 import pyarrow as pa
 
+from resources.reasons import Reason
+
 from . import asset_names as A
 from .accounting import RowIssue, raw_preview
 
@@ -107,14 +109,14 @@ def input_items(table: pa.Table, source: str, asset: str,
                                    duplicate_of=duplicate_of, raw=raw_preview(text) if text is not None else None))
 
         if rid is None or not rid.strip():
-            reject("missing_id", id_col, "the row has no id")
+            reject(Reason.MISSING_ID, id_col, "the row has no id")
             continue
         if rid in seen:
-            reject("duplicate_id", id_col, f"id {rid!r} also at row {seen[rid]}", duplicate_of=rid)
+            reject(Reason.DUPLICATE_ID, id_col, f"id {rid!r} also at row {seen[rid]}", duplicate_of=rid)
             continue
         seen[rid] = i
         if text is None or not text.strip():
-            reject("empty_instruction", ins_col, f"id {rid!r}: the instruction is empty")
+            reject(Reason.EMPTY_INSTRUCTION, ins_col, f"id {rid!r}: the instruction is empty")
             continue
         items.append(Item(index=i, id=rid, instruction=text,
                           response=resp if resp is not None and resp.strip() else None))

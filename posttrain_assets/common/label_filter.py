@@ -23,6 +23,8 @@ import operator
 import re
 from typing import Any, Optional
 
+from resources.reasons import Reason
+
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq,
        "!=": operator.ne}
 NOT_AVAILABLE = frozenset({"n/a", "na", "none", "null", "nan", "-", ""})
@@ -67,21 +69,21 @@ def label_value(value: Any) -> tuple[Optional[float], Optional[str]]:
     """(the number, None) or (None, the reason it is not one: label_missing / label_not_available /
     label_unparsable)."""
     if value is None:
-        return None, "label_missing"
+        return None, Reason.LABEL_MISSING
     if isinstance(value, bool):
-        return None, "label_unparsable"
+        return None, Reason.LABEL_UNPARSABLE
     if isinstance(value, (int, float)):
-        return (None, "label_not_available") if isinstance(value, float) and math.isnan(value) else (float(value), None)
+        return (None, Reason.LABEL_NOT_AVAILABLE) if isinstance(value, float) and math.isnan(value) else (float(value), None)
     if isinstance(value, str):
         text = value.strip()
         if text.lower() in NOT_AVAILABLE:
-            return None, "label_not_available"
+            return None, Reason.LABEL_NOT_AVAILABLE
         try:
             number = float(text)
         except ValueError:
-            return None, "label_unparsable"
-        return (None, "label_not_available") if math.isnan(number) else (number, None)
-    return None, "label_unparsable"
+            return None, Reason.LABEL_UNPARSABLE
+        return (None, Reason.LABEL_NOT_AVAILABLE) if math.isnan(number) else (number, None)
+    return None, Reason.LABEL_UNPARSABLE
 
 
 class LabelFilter:

@@ -59,7 +59,8 @@ def prompt_embeddings(context: dg.AssetExecutionContext, config: PromptEmbedding
     chunk_dir = f"{store.base}/{CHUNKS_DIR}/prompt_embeddings/source={check_partition_key(context.partition_key)}"
     run = embed_in_chunks(ids, parts, embeddings.encode, fingerprint=fp, chunk_rows=config.chunk_rows,
                           store=store, chunk_dir=chunk_dir, representable=embeddings.representable,
-                          model=embeddings.model_name, dim=embeddings.dimension, log=context.log.info)
+                          model=embeddings.model_name, dim=embeddings.dimension, log=context.log.info,
+                          checkpoint=embeddings.checkpoint)
     store.delete_dir(chunk_dir)
     table = run.table
     unrepresentable = int(table.num_rows - pc.sum(table["representable"]).as_py()) if table.num_rows else 0

@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from resources.reasons import Reason
+
 from ..common.accounting import Accounting, RowIssue
 from ..common.metadata import markdown_preview
 from .clustering import components, dbscan_labels, faiss_graph, minhash_labels
@@ -64,6 +66,162 @@ def _richness(t: pa.Table) -> np.ndarray:
     return score
 
 
+@dataclass
+class _Groups:
+    """Prompt groups: the records of one source with the same normalised prompt."""
+
+    idx: np.ndarray  # group of each record
+    lead: np.ndarray  # best-ranked record of each group
+    rank: np.ndarray  # rank of each record (the first of a cluster in rank order is its representative)
+    hash: list  # normalised-prompt hash of each group
+    kind: list  # source kind of each group
+    lang: list  # language of each group
+
+    @property
+    def n(self) -> int:
+        return len(self.lead)
+
+
+def _aligned_vectors(merged: pa.Table, embeddings: pa.Table, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row of each merged prompt in `embeddings`, its vector, whether the model represents it)."""
+    n = len(ids)
+    pos = {pid: i for i, pid in enumerate(embeddings["all_prompt_id"].to_pylist())}
+    missing = [pid for pid in ids if pid not in pos]
+    if missing:
+        raise ValueError(f"{len(missing)} merged prompts have no embedding (e.g. {missing[0]!r}); "
+                         "re-materialise prompt_embeddings for their sources")
+    rows = np.fromiter((pos[p] for p in ids), np.int64, n)
+    X = vectors_of(embeddings)[rows] if n else np.zeros((0, 0), np.float32)
+    if "representable" in embeddings.column_names and n:
+        rep = np.asarray(embeddings["representable"].take(pa.array(rows)).fill_null(True), bool)
+    else:
+        rep = np.ones(n, bool)
+    return rows, X, rep
+
+
+def _prompt_groups(merged: pa.Table, ids: list[str], sources: list[str], hashes: list, langs: list[str],
+                   priorities: dict[str, int], kinds: dict[str, str]) -> _Groups:
+    """Group the records by (source, normalised prompt) and rank them: source priority, then the
+    richer record, then the id."""
+    n = len(ids)
+    group_of: dict[tuple, int] = {}
+    g_idx = np.empty(n, np.int64)
+    for i, key in enumerate(zip(sources, hashes)):
+        g_idx[i] = group_of.setdefault(key, len(group_of))
+    rich = _richness(merged)
+    prio = np.array([priorities.get(s, 100) for s in sources], np.int64)
+    order = sorted(range(n), key=lambda i: (prio[i], -rich[i], ids[i]))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    g_lead = np.full(len(group_of), -1, np.int64)
+    for i in order:
+        if g_lead[g_idx[i]] < 0:
+            g_lead[g_idx[i]] = i
+    return _Groups(idx=g_idx, lead=g_lead, rank=rank, hash=[hashes[i] for i in g_lead],
+                   kind=[kinds.get(sources[i], "") for i in g_lead], lang=[langs[i] for i in g_lead])
+
+
+def _exact_links(groups: _Groups, scope: str) -> tuple[list[int], list[int], np.ndarray]:
+    """Links between groups with the same normalised prompt (across sources; within a kind for
+    scope `kind`), and the distinct prompts (the first group of each)."""
+    scope_key = (lambda g: (groups.kind[g], groups.hash[g])) if scope == "kind" else (lambda g: groups.hash[g])
+    first_with: dict = {}
+    src, dst = [], []
+    for g in range(groups.n):
+        f = first_with.setdefault(scope_key(g), g)
+        if f != g:
+            src.append(g)
+            dst.append(f)
+    return src, dst, np.array(sorted(set(first_with.values())), np.int64)
+
+
+def _bucket_labels(cfg, merged: pa.Table, X: np.ndarray, groups: _Groups, bucket: np.ndarray, threshold: float,
+                   stats: dict, log: Optional[Callable[[str], None]]) -> np.ndarray:
+    """The cluster label (a member's position) of each group of one bucket, by `cfg.method` (one of
+    the method configs: the config's type admits no other)."""
+    m = cfg.method
+    if m.name == "faiss_graph":
+        lab, gs = faiss_graph(X[groups.lead[bucket]], threshold, exact_max_n=m.exact_max_n, nlist=m.nlist,
+                              nprobe=m.nprobe, seed=cfg.seed, max_neighbors=m.max_neighbors, force=m.search,
+                              ivfpca_min_n=m.ivfpca_min_n, ivfpca_dims=m.ivfpca_dims, log=log)
+        searches = set(filter(None, stats.get("search", "").split(", "))) | {gs.method}
+        stats.update(search=", ".join(sorted(searches)), nlist=gs.nlist, nprobe=gs.nprobe,
+                     edges=stats.get("edges", 0) + gs.edges)
+        if gs.method == "ivfpca":  # compressed search: what the exact re-rank saw and kept
+            stats.update(ivfpca_dims=gs.dims, pca_energy=round(gs.energy, 4),
+                         candidate_pairs=stats.get("candidate_pairs", 0) + gs.candidates,
+                         links_after_rerank=stats.get("links_after_rerank", 0) + gs.edges)
+        return lab
+    if m.name == "dbscan":
+        return dbscan_labels(X[groups.lead[bucket]], threshold)
+    texts = merged["prompt"].take(pa.array(groups.lead[bucket])).to_pylist()  # minhash
+    return minhash_labels(texts, m.jaccard_threshold, m.num_perm, m.ngram, seed=cfg.seed + 1)
+
+
+def _semantic_links(cfg, merged: pa.Table, X: np.ndarray, groups: _Groups, candidates: np.ndarray, by_lang: bool,
+                    threshold: float, stats: dict, log: Optional[Callable[[str], None]]) -> tuple[list[int], list[int]]:
+    """Links between distinct prompts found by `cfg.method`, in buckets (kind, language) that are
+    never compared with each other."""
+    bucket_key = lambda g: ((groups.kind[g] if cfg.scope == "kind" else ""), (groups.lang[g] if by_lang else ""))  # noqa: E731
+    members: dict[tuple, list[int]] = {}
+    for g in candidates.tolist():
+        members.setdefault(bucket_key(g), []).append(g)
+    src, dst = [], []
+    for bucket in (np.asarray(members[k], np.int64) for k in sorted(members)):
+        if len(bucket) < 2:
+            continue
+        lab = _bucket_labels(cfg, merged, X, groups, bucket, threshold, stats, log)
+        src.extend(bucket.tolist())
+        dst.extend(bucket[lab].tolist())
+    return src, dst
+
+
+def _clusters_table(ids: list[str], sources: list[str], langs: Optional[list[str]], X: np.ndarray, rep: np.ndarray,
+                    groups: _Groups, g_label: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """One row per record: its cluster, representative, match kind, keep and removal reason.
+    Returns (the table, the size of each group's cluster by label)."""
+    n = len(ids)
+    g_idx, g_lead, rank = groups.idx, groups.lead, groups.rank
+    # representative group per cluster = the group holding the best-ranked record
+    rep_group: dict[int, int] = {}
+    for g in sorted(range(groups.n), key=lambda g: rank[g_lead[g]]):
+        rep_group.setdefault(int(g_label[g]), g)
+    cluster_sizes = np.bincount(g_label, minlength=groups.n)
+    rep_of_group = np.array([rep_group[int(g_label[g])] for g in range(groups.n)], np.int64)
+    # dense cluster ids in representative order
+    cid_of_rep = {g: k for k, g in enumerate(sorted(set(rep_of_group.tolist()), key=lambda g: rank[g_lead[g]]))}
+    rep_rec = g_lead[rep_of_group[g_idx]]  # representative record per record
+    sim = np.einsum("ij,ij->i", X, X[rep_rec]).astype(np.float32) if n else np.zeros(0, np.float32)
+    keep = rep_of_group[g_idx] == g_idx
+    same_hash = np.array([groups.hash[rep_of_group[g]] == groups.hash[g] for g in g_idx.tolist()], bool) if n \
+        else np.zeros(0, bool)
+    match, reason = [], []
+    for i in range(n):
+        g = g_idx[i]
+        if cluster_sizes[g_label[g]] == 1:
+            match.append("unique")
+        elif keep[i]:
+            match.append("representative")
+        else:
+            match.append("exact" if same_hash[i] else "semantic")
+        if keep[i]:
+            reason.append(None)
+        else:
+            reason.append(Reason.DUPLICATE_WITHIN_SOURCE if sources[rep_rec[i]] == sources[i]
+                          else Reason.DUPLICATE_OF_OTHER_SOURCE)
+    clusters = pa.Table.from_pydict({
+        "all_prompt_id": ids, "source": sources,
+        "cluster_id": [cid_of_rep[int(rep_of_group[g])] for g in g_idx.tolist()],
+        "representative_id": [ids[r] for r in rep_rec.tolist()],
+        "representative_source": [sources[r] for r in rep_rec.tolist()],
+        "similarity": sim, "match": match,
+        "cluster_size": cluster_sizes[g_label[g_idx]].astype(np.int64) if n else [],
+        "keep": keep, "removed_reason": reason,
+        "language": langs if langs is not None else [None] * n, "representable": rep,
+    }, schema=CLUSTERS_SCHEMA)
+    return clusters, cluster_sizes
+
+
 def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str, int],
                     kinds: dict[str, str], cfg,
                     log: Optional[Callable[[str], None]] = None,
@@ -80,132 +238,28 @@ def cluster_prompts(merged: pa.Table, embeddings: pa.Table, priorities: dict[str
     t0 = time.monotonic()
     m = cfg.method
     run_sources = sources
-    n = merged.num_rows
     ids = merged["all_prompt_id"].to_pylist()
     sources = merged["source"].to_pylist()
     hashes = merged["prompt_norm_hash"].to_pylist()
-    pos = {pid: i for i, pid in enumerate(embeddings["all_prompt_id"].to_pylist())}
-    missing = [pid for pid in ids if pid not in pos]
-    if missing:
-        raise ValueError(f"{len(missing)} merged prompts have no embedding (e.g. {missing[0]!r}); "
-                         "re-materialise prompt_embeddings for their sources")
-    rows = np.fromiter((pos[p] for p in ids), np.int64, n)
-    X = vectors_of(embeddings)[rows] if n else np.zeros((0, 0), np.float32)
+    rows, X, rep = _aligned_vectors(merged, embeddings, ids)
     threshold, threshold_source, model = resolve_threshold(cfg, embeddings, rows, model_threshold)
-    if "representable" in embeddings.column_names and n:
-        rep = np.asarray(embeddings["representable"].take(pa.array(rows)).fill_null(True), bool)
-    else:
-        rep = np.ones(n, bool)
     has_language = "language" in merged.column_names
     langs = ([(x or UNDETERMINED) for x in merged["language"].to_pylist()] if has_language
-             else [UNDETERMINED] * n)
-
-    # prompt groups: (source, normalised prompt)
-    group_of: dict[tuple, int] = {}
-    g_idx = np.empty(n, np.int64)
-    for i, key in enumerate(zip(sources, hashes)):
-        g_idx[i] = group_of.setdefault(key, len(group_of))
-    n_groups = len(group_of)
-    rich = _richness(merged)
-    prio = np.array([priorities.get(s, 100) for s in sources], np.int64)
-    # rank order: the first record of a cluster in this order is its representative
-    order = sorted(range(n), key=lambda i: (prio[i], -rich[i], ids[i]))
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    g_lead = np.full(n_groups, -1, np.int64)  # best-ranked record of each group
-    for i in order:
-        if g_lead[g_idx[i]] < 0:
-            g_lead[g_idx[i]] = i
-    g_hash = [hashes[i] for i in g_lead]
-    g_kind = [kinds.get(sources[i], "") for i in g_lead]
-    g_lang = [langs[i] for i in g_lead]
-
-    # exact: groups with the same normalised prompt (across sources)
-    scope_key = (lambda g: (g_kind[g], g_hash[g])) if cfg.scope == "kind" else (lambda g: g_hash[g])
-    first_with: dict = {}
-    ex_src, ex_dst = [], []
-    for g in range(n_groups):
-        f = first_with.setdefault(scope_key(g), g)
-        if f != g:
-            ex_src.append(g)
-            ex_dst.append(f)
-    # semantic: one vector per distinct normalised prompt, in buckets (kind, language) that are
-    # never compared with each other; prompts the model cannot represent take no part
-    uniq = np.array(sorted(set(first_with.values())), np.int64)
+             else [UNDETERMINED] * len(ids))
+    groups = _prompt_groups(merged, ids, sources, hashes, langs, priorities, kinds)
+    ex_src, ex_dst, uniq = _exact_links(groups, cfg.scope)
+    # semantic: one vector per distinct normalised prompt; prompts the model cannot represent take no part
     by_lang = has_language and not cfg.cross_language
-    uniq_rep = rep[g_lead[uniq]] if len(uniq) else np.zeros(0, bool)
-    stats: dict = {"records": n, "prompt_groups": n_groups, "distinct_prompts": len(uniq),
+    uniq_rep = rep[groups.lead[uniq]] if len(uniq) else np.zeros(0, bool)
+    stats: dict = {"records": len(ids), "prompt_groups": groups.n, "distinct_prompts": len(uniq),
                    "method": m.name, "threshold": threshold, "threshold_source": threshold_source,
                    "embedding_model": model or "", "unrepresentable": int((~uniq_rep).sum()),
                    "language_rule": ("semantic merges within one language" if by_lang else
                                      "off (cross_language)" if has_language else "no language column")}
     candidates = uniq[uniq_rep] if m.name in EMBEDDING_METHODS else uniq
-    bucket_key = lambda g: ((g_kind[g] if cfg.scope == "kind" else ""), (g_lang[g] if by_lang else ""))  # noqa: E731
-    members: dict[tuple, list[int]] = {}
-    for g in candidates.tolist():
-        members.setdefault(bucket_key(g), []).append(g)
-    buckets = [np.asarray(members[k], np.int64) for k in sorted(members)]
-    sem_src, sem_dst = [], []
-    for bucket in buckets:
-        if len(bucket) < 2:
-            continue
-        if m.name == "faiss_graph":
-            lab, gs = faiss_graph(X[g_lead[bucket]], threshold, exact_max_n=m.exact_max_n, nlist=m.nlist,
-                                  nprobe=m.nprobe, seed=cfg.seed, max_neighbors=m.max_neighbors, force=m.search,
-                                  ivfpca_min_n=m.ivfpca_min_n, ivfpca_dims=m.ivfpca_dims, log=log)
-            searches = set(filter(None, stats.get("search", "").split(", "))) | {gs.method}
-            stats.update(search=", ".join(sorted(searches)), nlist=gs.nlist, nprobe=gs.nprobe,
-                         edges=stats.get("edges", 0) + gs.edges)
-            if gs.method == "ivfpca":  # compressed search: what the exact re-rank saw and kept
-                stats.update(ivfpca_dims=gs.dims, pca_energy=round(gs.energy, 4),
-                             candidate_pairs=stats.get("candidate_pairs", 0) + gs.candidates,
-                             links_after_rerank=stats.get("links_after_rerank", 0) + gs.edges)
-        elif m.name == "dbscan":
-            lab = dbscan_labels(X[g_lead[bucket]], threshold)
-        else:  # minhash (the config's type admits no other method)
-            texts = merged["prompt"].take(pa.array(g_lead[bucket])).to_pylist()
-            lab = minhash_labels(texts, m.jaccard_threshold, m.num_perm, m.ngram, seed=cfg.seed + 1)
-        sem_src.extend(bucket.tolist())
-        sem_dst.extend(bucket[lab].tolist())
-    g_label = components(n_groups, np.asarray(ex_src + sem_src, np.int64), np.asarray(ex_dst + sem_dst, np.int64))
-
-    # representative group per cluster = the group holding the best-ranked record
-    rep_group: dict[int, int] = {}
-    for g in sorted(range(n_groups), key=lambda g: rank[g_lead[g]]):
-        rep_group.setdefault(int(g_label[g]), g)
-    cluster_sizes = np.bincount(g_label, minlength=n_groups)
-    rep_of_group = np.array([rep_group[int(g_label[g])] for g in range(n_groups)], np.int64)
-    # dense cluster ids in representative order
-    cid_of_rep = {g: k for k, g in enumerate(sorted(set(rep_of_group.tolist()), key=lambda g: rank[g_lead[g]]))}
-
-    rep_rec = g_lead[rep_of_group[g_idx]]  # representative record per record
-    sim = np.einsum("ij,ij->i", X, X[rep_rec]).astype(np.float32) if n else np.zeros(0, np.float32)
-    keep = rep_of_group[g_idx] == g_idx
-    same_hash = np.array([g_hash[rep_of_group[g]] == g_hash[g] for g in g_idx.tolist()], bool) if n else np.zeros(0, bool)
-    match, reason = [], []
-    for i in range(n):
-        g = g_idx[i]
-        if cluster_sizes[g_label[g]] == 1:
-            match.append("unique")
-        elif keep[i]:
-            match.append("representative")
-        else:
-            match.append("exact" if same_hash[i] else "semantic")
-        if keep[i]:
-            reason.append(None)
-        else:
-            reason.append("duplicate_within_source" if sources[rep_rec[i]] == sources[i]
-                          else "duplicate_of_other_source")
-    clusters = pa.Table.from_pydict({
-        "all_prompt_id": ids, "source": sources,
-        "cluster_id": [cid_of_rep[int(rep_of_group[g])] for g in g_idx.tolist()],
-        "representative_id": [ids[r] for r in rep_rec.tolist()],
-        "representative_source": [sources[r] for r in rep_rec.tolist()],
-        "similarity": sim, "match": match,
-        "cluster_size": cluster_sizes[g_label[g_idx]].astype(np.int64) if n else [],
-        "keep": keep, "removed_reason": reason,
-        "language": langs if has_language else [None] * n, "representable": rep,
-    }, schema=CLUSTERS_SCHEMA)
+    sem_src, sem_dst = _semantic_links(cfg, merged, X, groups, candidates, by_lang, threshold, stats, log)
+    g_label = components(groups.n, np.asarray(ex_src + sem_src, np.int64), np.asarray(ex_dst + sem_dst, np.int64))
+    clusters, cluster_sizes = _clusters_table(ids, sources, langs if has_language else None, X, rep, groups, g_label)
     stats["clusters_multi"] = int((cluster_sizes > 1).sum())
     by_language = language_summary(clusters)
     stats["languages"] = {r["language"]: r["before"] for r in by_language.to_pylist()}
@@ -268,7 +322,7 @@ def dedup_summary(clusters: pa.Table, sources: Optional[list[str]] = None) -> pa
         if keep:
             r["after"] += 1
         else:
-            r["removed_within_source" if reason == "duplicate_within_source" else "removed_other_source"] += 1
+            r["removed_within_source" if reason == Reason.DUPLICATE_WITHIN_SOURCE else "removed_other_source"] += 1
             r["removed_exact" if match == "exact" else "removed_semantic"] += 1
     return pa.Table.from_pylist(sorted(out.values(), key=lambda r: r["source"]), schema=SUMMARY_SCHEMA)
 

@@ -5,13 +5,13 @@ every part of the prompt: see `EmbeddingClient.representable`), model (the embed
 
 from dataclasses import dataclass
 import hashlib
-import os
-import signal
 import time
 from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
+
+from resources.faults import EMBEDDING_CHUNK, Checkpoint, no_checkpoint
 
 MODEL_TYPE = pa.dictionary(pa.int32(), pa.string())
 
@@ -54,28 +54,17 @@ class EmbedRun:
     seconds: float
 
 
-_CHUNKS_ENCODED = 0
-
-
-def _test_kill_point() -> None:
-    """Tests only: with POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS=k the process SIGKILLs itself
-    right after writing its k-th encoded chunk, so a resume test knows exactly what is on disk."""
-    global _CHUNKS_ENCODED
-    _CHUNKS_ENCODED += 1
-    after = os.environ.get("POSTTRAIN_TEST_SIGKILL_AFTER_EMBED_CHUNKS")
-    if after and _CHUNKS_ENCODED >= int(after):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def embed_in_chunks(ids: list[str], parts: list[tuple[str, str]], encode: Callable[[list[str]], np.ndarray],
                     *, fingerprint: str, chunk_rows: int, store, chunk_dir: str,
                     representable: Optional[Callable[[list[str]], np.ndarray]] = None,
                     model: Optional[str] = None, dim: Optional[Callable[[], int]] = None,
-                    log: Optional[Callable[[str], None]] = None) -> EmbedRun:
+                    log: Optional[Callable[[str], None]] = None,
+                    checkpoint: Checkpoint = no_checkpoint) -> EmbedRun:
     """Embed length-sorted chunks, each saved atomically as it finishes; finished chunks of an
     interrupted run with the same fingerprint are reused. Returns vectors in input order.
     `representable(texts)` -> bool per text (None: all); `dim()` -> the model's dimension, asked
-    only for an empty input (whose table is still typed: vectors are 2 x dim)."""
+    only for an empty input (whose table is still typed: vectors are 2 x dim). `checkpoint` is called
+    after each chunk is written (`resources.faults`)."""
     t0 = time.monotonic()
     order = sorted(range(len(parts)), key=lambda i: (len(parts[i][0]) + len(parts[i][1]), i))
     n_chunks = (len(order) + chunk_rows - 1) // chunk_rows
@@ -99,7 +88,7 @@ def embed_in_chunks(ids: list[str], parts: list[tuple[str, str]], encode: Callab
         store.write(part, path)
         pieces.append(part)
         encoded += len(idx)
-        _test_kill_point()
+        checkpoint(EMBEDDING_CHUNK)
         if log:
             done = min((c + 1) * chunk_rows, len(order))
             rate = encoded / max(time.monotonic() - t0, 1e-9)

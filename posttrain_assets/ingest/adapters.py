@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable, Iterable, Iterator
 
 from partitions.registry import SourceSpec, register_adapter
+from resources.reasons import Reason
 
 from ..common.answers import GSM8K_FINAL
 
@@ -48,11 +49,11 @@ def _get(row: dict, spec: SourceSpec, logical: str, required: bool = True) -> An
     col = spec.column(logical)
     if col is None:
         if required:
-            raise RowReject("missing_field", logical, "not mapped")
+            raise RowReject(Reason.MISSING_FIELD, logical, "not mapped")
         return None
     value = row.get(col)
     if value is None and required:
-        raise RowReject("missing_field", col, "absent or null in this row")
+        raise RowReject(Reason.MISSING_FIELD, col, "absent or null in this row")
     return value
 
 
@@ -61,7 +62,7 @@ def _text(row: dict, spec: SourceSpec, logical: str, required: bool = True) -> s
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RowReject("not_text", spec.column(logical), f"expected a string, got {type(value).__name__}")
+        raise RowReject(Reason.NOT_TEXT, spec.column(logical), f"expected a string, got {type(value).__name__}")
     return value
 
 
@@ -80,7 +81,7 @@ def _row_id(row: dict, spec: SourceSpec, source_file: str, source_row: int) -> s
         return default_id(source_file, source_row)
     value = row.get(col)
     if value is None or str(value).strip() == "":
-        raise RowReject("missing_field", col, "id column is empty")
+        raise RowReject(Reason.MISSING_FIELD, col, "id column is empty")
     return str(value)
 
 
@@ -99,15 +100,15 @@ def _prompt_turns(row: dict, spec: SourceSpec) -> list[dict]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list):
-        raise RowReject("not_text", col,
+        raise RowReject(Reason.NOT_TEXT, col,
                         f"expected a string or a list of strings (turns), got {type(value).__name__}")
     if not value:
-        raise RowReject("empty_prompt", col, "the list of turns is empty")
+        raise RowReject(Reason.EMPTY_PROMPT, col, "the list of turns is empty")
     for i, turn in enumerate(value):
         if not isinstance(turn, str):
-            raise RowReject("not_text", f"{col}[{i}]", f"turn {i}: expected a string, got {type(turn).__name__}")
+            raise RowReject(Reason.NOT_TEXT, f"{col}[{i}]", f"turn {i}: expected a string, got {type(turn).__name__}")
         if not turn.strip():
-            raise RowReject("empty_turn", f"{col}[{i}]", f"turn {i} is empty or whitespace only")
+            raise RowReject(Reason.EMPTY_TURN, f"{col}[{i}]", f"turn {i} is empty or whitespace only")
     turns = value[:1] if spec.turns == "first" else value
     return [{"role": "user", "content": t} for t in turns]
 
@@ -169,19 +170,19 @@ def adapt_hh_rlhf(row: dict, spec: SourceSpec, source_file: str, source_row: int
         try:
             turns = parse_hh_transcript(text)
         except ValueError as exc:
-            raise RowReject("unparseable_transcript", spec.column(name), str(exc)) from None
+            raise RowReject(Reason.UNPARSEABLE_TRANSCRIPT, spec.column(name), str(exc)) from None
         if turns[-1]["role"] != "assistant":
-            raise RowReject("no_final_assistant_turn", spec.column(name))
+            raise RowReject(Reason.NO_FINAL_ASSISTANT_TURN, spec.column(name))
         convs[name] = turns
     prompt_msgs = convs["chosen"][:-1]
     if prompt_msgs != convs["rejected"][:-1]:
-        raise RowReject("transcripts_diverge", None,
+        raise RowReject(Reason.TRANSCRIPTS_DIVERGE, None,
                         "chosen and rejected differ before their final assistant turn")
     if not prompt_msgs:
-        raise RowReject("empty_prompt", spec.column("chosen"), "no turn before the final answer")
+        raise RowReject(Reason.EMPTY_PROMPT, spec.column("chosen"), "no turn before the final answer")
     for name in ("chosen", "rejected"):
         if not convs[name][-1]["content"].strip():
-            raise RowReject("empty_response", spec.column(name), "final assistant turn is empty")
+            raise RowReject(Reason.EMPTY_RESPONSE, spec.column(name), "final assistant turn is empty")
     return [_record(
         source_prompt_id=_row_id(row, spec, source_file, source_row),
         prompt=render_conversation(prompt_msgs), messages=prompt_msgs,
@@ -194,13 +195,13 @@ def adapt_self_instruct(row: dict, spec: SourceSpec, source_file: str, source_ro
     instruction = _text(row, spec, "prompt")
     instances = _get(row, spec, "instances")
     if not isinstance(instances, list) or not instances:
-        raise RowReject("no_instances", spec.column("instances"), "expected a non-empty list")
+        raise RowReject(Reason.NO_INSTANCES, spec.column("instances"), "expected a non-empty list")
     out = []
     for i, inst in enumerate(instances):
         # a non-text input would otherwise crash at .strip() below
         if (not isinstance(inst, dict) or not isinstance(inst.get("output"), str)
                 or not isinstance(inst.get("input"), (str, type(None)))):
-            raise RowReject("bad_instance", f"{spec.column('instances')}[{i}]",
+            raise RowReject(Reason.BAD_INSTANCE, f"{spec.column('instances')}[{i}]",
                             "expected {input, output} strings")
         inp = inst.get("input") or ""
         prompt = instruction.strip() + ("\n\n" + inp.strip() if inp.strip() else "")
@@ -221,7 +222,7 @@ def _oasst_rank(value: Any) -> int | None:
         value = int(value)
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63):
         return value
-    raise RowReject("bad_rank", "rank", f"expected a whole number or null, got {value!r}")
+    raise RowReject(Reason.BAD_RANK, "rank", f"expected a whole number or null, got {value!r}")
 
 
 def _oasst_message_meta(m: dict) -> dict:
@@ -237,14 +238,14 @@ def adapt_oasst_tree(row: dict, spec: SourceSpec, source_file: str, source_row: 
     col = spec.column("root")
     root = row if col == "." else row.get(col)
     if not isinstance(root, dict):
-        raise RowReject("missing_field", col, "no root message object")
+        raise RowReject(Reason.MISSING_FIELD, col, "no root message object")
     tree_id = row.get("message_tree_id") or root.get("message_tree_id") or root.get("message_id")
     out: list = []
 
     def visit(msg: dict, path: list[dict], deleted_above: bool) -> None:
         # role as given may be any JSON value (a list is unhashable): only a known string counts
         if not isinstance(msg.get("text"), str) or not isinstance(msg.get("role"), str) or msg["role"] not in OASST_ROLES:
-            out.append(RowReject("bad_message", "text/role",
+            out.append(RowReject(Reason.BAD_MESSAGE, "text/role",
                                  f"message {msg.get('message_id')} lacks text or a known role"))
             return
         deleted = deleted_above or bool(msg.get("deleted"))
@@ -254,7 +255,7 @@ def adapt_oasst_tree(row: dict, spec: SourceSpec, source_file: str, source_row: 
             answers = [r for r in replies if r.get("role") == "assistant"]
             if not answers:
                 if deleted:
-                    out.append(RowReject("deleted_message", "deleted", f"message {msg.get('message_id')}"))
+                    out.append(RowReject(Reason.DELETED_MESSAGE, "deleted", f"message {msg.get('message_id')}"))
                 else:
                     out.append(_record(
                         source_prompt_id=str(msg.get("message_id")), prompt=render_conversation(here),
@@ -262,9 +263,9 @@ def adapt_oasst_tree(row: dict, spec: SourceSpec, source_file: str, source_row: 
                         metadata=_meta({"message_tree_id": tree_id, "prompt_message": _oasst_message_meta(msg)})))
             for r in answers:
                 if deleted or r.get("deleted"):
-                    out.append(RowReject("deleted_message", "deleted", f"message {r.get('message_id')}"))
+                    out.append(RowReject(Reason.DELETED_MESSAGE, "deleted", f"message {r.get('message_id')}"))
                 elif not isinstance(r.get("text"), str):
-                    out.append(RowReject("bad_message", "text", f"message {r.get('message_id')} has no text"))
+                    out.append(RowReject(Reason.BAD_MESSAGE, "text", f"message {r.get('message_id')} has no text"))
                 else:
                     try:  # a rank the int64 column cannot hold is this reply's reject, not a crash
                         rank = _oasst_rank(r.get("rank"))
@@ -325,11 +326,11 @@ def oasst_message_trees(rows: Iterable[tuple[str, int, dict]], spec: SourceSpec
     for source_file, source_row, row in rows:
         mid = row.get(cols["id"])
         if mid is None or str(mid).strip() == "":
-            yield source_file, source_row, RowReject("missing_field", cols["id"], "message id is empty")
+            yield source_file, source_row, RowReject(Reason.MISSING_FIELD, cols["id"], "message id is empty")
             continue
         mid = str(mid)
         if mid in nodes:
-            yield source_file, source_row, RowReject("duplicate_id", cols["id"], f"message {mid} seen before")
+            yield source_file, source_row, RowReject(Reason.DUPLICATE_ID, cols["id"], f"message {mid} seen before")
             continue
         labels = row.get(cols["labels"]) if cols["labels"] else None
         labels = dict(labels) if isinstance(labels, dict) else {}
@@ -349,7 +350,7 @@ def oasst_message_trees(rows: Iterable[tuple[str, int, dict]], spec: SourceSpec
             nodes[str(parent)]["replies"].append(nodes[mid])
         else:
             f, r = where[mid]
-            yield f, r, RowReject("orphan_message", cols["parent"], f"message {mid}: parent {parent} is not in the source")
+            yield f, r, RowReject(Reason.ORPHAN_MESSAGE, cols["parent"], f"message {mid}: parent {parent} is not in the source")
     for mid in roots:
         f, r = where[mid]
         yield f, r, nodes[mid]
@@ -378,14 +379,14 @@ def adapt_helpsteer3(row: dict, spec: SourceSpec, source_file: str, source_row: 
             if not all(isinstance(m["content"], str) for m in messages):  # e.g. a number: no text to render
                 raise TypeError("content")
         except (KeyError, TypeError):
-            raise RowReject("bad_context", spec.column("context"),
+            raise RowReject(Reason.BAD_CONTEXT, spec.column("context"),
                             "messages need role user/assistant/system and string content") from None
     else:
-        raise RowReject("bad_context", spec.column("context"), "expected text or a list of messages")
+        raise RowReject(Reason.BAD_CONTEXT, spec.column("context"), "expected text or a list of messages")
     r1, r2 = _text(row, spec, "response1"), _text(row, spec, "response2")
     score = _get(row, spec, "overall_preference")
     if isinstance(score, bool) or not isinstance(score, (int, float)) or score not in range(-3, 4):
-        raise RowReject("bad_preference_score", spec.column("overall_preference"),
+        raise RowReject(Reason.BAD_PREFERENCE_SCORE, spec.column("overall_preference"),
                         f"expected an integer -3..3, got {score!r}")
     chosen, rejected, tie = helpsteer3_choice(int(score), r1, r2)
     # the message lists: each side's whole conversation; a tie keeps response1 / response2 in that order
@@ -409,11 +410,11 @@ def _split_final_reply(messages: list[dict], spec: SourceSpec, col: str) -> tupl
     elif spec.kind == "prompt":
         prompt_msgs, reply = messages, None
     else:
-        raise RowReject("no_final_assistant_turn", col,
+        raise RowReject(Reason.NO_FINAL_ASSISTANT_TURN, col,
                         f"the last turn is {messages[-1]['role']!r}; kind {spec.kind!r} needs an "
                         "assistant reply to end the conversation")
     if not any(m["role"] == "user" for m in prompt_msgs):
-        raise RowReject("no_user_turn", col, "no user turn before the final assistant turn")
+        raise RowReject(Reason.NO_USER_TURN, col, "no user turn before the final assistant turn")
     return prompt_msgs, reply
 
 
@@ -428,9 +429,9 @@ def adapt_alpaca(row: dict, spec: SourceSpec, source_file: str, source_row: int)
     inp = _text(row, spec, "input", required=False) or ""
     output = _text(row, spec, "response", required=spec.column("response") is not None)
     if not instruction.strip():
-        raise RowReject("empty_prompt", spec.column("prompt"), "instruction is empty or whitespace only")
+        raise RowReject(Reason.EMPTY_PROMPT, spec.column("prompt"), "instruction is empty or whitespace only")
     if output is not None and not output.strip():
-        raise RowReject("empty_response", spec.column("response"), "output is empty or whitespace only")
+        raise RowReject(Reason.EMPTY_RESPONSE, spec.column("response"), "output is empty or whitespace only")
     prompt = instruction.strip() + ("\n\n" + inp.strip() if inp.strip() else "")
     messages = []
     system = _text(row, spec, "system", required=False)
@@ -440,12 +441,12 @@ def adapt_alpaca(row: dict, spec: SourceSpec, source_file: str, source_row: int)
     hcol = spec.column("history")
     if history is not None:
         if not isinstance(history, list):
-            raise RowReject("bad_history", hcol,
+            raise RowReject(Reason.BAD_HISTORY, hcol,
                             f"expected a list of [user, assistant] pairs, got {type(history).__name__}")
         for i, pair in enumerate(history):
             if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                     or not all(isinstance(t, str) and t.strip() for t in pair)):
-                raise RowReject("bad_history", f"{hcol}[{i}]",
+                raise RowReject(Reason.BAD_HISTORY, f"{hcol}[{i}]",
                                 "expected a [user, assistant] pair of non-empty strings")
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     messages.append({"role": "user", "content": prompt})
@@ -468,9 +469,9 @@ def _parse_tools(row: dict, spec: SourceSpec) -> list | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise RowReject("bad_tools", col, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+            raise RowReject(Reason.BAD_TOOLS, col, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise RowReject("bad_tools", col, f"expected a list of tool schemas (objects), got {type(value).__name__}")
+        raise RowReject(Reason.BAD_TOOLS, col, f"expected a list of tool schemas (objects), got {type(value).__name__}")
     return value
 
 
@@ -485,10 +486,10 @@ def adapt_sharegpt(row: dict, spec: SourceSpec, source_file: str, source_row: in
     col = spec.column("conversations")
     conv = _get(row, spec, "conversations")
     if not isinstance(conv, list):
-        raise RowReject("bad_conversations", col,
+        raise RowReject(Reason.BAD_CONVERSATIONS, col,
                         f"expected a list of {{from, value}} turns, got {type(conv).__name__}")
     if not conv:
-        raise RowReject("empty_conversation", col, "no turns")
+        raise RowReject(Reason.EMPTY_CONVERSATION, col, "no turns")
     messages = []
     system = _text(row, spec, "system", required=False)
     if system and system.strip():
@@ -496,13 +497,13 @@ def adapt_sharegpt(row: dict, spec: SourceSpec, source_file: str, source_row: in
     for i, turn in enumerate(conv):
         if not (isinstance(turn, dict) and isinstance(turn.get("from"), str)
                 and isinstance(turn.get("value"), str)):
-            raise RowReject("bad_turn", f"{col}[{i}]", "expected an object with string 'from' and 'value'")
+            raise RowReject(Reason.BAD_TURN, f"{col}[{i}]", "expected an object with string 'from' and 'value'")
         role = SHAREGPT_ROLES.get(turn["from"])
         if role is None:
-            raise RowReject("unknown_role", f"{col}[{i}].from",
+            raise RowReject(Reason.UNKNOWN_ROLE, f"{col}[{i}].from",
                             f"{turn['from']!r}; known: {', '.join(SHAREGPT_ROLES)}")
         if not turn["value"].strip():
-            raise RowReject("empty_content", f"{col}[{i}].value",
+            raise RowReject(Reason.EMPTY_CONTENT, f"{col}[{i}].value",
                             f"{turn['from']} turn is empty or whitespace only")
         messages.append({"role": role, "content": turn["value"]})
     _parse_tools(row, spec)  # checked only: metadata keeps the row, `tools` as given
@@ -522,14 +523,14 @@ def _openai_content(m: dict, where: str) -> str:
     if isinstance(content, list):
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                    for p in content):
-            raise RowReject("unsupported_content", f"{where}.content", "only text parts are supported")
+            raise RowReject(Reason.UNSUPPORTED_CONTENT, f"{where}.content", "only text parts are supported")
         content = "\n".join(p["text"] for p in content)
     elif content is None and m.get("role") == "assistant" and m.get("tool_calls"):
         content = json.dumps(m["tool_calls"], ensure_ascii=False)
     if not isinstance(content, str):
-        raise RowReject("bad_turn", f"{where}.content", f"expected a string, got {type(content).__name__}")
+        raise RowReject(Reason.BAD_TURN, f"{where}.content", f"expected a string, got {type(content).__name__}")
     if not content.strip():
-        raise RowReject("empty_content", f"{where}.content", f"{m.get('role')} turn is empty or whitespace only")
+        raise RowReject(Reason.EMPTY_CONTENT, f"{where}.content", f"{m.get('role')} turn is empty or whitespace only")
     return content
 
 
@@ -542,23 +543,23 @@ def adapt_messages(row: dict, spec: SourceSpec, source_file: str, source_row: in
     col = spec.column("messages")
     raw_msgs = _get(row, spec, "messages")
     if not isinstance(raw_msgs, list):
-        raise RowReject("bad_messages", col,
+        raise RowReject(Reason.BAD_MESSAGES, col,
                         f"expected a list of {{role, content}} messages, got {type(raw_msgs).__name__}")
     if not raw_msgs:
-        raise RowReject("empty_conversation", col, "no messages")
+        raise RowReject(Reason.EMPTY_CONVERSATION, col, "no messages")
     messages = []
     for i, m in enumerate(raw_msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise RowReject("bad_turn", f"{col}[{i}]", "expected an object with a string 'role'")
+            raise RowReject(Reason.BAD_TURN, f"{col}[{i}]", "expected an object with a string 'role'")
         role = OPENAI_ROLES.get(m["role"])
         if role is None:
-            raise RowReject("unknown_role", f"{col}[{i}].role", f"{m['role']!r}; known: {', '.join(OPENAI_ROLES)}")
+            raise RowReject(Reason.UNKNOWN_ROLE, f"{col}[{i}].role", f"{m['role']!r}; known: {', '.join(OPENAI_ROLES)}")
         messages.append({"role": role, "content": _openai_content(m, f"{col}[{i}]")})
     labels = None
     if spec.column("label") is not None:
         label = _get(row, spec, "label")
         if not isinstance(label, bool):
-            raise RowReject("bad_label", spec.column("label"), f"expected true or false, got {label!r}")
+            raise RowReject(Reason.BAD_LABEL, spec.column("label"), f"expected true or false, got {label!r}")
         labels = {"label": label}
     prompt_msgs, reply = _split_final_reply(messages, spec, col)
     return [_record(

@@ -23,6 +23,7 @@ import json
 from typing import Any
 
 from partitions.registry import EntryError, SourceSpec
+from resources.reasons import Reason
 
 from .adapters import RowReject, _get, _meta, _record, _row_id, _text, render_conversation
 
@@ -83,10 +84,10 @@ def _part_text(content: Any, where: str) -> str:
                 texts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise RowReject("unsupported_content", f"{where}.content[{k}]",
+                raise RowReject(Reason.UNSUPPORTED_CONTENT, f"{where}.content[{k}]",
                                 f"a part of type {kind!r}; only text parts are read")
         return "\n".join(texts)
-    raise RowReject("bad_turn", f"{where}.content",
+    raise RowReject(Reason.BAD_TURN, f"{where}.content",
                     f"expected a string or a list of text parts, got {type(content).__name__}")
 
 
@@ -101,29 +102,29 @@ def payload_block(payload: Any) -> str:
 def read_conversation(value: Any, col: str, spec: SourceSpec) -> list[dict]:
     """One side of a battle -> [{role, content}] (payloads appended per the options)."""
     if not isinstance(value, list):
-        raise RowReject("bad_conversation", col, f"expected a list of {{role, content}} turns, got {type(value).__name__}")
+        raise RowReject(Reason.BAD_CONVERSATION, col, f"expected a list of {{role, content}} turns, got {type(value).__name__}")
     if not value:
-        raise RowReject("empty_conversation", col, "no turns")
+        raise RowReject(Reason.EMPTY_CONVERSATION, col, "no turns")
     payload_key, in_content = spec.option("payload"), spec.option("payload_in_content")
     out = []
     for i, turn in enumerate(value):
         where = f"{col}[{i}]"
         if not isinstance(turn, dict) or not isinstance(turn.get("role"), str):
-            raise RowReject("bad_turn", where, "expected an object with a string 'role'")
+            raise RowReject(Reason.BAD_TURN, where, "expected an object with a string 'role'")
         role = TURN_ROLES.get(turn["role"])
         if role is None:
-            raise RowReject("unknown_role", f"{where}.role", f"{turn['role']!r}; known: {', '.join(TURN_ROLES)}")
+            raise RowReject(Reason.UNKNOWN_ROLE, f"{where}.role", f"{turn['role']!r}; known: {', '.join(TURN_ROLES)}")
         text = _part_text(turn.get("content"), where)
         if role == "assistant" and payload_key and in_content:
             block = payload_block(turn.get(payload_key))
             text = f"{text.rstrip()}\n\n{block}" if text.strip() and block else (text if not block else block)
         if not text.strip():
-            raise RowReject("empty_content", f"{where}.content", f"{turn['role']} turn is empty or whitespace only")
+            raise RowReject(Reason.EMPTY_CONTENT, f"{where}.content", f"{turn['role']} turn is empty or whitespace only")
         out.append({"role": role, "content": text})
     if out[-1]["role"] != "assistant":
-        raise RowReject("no_final_assistant_turn", col, f"the last turn is {out[-1]['role']!r}")
+        raise RowReject(Reason.NO_FINAL_ASSISTANT_TURN, col, f"the last turn is {out[-1]['role']!r}")
     if not any(m["role"] == "user" for m in out):
-        raise RowReject("no_user_turn", col, "no user turn")
+        raise RowReject(Reason.NO_USER_TURN, col, "no user turn")
     return out
 
 
@@ -133,18 +134,18 @@ def adapt_pairwise(row: dict, spec: SourceSpec, source_file: str, source_row: in
     verdicts: dict = spec.option("verdicts")
     winner = _get(row, spec, "winner")
     if not isinstance(winner, str) or winner not in verdicts:
-        raise RowReject("unknown_verdict", wcol, f"{winner!r} is not a declared verdict "
+        raise RowReject(Reason.UNKNOWN_VERDICT, wcol, f"{winner!r} is not a declared verdict "
                                                  f"(options.verdicts: {', '.join(map(repr, verdicts))})")
     meaning = verdicts[winner]
     cols = {s: spec.column(f"conversation_{s}") for s in "ab"}
     conv = {s: read_conversation(_get(row, spec, f"conversation_{s}"), cols[s], spec) for s in "ab"}
     prompt = {s: [(i, m) for i, m in enumerate(conv[s]) if m["role"] in PROMPT_ROLES] for s in "ab"}
     if len(prompt["a"]) != len(prompt["b"]):
-        raise RowReject("conversations_diverge", cols["b"], f"{len(prompt['b'])} user turns, conversation_a has "
+        raise RowReject(Reason.CONVERSATIONS_DIVERGE, cols["b"], f"{len(prompt['b'])} user turns, conversation_a has "
                                                             f"{len(prompt['a'])}")
     for k, ((_, ma), (ib, mb)) in enumerate(zip(prompt["a"], prompt["b"])):
         if ma != mb:
-            raise RowReject("conversations_diverge", f"{cols['b']}[{ib}]",
+            raise RowReject(Reason.CONVERSATIONS_DIVERGE, f"{cols['b']}[{ib}]",
                             f"user turn {k + 1} differs from conversation_a's")
     messages = [m for _, m in prompt["a"]]
     if meaning in ("tie", "both_bad"):
@@ -172,12 +173,12 @@ def _flags(row: dict, spec: SourceSpec, logical: str, n: int, allow: tuple = (bo
     if value is None:
         return None
     if not isinstance(value, list):
-        raise RowReject("bad_verdicts", col, f"expected a list (one value per trace), got {type(value).__name__}")
+        raise RowReject(Reason.BAD_VERDICTS, col, f"expected a list (one value per trace), got {type(value).__name__}")
     if len(value) != n:
-        raise RowReject("verdicts_length_mismatch", col, f"{len(value)} values for {n} traces")
+        raise RowReject(Reason.VERDICTS_LENGTH_MISMATCH, col, f"{len(value)} values for {n} traces")
     for i, v in enumerate(value):
         if v is not None and not isinstance(v, allow):
-            raise RowReject("bad_verdicts", f"{col}[{i}]", f"expected {' or '.join(t.__name__ for t in allow)} "
+            raise RowReject(Reason.BAD_VERDICTS, f"{col}[{i}]", f"expected {' or '.join(t.__name__ for t in allow)} "
                                                            f"or null, got {v!r}")
     return value
 
@@ -188,7 +189,7 @@ def trace_verdicts(row: dict, spec: SourceSpec, n: int) -> tuple[list, list, lis
     unless `complete` says False or its finish reason is 'length' (cut at the token limit)."""
     mv = _flags(row, spec, "verdicts", n)
     if mv is None:
-        raise RowReject("missing_field", spec.column("verdicts"), "absent or null in this row")
+        raise RowReject(Reason.MISSING_FIELD, spec.column("verdicts"), "absent or null in this row")
     llm = _flags(row, spec, "fallback_verdicts", n) or [None] * n
     done = _flags(row, spec, "complete", n) or [None] * n
     finish = _flags(row, spec, "finish_reasons", n, allow=(str,)) or [None] * n
@@ -203,8 +204,8 @@ def trace_verdicts(row: dict, spec: SourceSpec, n: int) -> tuple[list, list, lis
 def _missing(side: bool, verdict: list, complete: list) -> str:
     """Why no complete trace with verdict `side` exists: one exists but is incomplete, or none at all."""
     if any(v is side and not c for v, c in zip(verdict, complete)):
-        return "incomplete"
-    return "no_correct_trace" if side else "no_incorrect_trace"
+        return Reason.INCOMPLETE
+    return Reason.NO_CORRECT_TRACE if side else Reason.NO_INCORRECT_TRACE
 
 
 def trace_pairs(verdict: list, by: list, complete: list, rule: str) -> tuple[list[tuple[int, int]], str | None]:
@@ -220,13 +221,13 @@ def trace_pairs(verdict: list, by: list, complete: list, rule: str) -> tuple[lis
     n = len(verdict)
     if rule == "seed":
         if n != 2:
-            return [], "not_two_traces"
+            return [], Reason.NOT_TWO_TRACES
         right = [i for i in range(n) if verdict[i] is True]
         if len(right) == 1:
             return [(right[0], 1 - right[0])], None
-        return [], "no_correct_trace" if not right else "no_incorrect_trace"
+        return [], Reason.NO_CORRECT_TRACE if not right else Reason.NO_INCORRECT_TRACE
     if all(v is None for v in verdict):
-        return [], "no_verdict"
+        return [], Reason.NO_VERDICT
     right = [i for i in range(n) if complete[i] and verdict[i] is True]
     wrong = [i for i in range(n) if complete[i] and verdict[i] is False]
     if not right:
@@ -268,9 +269,9 @@ def adapt_multi_trace(row: dict, spec: SourceSpec, source_file: str, source_row:
     tcol = spec.column("traces")
     traces = _get(row, spec, "traces")
     if not isinstance(traces, list) or not all(isinstance(t, str) for t in traces):
-        raise RowReject("bad_traces", tcol, f"expected a list of strings, got {type(traces).__name__}")
+        raise RowReject(Reason.BAD_TRACES, tcol, f"expected a list of strings, got {type(traces).__name__}")
     if not traces:
-        raise RowReject("no_traces", tcol, "the list of traces is empty")
+        raise RowReject(Reason.NO_TRACES, tcol, "the list of traces is empty")
     verdict, by, complete = trace_verdicts(row, spec, len(traces))
     messages = [{"role": "user", "content": problem}]
     drop = {c for c in (tcol, spec.column("messages")) if c}
@@ -284,7 +285,7 @@ def adapt_multi_trace(row: dict, spec: SourceSpec, source_file: str, source_row:
     if spec.option("cot_rows") == "messages":
         answer = _messages_answer(row, spec)
         if answer is None:
-            out.append(RowReject("no_cot_answer", spec.column("messages"), "no assistant turn in messages",
+            out.append(RowReject(Reason.NO_COT_ANSWER, spec.column("messages"), "no assistant turn in messages",
                                  outcome="removed"))
         else:
             out.append(_record(source_prompt_id=rid, prompt=problem, messages=messages, response=answer,

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from partitions.registry import RegistryError, SourceSpec
 from partitions.shards import RowFingerprint, ShardError, count_rows, file_pieces
+from resources.reasons import Reason
 
 from ..common.accounting import RowIssue, raw_preview
 
@@ -67,7 +68,7 @@ def non_finite_issue(row: Any, name: str, row_no: int) -> RowIssue | None:
     hit = non_finite_path(row)
     if hit is None:
         return None
-    return RowIssue(reason="non_finite_number", source_file=name, source_row=row_no, field=hit[0],
+    return RowIssue(reason=Reason.NON_FINITE_NUMBER, source_file=name, source_row=row_no, field=hit[0],
                     detail=f"{hit[1]} is not a JSON number (NaN, Infinity or too large for a float)",
                     raw=raw_preview(json.dumps(row, default=lambda v: v.token, ensure_ascii=False)))
 
@@ -159,7 +160,7 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
                 out.fingerprint.add(raw.rstrip(b"\r\n"))
             if len(raw) > out.max_row_bytes:  # not decoded, not parsed
                 out.issues.append(RowIssue(
-                    reason="row_too_large", source_file=name, source_row=lineno,
+                    reason=Reason.ROW_TOO_LARGE, source_file=name, source_row=lineno,
                     detail=f"line {lineno + 1}: {len(raw):,} bytes > max_row_bytes={out.max_row_bytes:,}",
                     raw=raw_preview(raw[:2000])))
                 continue
@@ -167,7 +168,7 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 out.issues.append(RowIssue(
-                    reason="invalid_utf8", source_file=name, source_row=lineno,
+                    reason=Reason.INVALID_UTF8, source_file=name, source_row=lineno,
                     detail=f"byte 0x{raw[exc.start]:02x} at offset {exc.start} of line {lineno + 1} is not UTF-8",
                     raw=raw_preview(raw)))
                 continue
@@ -176,7 +177,7 @@ def _read_jsonl(path: Path, out: LoadedRows, limit: int | None, offset: int = 0)
                 row = _loads(text)
             except json.JSONDecodeError as exc:
                 out.issues.append(RowIssue(
-                    reason="malformed_json", source_file=name, source_row=lineno,
+                    reason=Reason.MALFORMED_JSON, source_file=name, source_row=lineno,
                     detail=f"line {lineno + 1}: {exc.msg} at column {exc.colno}", raw=raw_preview(text)))
                 continue
             if NonFinite.made != made and (issue := non_finite_issue(row, name, lineno)) is not None:
@@ -254,13 +255,13 @@ def _read_csv(path: Path, out: LoadedRows, limit: int | None, offset: int = 0) -
         if len(values) < width:
             missing = header[len(values):]
             out.issues.append(RowIssue(
-                reason="csv_missing_column", source_file=name, source_row=i, field=missing[0],
+                reason=Reason.CSV_MISSING_COLUMN, source_file=name, source_row=i, field=missing[0],
                 detail=f"line {reader.line_num}: {len(values)} of {width} columns; missing {', '.join(missing)}",
                 raw=raw_preview(values)))
             continue
         if len(values) > width:
             out.issues.append(RowIssue(
-                reason="csv_extra_columns", source_file=name, source_row=i,
+                reason=Reason.CSV_EXTRA_COLUMNS, source_file=name, source_row=i,
                 detail=f"line {reader.line_num}: {len(values)} columns, header has {width} (unquoted comma?)",
                 raw=raw_preview(values)))
             continue
@@ -394,13 +395,13 @@ def iter_rows(spec: SourceSpec, out: LoadedRows, log: Callable[[str], None] | No
                 fname, row_no, row = (name, *item) if name is not None else item
                 if not isinstance(row, dict):
                     out.issues.append(RowIssue(
-                        reason="not_an_object", source_file=fname, source_row=row_no,
+                        reason=Reason.NOT_AN_OBJECT, source_file=fname, source_row=row_no,
                         detail=f"row is a {type(row).__name__}, expected an object", raw=raw_preview(row)))
                     continue
                 bad = lone_surrogate_path(row)
                 if bad:
                     out.issues.append(RowIssue(
-                        reason="invalid_utf8", source_file=fname, source_row=row_no, field=bad,
+                        reason=Reason.INVALID_UTF8, source_file=fname, source_row=row_no, field=bad,
                         detail="text holds bytes that are not UTF-8", raw=raw_preview(row)))
                     continue
                 if log and out.rows_read % PROGRESS_EVERY == 0:

@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from partitions.registry import SourceSpec
+from resources.reasons import Reason
 
 from ..common.accounting import Accounting, RowIssue, raw_preview
 from ..common.label_filter import LabelFilter
@@ -152,12 +153,12 @@ class PromptMerger:
                         rec[f"{side}_messages"] = with_answer(rec["messages"], rec[side])
                 prompt = rec["prompt"]
                 if prompt is None or not prompt.strip():
-                    issues.append(RowIssue(reason="empty_prompt", source_file=source_file,
+                    issues.append(RowIssue(reason=Reason.EMPTY_PROMPT, source_file=source_file,
                                            source_row=source_row, field=prompt_col,
                                            detail="prompt is empty or whitespace only", raw=raw_preview(row)))
                     continue
                 if len(prompt) > self.max_prompt_chars:
-                    issues.append(RowIssue(reason="prompt_too_long", source_file=source_file,
+                    issues.append(RowIssue(reason=Reason.PROMPT_TOO_LONG, source_file=source_file,
                                            source_row=source_row, field=prompt_col,
                                            detail=f"{len(prompt):,} chars > max_prompt_chars={self.max_prompt_chars:,}",
                                            raw=raw_preview(prompt)))
@@ -167,14 +168,14 @@ class PromptMerger:
                     key = _record_key(rec, spec.dedup_key)
                     first = self._seen_key.get(key)
                     if first is not None:
-                        issues.append(RowIssue(reason="exact_duplicate", outcome="removed",
+                        issues.append(RowIssue(reason=Reason.EXACT_DUPLICATE, outcome="removed",
                                                source_file=source_file, source_row=source_row,
                                                detail=f"normalised {spec.dedup_key} equals an earlier row's",
                                                duplicate_of=first, raw=raw_preview(prompt)))
                         continue
                 id_key = _id_digest(all_id)
                 if id_key in self._seen_id:
-                    issues.append(RowIssue(reason="duplicate_id", source_file=source_file,
+                    issues.append(RowIssue(reason=Reason.DUPLICATE_ID, source_file=source_file,
                                            source_row=source_row, field=spec.column("id"),
                                            detail=f"source_prompt_id {rec['source_prompt_id']!r} seen before",
                                            raw=raw_preview(row)))

@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional
 import pyarrow as pa
 
 from resources.llm.tasks import Task
+from resources.reasons import Reason
 
 from ..common.accounting import Accounting, RowIssue, raw_preview
 from ..common.language import detect_language
@@ -81,7 +82,7 @@ META_HASH, META_VERSION, META_SETTINGS = b"posttrain.settings_hash", b"posttrain
 FUNNEL = ("requested", "calls", "generated", "llm_failed", "empty", "truncated", "template_echo",
           "duplicate_instruction", "unique", "response_llm_failed", "empty_response", "answered",
           "response_truncated")
-INSTRUCTION_REJECTS = ("empty", "truncated", "template_echo")
+INSTRUCTION_REJECTS = (Reason.EMPTY, Reason.TRUNCATED, Reason.TEMPLATE_ECHO)
 #: the model identity fields of an LLMResource ModelSpec that change what a model writes
 MODEL_IDENTITY = ("backend", "model", "revision", "quantization", "dtype", "max_model_len",
                   "trust_remote_code", "batch_invariant", "base_url")
@@ -222,26 +223,21 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def generate(session: Any, settings: MagpieSettings, source: str, *, model: str = "",
-             log: Optional[Callable[[str], None]] = None) -> MagpieResult:
-    """Instructions from the pre-query template, rejected / de-duplicated, then answered (see the
-    module docstring). `model` is the label written in the `model` column (the session's
-    backend:model)."""
-    s = settings
-    h = s.settings_hash
-    pre, stop = s.pre_query, s.stop
-    funnel: Counter = Counter({k: 0 for k in FUNNEL})
-    funnel["requested"] = s.total_prompts
-    issues: list[RowIssue] = []
-    kept: list[dict] = []  # {index, instruction, input_configs}
+def _reject(issues: list[RowIssue], index: int, reason: str, fld: str, detail: str = "", raw: Optional[str] = None,
+            outcome: str = "rejected", duplicate_of: Optional[str] = None) -> None:
+    issues.append(RowIssue(reason=reason, source_row=index, source_file=GENERATOR, field=fld, detail=detail,
+                           outcome=outcome, duplicate_of=duplicate_of,
+                           raw=raw_preview(raw) if raw is not None else None))
+
+
+def _instructions(session: Any, s: MagpieSettings, source: str, model: str, funnel: Counter,
+                  issues: list[RowIssue], log: Optional[Callable[[str], None]]) -> list[dict]:
+    """Step 1: sample instructions from the pre-query template call by call; reject failed / empty /
+    truncated / template-echo samples and remove repeats. Returns the kept ones
+    ({index, uuid, instruction, input_configs}), in sample order."""
+    h, pre, stop = s.settings_hash, s.pre_query, s.stop
+    kept: list[dict] = []
     seen: dict[str, str] = {}  # cleaned instruction -> uuid of its first sample
-
-    def reject(index: int, reason: str, fld: str, detail: str = "", raw: Optional[str] = None,
-               outcome: str = "rejected", duplicate_of: Optional[str] = None) -> None:
-        issues.append(RowIssue(reason=reason, source_row=index, source_file=GENERATOR, field=fld, detail=detail,
-                               outcome=outcome, duplicate_of=duplicate_of,
-                               raw=raw_preview(raw) if raw is not None else None))
-
     plan = call_plan(s.total_prompts, s.n, s.seed)
     funnel["calls"] = len(plan)
     for call, start, k, seed in plan:
@@ -252,7 +248,7 @@ def generate(session: Any, settings: MagpieSettings, source: str, *, model: str 
             index = start + j
             if _is_failure(a):
                 funnel["llm_failed"] += 1
-                reject(index, "llm_failed", "instruction", str(a))
+                _reject(issues, index, Reason.LLM_FAILED, "instruction", str(a))
                 continue
             funnel["generated"] += 1
             issue = s.t.instruction_issue(a.text, a.finish_reason, s.family, s.variant)
@@ -261,14 +257,14 @@ def generate(session: Any, settings: MagpieSettings, source: str, *, model: str 
                 detail = {"empty": "nothing left after cleaning",
                           "truncated": f"no stop reached within ins_max_tokens={s.ins_max_tokens}",
                           "template_echo": "the text holds a piece of a chat template"}.get(issue, "")
-                reject(index, issue, "instruction", detail, raw=a.text)
+                _reject(issues, index, issue, "instruction", detail, raw=a.text)
                 continue
             text = clean_instruction(a.text)
             uid = row_uuid(source, h, index)
             if text in seen:
                 funnel["duplicate_instruction"] += 1
-                reject(index, "duplicate_instruction", "instruction", "the same instruction as an earlier sample",
-                       raw=text, outcome="removed", duplicate_of=seen[text])
+                _reject(issues, index, Reason.DUPLICATE_INSTRUCTION, "instruction",
+                        "the same instruction as an earlier sample", raw=text, outcome="removed", duplicate_of=seen[text])
                 continue
             seen[text] = uid
             kept.append({"index": index, "uuid": uid, "instruction": text, "input_configs": {
@@ -279,47 +275,67 @@ def generate(session: Any, settings: MagpieSettings, source: str, *, model: str 
                 "finish_reason": a.finish_reason}})
         if log and ((call + 1) % max(1, len(plan) // 20) == 0 or call + 1 == len(plan)):  # ~20 lines at most
             log(f"{source}: call {call + 1}/{len(plan)}: {len(kept)} unique instructions so far")
-    funnel["unique"] = len(kept)
+    return kept
 
-    system = s.response_system
+
+def _responses(session: Any, s: MagpieSettings, kept: list[dict], model: str, funnel: Counter,
+               issues: list[RowIssue]) -> tuple[list[dict], int]:
+    """Step 2: answer every kept instruction (the response task); reject failed and empty answers.
+    Returns (the output rows, the number of failed response requests)."""
+    system, h = s.response_system, s.settings_hash
     task = response_task(system)
     rows: list[dict] = []
-    response_failures = 0
-    if kept:
-        asks = [{"instruction": c["instruction"], "system": system or "", "language": detect_language(c["instruction"])}
-                for c in kept]
-        results = session.run(task, asks, temperature=s.res_temp, top_p=s.res_top_p, max_tokens=s.res_max_tokens,
-                              n=1, seed=s.seed)
-        for c, ask, res in zip(kept, asks, results):
-            sample = res.samples[0] if res.samples else RuntimeError("no answer")
-            completion = res.completions[0] if res.completions else None
-            if not isinstance(sample, str) or completion is None:  # a TaskFailure (llm_failed)
-                funnel["response_llm_failed"] += 1
-                response_failures += 1
-                detail = getattr(sample, "error", None) or str(sample)
-                reject(c["index"], "llm_failed", "response", detail, raw=c["instruction"])
-                continue
-            if not sample:
-                funnel["empty_response"] += 1
-                reject(c["index"], "empty_response", "response", "the answer is empty or whitespace only",
-                       raw=c["instruction"])
-                continue
-            finish = completion.finish_reason or ""
-            funnel["answered"] += 1
-            funnel["response_truncated"] += finish == "length"
-            rows.append({
-                "uuid": c["uuid"], "index": c["index"], "instruction": c["instruction"], "response": sample,
-                "gen_input_configs": _json(c["input_configs"]),
-                "gen_response_configs": _json({
-                    "temperature": s.res_temp, "top_p": s.res_top_p, "max_tokens": s.res_max_tokens, "seed": s.seed,
-                    "system": system, "task": task.name, "task_version": task.version, "output_generator": model}),
-                "model": model, "family": s.family, "domain": s.variant, "language": ask["language"],
-                "settings_hash": h, "version": s.version, "finish_reason": finish})
+    failures = 0
+    if not kept:
+        return rows, failures
+    asks = [{"instruction": c["instruction"], "system": system or "", "language": detect_language(c["instruction"])}
+            for c in kept]
+    results = session.run(task, asks, temperature=s.res_temp, top_p=s.res_top_p, max_tokens=s.res_max_tokens,
+                          n=1, seed=s.seed)
+    for c, ask, res in zip(kept, asks, results):
+        sample = res.samples[0] if res.samples else RuntimeError("no answer")
+        completion = res.completions[0] if res.completions else None
+        if not isinstance(sample, str) or completion is None:  # a TaskFailure (llm_failed)
+            funnel["response_llm_failed"] += 1
+            failures += 1
+            detail = getattr(sample, "error", None) or str(sample)
+            _reject(issues, c["index"], Reason.LLM_FAILED, "response", detail, raw=c["instruction"])
+            continue
+        if not sample:
+            funnel["empty_response"] += 1
+            _reject(issues, c["index"], Reason.EMPTY_RESPONSE, "response", "the answer is empty or whitespace only",
+                    raw=c["instruction"])
+            continue
+        finish = completion.finish_reason or ""
+        funnel["answered"] += 1
+        funnel["response_truncated"] += finish == "length"
+        rows.append({
+            "uuid": c["uuid"], "index": c["index"], "instruction": c["instruction"], "response": sample,
+            "gen_input_configs": _json(c["input_configs"]),
+            "gen_response_configs": _json({
+                "temperature": s.res_temp, "top_p": s.res_top_p, "max_tokens": s.res_max_tokens, "seed": s.seed,
+                "system": system, "task": task.name, "task_version": task.version, "output_generator": model}),
+            "model": model, "family": s.family, "domain": s.variant, "language": ask["language"],
+            "settings_hash": h, "version": s.version, "finish_reason": finish})
+    return rows, failures
+
+
+def generate(session: Any, settings: MagpieSettings, source: str, *, model: str = "",
+             log: Optional[Callable[[str], None]] = None) -> MagpieResult:
+    """Instructions from the pre-query template, rejected / de-duplicated, then answered (see the
+    module docstring). `model` is the label written in the `model` column (the session's
+    backend:model)."""
+    funnel: Counter = Counter({k: 0 for k in FUNNEL})
+    funnel["requested"] = settings.total_prompts
+    issues: list[RowIssue] = []
+    kept = _instructions(session, settings, source, model, funnel, issues, log)
+    funnel["unique"] = len(kept)
+    rows, response_failures = _responses(session, settings, kept, model, funnel, issues)
     table = with_settings(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), settings)
-    acc = Accounting.from_issues(s.total_prompts, table.num_rows, issues)
+    acc = Accounting.from_issues(settings.total_prompts, table.num_rows, issues)
     return MagpieResult(table=table, issues=issues, funnel=funnel, accounting=acc,
                         requests=funnel["requested"] + len(kept),
-                        failures=funnel["llm_failed"] + response_failures, first_prompt=pre)
+                        failures=funnel["llm_failed"] + response_failures, first_prompt=settings.pre_query)
 
 
 def empty_table(settings: Optional[MagpieSettings] = None) -> pa.Table:

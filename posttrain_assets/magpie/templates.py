@@ -38,6 +38,8 @@ from typing import Any, Optional
 
 import yaml
 
+from resources.reasons import Reason
+
 TEMPLATES_FILE = Path(__file__).parent / "templates" / "pre_query_templates.yaml"
 TASK = "pre_query_templates"
 SYSTEM_SLOT = "{system}"
@@ -164,16 +166,16 @@ class PreQueryTemplates:
         raw = text or ""
         cleaned = clean_instruction(raw)
         if not cleaned:
-            return "empty"
+            return Reason.EMPTY
         if finish_reason == "length":
-            return "truncated"
+            return Reason.TRUNCATED
         if any(p in raw for p in self.echo_pieces) or _SPECIAL_TOKEN.search(raw):
-            return "template_echo"
+            return Reason.TEMPLATE_ECHO
         first = cleaned.split("\n", 1)[0].strip().rstrip(":").strip().casefold()
         if first in ROLE_WORDS:
-            return "template_echo"
+            return Reason.TEMPLATE_ECHO
         if system and _repeats(cleaned, system):
-            return "template_echo"
+            return Reason.TEMPLATE_ECHO
         return None
 
 

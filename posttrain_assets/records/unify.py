@@ -8,6 +8,8 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from resources.reasons import Reason
+
 from ..common.accounting import RowIssue
 from ..common.answers import GSM8K_FINAL, last_boxed
 from ..common.schemas import MESSAGE_TYPE, with_answer
@@ -64,10 +66,10 @@ def sft_from(prompts: pa.Table, best_reply_only: bool = True,
         best_rank = best_ranks(prompts)
     for r in recs:
         if r["response"] is None or not r["response"].strip():
-            issues.append(_issue(r, "no_response", "prompt without an answer (a seed for synthesis)"))
+            issues.append(_issue(r, Reason.NO_RESPONSE, "prompt without an answer (a seed for synthesis)"))
             continue
         if best_reply_only and r["rank"] is not None and r["rank"] != best_rank[r["prompt"]]:
-            issues.append(_issue(r, "not_best_reply", f"rank {r['rank']} > best {best_rank[r['prompt']]}"))
+            issues.append(_issue(r, Reason.NOT_BEST_REPLY, f"rank {r['rank']} > best {best_rank[r['prompt']]}"))
             continue
         rows.append({"all_prompt_id": r["all_prompt_id"], "source_prompt_id": r["source_prompt_id"],
                      "prompt": r["prompt"], "answer": r["response"], "metadata": r["metadata"],
@@ -102,10 +104,10 @@ def cot_from(prompts: pa.Table, answer_rule: str = "auto") -> tuple[pa.Table, li
     rows, issues = [], []
     for r in prompts.to_pylist():
         if r["response"] is None and r["chosen"] is not None:  # a multi-trace problem's pair
-            issues.append(_issue(r, "preference_pair", "a pair of traces: in preference_records"))
+            issues.append(_issue(r, Reason.PREFERENCE_PAIR, "a pair of traces: in preference_records"))
             continue
         if r["response"] is None or not r["response"].strip():
-            issues.append(_issue(r, "no_response", "no solution to split"))
+            issues.append(_issue(r, Reason.NO_RESPONSE, "no solution to split"))
             continue
         thinking, answer, rule = split_reasoning(r["response"], r["reference_answer"], answer_rule)
         rows.append({"all_prompt_id": r["all_prompt_id"], "source_prompt_id": r["source_prompt_id"],
@@ -123,10 +125,10 @@ def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIss
     if kind in ("preference", "pairs"):
         for r in recs:
             if kind == "pairs" and r["chosen"] is None and r["response"] is not None:
-                issues.append(_issue(r, "cot_trace", "a CoT row of the problem: in cot_records"))
+                issues.append(_issue(r, Reason.COT_TRACE, "a CoT row of the problem: in cot_records"))
                 continue
             if r["chosen"] is None or r["rejected"] is None:
-                issues.append(_issue(r, "no_pair", "chosen or rejected missing", outcome="rejected"))
+                issues.append(_issue(r, Reason.NO_PAIR, "chosen or rejected missing", outcome="rejected"))
                 continue
             tie_kind = r.get("tie_kind")
             if tie_kind is None and r["preference_score"] == 0:  # rows merged before tie_kind existed
@@ -144,12 +146,12 @@ def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIss
         if r["response"] is not None and r["rank"] is not None:
             by_prompt[r["prompt"]].append(r)
         else:
-            issues.append(_issue(r, "no_ranked_reply"))
+            issues.append(_issue(r, Reason.NO_RANKED_REPLY))
     for group in by_prompt.values():
         ranks = sorted(group, key=lambda r: (r["rank"], r["all_prompt_id"]))
         best, worst = ranks[0], ranks[-1]
         if len(ranks) < 2 or best["rank"] == worst["rank"]:
-            issues.extend(_issue(r, "no_ranked_pair", "fewer than two differently ranked replies") for r in ranks)
+            issues.extend(_issue(r, Reason.NO_RANKED_PAIR, "fewer than two differently ranked replies") for r in ranks)
             continue
         rows.append({"all_prompt_id": best["all_prompt_id"], "source_prompt_id": best["source_prompt_id"],
                      "prompt": best["prompt"], "chosen": best["response"], "rejected": worst["response"],
@@ -160,5 +162,5 @@ def preference_from(prompts: pa.Table, kind: str) -> tuple[pa.Table, list[RowIss
                      "chosen_messages": with_answer(best["messages"], best["response"]),
                      "rejected_messages": with_answer(worst["messages"], worst["response"]),
                      "tie_kind": None})
-        issues.extend(_issue(r, "paired", f"in the pair of {best['all_prompt_id']}") for r in ranks[1:])
+        issues.extend(_issue(r, Reason.PAIRED, f"in the pair of {best['all_prompt_id']}") for r in ranks[1:])
     return pa.Table.from_pylist(rows, schema=PREFERENCE_SCHEMA), issues

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from resources.llm import LLMError, TaskFailure
+from resources.reasons import Reason
 
 from ..common.accounting import RowIssue
 from ..common.answers import answers_match
@@ -156,7 +157,7 @@ def gold_items(cot: pa.Table, sft: pa.Table, pass_rate_field: str = "") -> tuple
                           "language": detect_language(r["prompt"]),
                           "pass_rate": label_pass_rate(r["metadata"], pass_rate_field)})
         else:
-            issues.append(RowIssue(reason="no_gold_answer", outcome="removed", detail=r["all_prompt_id"],
+            issues.append(RowIssue(reason=Reason.NO_GOLD_ANSWER, outcome="removed", detail=r["all_prompt_id"],
                                    raw=r["prompt"][:2000]))
     for r in sft.to_pylist():
         if r["answer"]:
@@ -165,7 +166,7 @@ def gold_items(cot: pa.Table, sft: pa.Table, pass_rate_field: str = "") -> tuple
                           "language": detect_language(r["prompt"]),
                           "pass_rate": label_pass_rate(r["metadata"], pass_rate_field)})
         else:
-            issues.append(RowIssue(reason="no_gold_answer", outcome="removed", detail=r["all_prompt_id"],
+            issues.append(RowIssue(reason=Reason.NO_GOLD_ANSWER, outcome="removed", detail=r["all_prompt_id"],
                                    raw=r["prompt"][:2000]))
     return items, issues
 
@@ -227,7 +228,7 @@ def score_items(items: list[dict], sessions, cfg) -> tuple[pa.Table, list[RowIss
             if isinstance(answer, LLMError):
                 errs.insert(0, str(answer))
         if errs:
-            issues.append(RowIssue(reason="llm_failed", detail=f"{it['id']}: {errs[0][:500]}",
+            issues.append(RowIssue(reason=Reason.LLM_FAILED, detail=f"{it['id']}: {errs[0][:500]}",
                                    raw=it["prompt"][:2000], outcome="rejected"))
         else:
             ok.append(i)

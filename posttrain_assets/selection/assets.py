@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from partitions import source_partitions
+from resources.reasons import Reason
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, RowIssue, raw_preview, rejects_table
@@ -85,7 +86,7 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
                                     sample_size_for_stats=m.sample_size_for_stats, seed=m.seed, shuffle=m.shuffle)
         out = rows.take(pa.array(idx, pa.int64())).append_column("length", pa.array(lengths[idx]))
         # counted from the selector's own per-bin report, not from the table it returns
-        acc.removed_by_reason["not_selected"] = sum(b["available"] - b["actual"] for b in report["bins"])
+        acc.removed_by_reason[Reason.NOT_SELECTED] = sum(b["available"] - b["actual"] for b in report["bins"])
         bin_table = ["| bin | length range | available | target | actual |", "|---|---|---|---|---|"]
         bin_table += [f"| {b['bin']} | {b['low']:.0f} – {b['high']:.0f} | {b['available']} | {b['target']} | "
                       f"{b['actual']} |" for b in report["bins"]]
@@ -94,7 +95,7 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
                      bins_json=dg.MetadataValue.json(report["bins"]))
     else:
         scored = pc.is_in(rows["all_prompt_id"], value_set=difficulty_scores["all_prompt_id"])
-        acc.removed_by_reason["not_scored"] = rows.num_rows - pc.sum(scored).as_py() if rows.num_rows else 0
+        acc.removed_by_reason[Reason.NOT_SCORED] = rows.num_rows - pc.sum(scored).as_py() if rows.num_rows else 0
         joined = rows.join(difficulty_scores.drop_columns(["source"]), "all_prompt_id", join_type="inner")
         if m.name == "pass_rate":
             try:
@@ -107,12 +108,12 @@ def selected_seeds(context: dg.AssetExecutionContext, config: SelectionConfig, c
             dz = joined["difficulty_z"]
             if m.top_k:
                 out = joined.sort_by([("difficulty_z", "descending")]).slice(0, m.top_k)
-                acc.removed_by_reason["below_top_k"] = max(0, joined.num_rows - m.top_k)
+                acc.removed_by_reason[Reason.BELOW_TOP_K] = max(0, joined.num_rows - m.top_k)
             else:
                 threshold = m.min_difficulty_z or 0.0
                 out = joined.filter(pc.greater_equal(dz, threshold))
-                acc.removed_by_reason["below_min_difficulty"] = pc.sum(pc.less(dz, threshold)).as_py() or 0
-                acc.removed_by_reason["no_difficulty"] = dz.null_count
+                acc.removed_by_reason[Reason.BELOW_MIN_DIFFICULTY] = pc.sum(pc.less(dz, threshold)).as_py() or 0
+                acc.removed_by_reason[Reason.NO_DIFFICULTY] = dz.null_count
         extra["scored_rows"] = joined.num_rows
     acc.rows_out = out.num_rows
     acc.removed_by_reason = +acc.removed_by_reason  # drop zero counts
@@ -142,7 +143,7 @@ def hard_problems(context: dg.AssetExecutionContext, config: HardProblemsConfig,
         enough = pc.greater_equal(rows["n"], config.min_n)
         # below min_n: a status that says why (not sampled, no gold, failed) or too few verdicts
         for status in rows.filter(pc.invert(enough))["status"].to_pylist():
-            acc.removed_by_reason["too_few_verdicts" if status == "ok" else status] += 1
+            acc.removed_by_reason[Reason.TOO_FEW_VERDICTS if status == "ok" else status] += 1
         rows = rows.filter(enough)
     out, removed = filter_by_pass_rate(rows, config.max_pass_rate)
     acc.removed_by_reason.update(removed)

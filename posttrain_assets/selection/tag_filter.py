@@ -37,6 +37,8 @@ from typing import Optional
 
 import pyarrow as pa
 
+from resources.reasons import Reason
+
 DIFFICULTY_ORDER = ("very easy", "easy", "medium", "hard", "very hard")
 QUALITY_LEVELS = ("very poor", "poor", "average", "good", "excellent")
 CHAR_LANGUAGES = ("ja", "zh")
@@ -47,8 +49,8 @@ RULE_COLUMNS = {"input_quality": ("input_quality",), "instruct_reward": ("instru
                 "colon": ("instruction",), "near_duplicate": ("min_similar_id", "repeat_count"),
                 "length": ("instruction", "language"), "difficulty": ("difficulty",), "safety": ("safety",)}
 #: the reason each rule gives for a missing tag
-MISSING = {"input_quality": "input_quality_missing", "instruct_reward": "instruct_reward_missing",
-           "near_duplicate": "neighbors_missing", "difficulty": "difficulty_missing", "safety": "safety_missing"}
+MISSING = {"input_quality": Reason.INPUT_QUALITY_MISSING, "instruct_reward": Reason.INSTRUCT_REWARD_MISSING,
+           "near_duplicate": Reason.NEIGHBORS_MISSING, "difficulty": Reason.DIFFICULTY_MISSING, "safety": Reason.SAFETY_MISSING}
 
 
 @dataclass(frozen=True)
@@ -101,23 +103,23 @@ def rule_verdict(rule: str, row: dict, rules: FilterRules) -> Optional[str]:
     """Why `rule` drops `row` (a reason), or None when the row passes it."""
     if rule == "input_quality":
         q = row["input_quality"]
-        return MISSING[rule] if q is None else (None if q in rules.qualities else "low_input_quality")
+        return MISSING[rule] if q is None else (None if q in rules.qualities else Reason.LOW_INPUT_QUALITY)
     if rule == "instruct_reward":
         r = row["instruct_reward"]
-        return MISSING[rule] if r is None else (None if r > rules.min_reward else "low_instruct_reward")
+        return MISSING[rule] if r is None else (None if r > rules.min_reward else Reason.LOW_INSTRUCT_REWARD)
     if rule == "colon":
-        return "ends_with_colon" if (row["instruction"] or "").rstrip().endswith(COLONS) else None
+        return Reason.ENDS_WITH_COLON if (row["instruction"] or "").rstrip().endswith(COLONS) else None
     if rule == "near_duplicate":
         if row["repeat_count"] is None:
             return MISSING[rule]
         sim = row["min_similar_id"]
-        return "near_duplicate" if sim is not None and sim != row["id"] else None
+        return Reason.NEAR_DUPLICATE if sim is not None and sim != row["id"] else None
     if rule == "length":
         n = instruction_length(row["instruction"] or "", row["language"])
         if rules.min_length is not None and n < rules.min_length:
-            return "too_short"
+            return Reason.TOO_SHORT
         if rules.max_length is not None and n > rules.max_length:
-            return "too_long"
+            return Reason.TOO_LONG
         return None
     if rule == "difficulty":
         d = row["difficulty"]
@@ -127,13 +129,13 @@ def rule_verdict(rule: str, row: dict, rules: FilterRules) -> Optional[str]:
             raise ValueError(f"row {row['id']!r}: field 'difficulty': {d!r} is not one of {', '.join(DIFFICULTY_ORDER)}")
         i = DIFFICULTY_ORDER.index(d)
         if rules.min_difficulty is not None and i < DIFFICULTY_ORDER.index(rules.min_difficulty):
-            return "too_easy"
+            return Reason.TOO_EASY
         if rules.max_difficulty is not None and i > DIFFICULTY_ORDER.index(rules.max_difficulty):
-            return "too_hard"
+            return Reason.TOO_HARD
         return None
     if rule == "safety":
         s = row["safety"]
-        return MISSING[rule] if s is None else (None if s == "safe" else "unsafe")
+        return MISSING[rule] if s is None else (None if s == "safe" else Reason.UNSAFE)
     raise ValueError(f"unknown rule {rule!r}")
 
 

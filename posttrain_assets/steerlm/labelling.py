@@ -20,6 +20,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from resources.reasons import Reason
+
 from ..common import asset_names as A
 from ..common.accounting import RowIssue
 from ..common.inputs import input_items, input_table
@@ -87,7 +89,7 @@ def conversations(table: pa.Table, source: str, asset: str) -> tuple[list[tuple[
     out = []
     for it in items:
         if it.response is None:
-            issues.append(RowIssue(reason="no_response", outcome="removed", source_row=it.index, source_file=asset,
+            issues.append(RowIssue(reason=Reason.NO_RESPONSE, outcome="removed", source_row=it.index, source_file=asset,
                                    field="response", detail=f"id {it.id!r}: nothing to label"))
             continue
         conv = messages[it.index] if messages and messages[it.index] else None

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 import pyarrow as pa
 
 from resources.attributes.names import render  # the model layer's render of one example
+from resources.reasons import Reason
 
 from ..common.accounting import RowIssue, raw_preview
 from ..common.schemas import MESSAGE_TYPE
@@ -82,17 +83,17 @@ def attribute_rows(merged: pa.Table, source: str, *, val_fraction: float = 0.2,
     for r in merged.to_pylist():
         where = dict(source_file=r.get("source_file"), source_row=r.get("source_row"))
         if not r.get("response"):
-            issues.append(RowIssue(reason="no_response", outcome="removed", field="response",
+            issues.append(RowIssue(reason=Reason.NO_RESPONSE, outcome="removed", field="response",
                                    detail=f"{r['all_prompt_id']}: a prompt with no reply", **where))
             continue
         try:
             labels = source_labels(json.loads(r["labels"]) if r.get("labels") else None)
         except (AttributeMappingError, ValueError) as exc:
-            issues.append(RowIssue(reason="bad_label", field="labels", detail=f"{r['all_prompt_id']}: {exc}",
+            issues.append(RowIssue(reason=Reason.BAD_LABEL, field="labels", detail=f"{r['all_prompt_id']}: {exc}",
                                    raw=raw_preview(r.get("labels")), **where))
             continue
         if not labels:
-            issues.append(RowIssue(reason="no_attribute_labels", outcome="removed", field="labels",
+            issues.append(RowIssue(reason=Reason.NO_ATTRIBUTE_LABELS, outcome="removed", field="labels",
                                    detail=f"{r['all_prompt_id']}: the reply has no attribute label", **where))
             continue
         messages = [m for m in (r.get("messages") or [])]

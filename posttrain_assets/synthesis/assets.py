@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from partitions import source_partitions
 from resources.llm import LLMResource
+from resources.reasons import Reason
 from resources.reward import RewardConfigError, RewardResource
 from resources.sources import SourceRegistryResource
 from resources.storage import StorageResource
@@ -227,7 +228,7 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
             storage.publish_rejects(sol_key, key)  # the rejects say which failed and why
             raise dg.Failure(description=f"source {key!r}: {len(failed)}/{res.counts['requested']} solutions failed "
                                          f"({len(failed) / requested:.0%} > {knob} {limit:.0%}); first: "
-                                         f"{failed[0].reason}: {failed[0].detail}", allow_retries=reason == "llm_failed")
+                                         f"{failed[0].reason}: {failed[0].detail}", allow_retries=reason == Reason.LLM_FAILED)
 
     # accounting: solutions (requested = problems asked x n) and problems (every problem loaded)
     sol_acc = Accounting.from_issues(res.counts["requested"], res.solutions.num_rows, res.issues)

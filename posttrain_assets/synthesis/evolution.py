@@ -39,6 +39,7 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from resources.llm import TaskFailure
+from resources.reasons import Reason
 
 from ..common import asset_names as A
 from ..common.accounting import RowIssue
@@ -56,7 +57,7 @@ DEPTH_METHODS = tuple(T.DEPTH_METHODS)  # constraints, deepen, concretize, reaso
 CHAR_LANGUAGES = frozenset({"ja", "zh"})
 JUDGE_CRITERIA = ("natural", "clear_intent", "safe", "answerable")
 #: reasons that are failures (counted as `rejected`); the other reasons are policy (`removed`)
-FAILURE_REASONS = frozenset({"llm_failed", "equal_judge_failed", "judge_failed"})
+FAILURE_REASONS = frozenset({Reason.LLM_FAILED, Reason.EQUAL_JUDGE_FAILED, Reason.JUDGE_FAILED})
 
 CONVERSATION_TYPE = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 OUTPUT_SCHEMA = pa.schema([
@@ -189,7 +190,7 @@ def equality_outcome(samples: list) -> tuple[str, str]:
     """Rule 1 from the equality judge's samples: ('equal' | 'not_equal' | 'equal_judge_failed', detail).
     An unparseable verdict never lets the evolution through."""
     if not samples or isinstance(samples[0], TaskFailure):
-        fail = samples[0] if samples else TaskFailure("llm_failed", "no answer")
+        fail = samples[0] if samples else TaskFailure(Reason.LLM_FAILED, "no answer")
         return "equal_judge_failed", str(fail)[:300]
     v = samples[0]
     return ("equal" if v.get("equal") is True else "not_equal"), str(v.get("reason", ""))[:300]
@@ -205,7 +206,7 @@ def judge_outcome(samples: list) -> tuple[str, Any]:
     """('accepted' | 'judge_rejected' | 'judge_failed', verdict or failure). A failure (unparseable or
     off-schema verdict, or a failed request) is never an acceptance."""
     if not samples or isinstance(samples[0], TaskFailure):
-        return "judge_failed", samples[0] if samples else TaskFailure("llm_failed", "no answer")
+        return "judge_failed", samples[0] if samples else TaskFailure(Reason.LLM_FAILED, "no answer")
     v = samples[0]
     return ("accepted" if judge_accepts(v) else "judge_rejected"), v
 
@@ -257,10 +258,10 @@ def input_items(table: pa.Table, source: str, max_input_chars: int,
     for r in table.to_pylist():
         prompt = r.get(text_col) or ""
         if not prompt.strip():
-            issues.append(RowIssue(reason="empty_prompt", outcome="removed", detail=str(r[id_col])))
+            issues.append(RowIssue(reason=Reason.EMPTY_PROMPT, outcome="removed", detail=str(r[id_col])))
             continue
         if len(prompt) > max_input_chars:
-            issues.append(RowIssue(reason="prompt_too_long", outcome="removed",
+            issues.append(RowIssue(reason=Reason.PROMPT_TOO_LONG, outcome="removed",
                                    detail=f"{r[id_col]}: {len(prompt)} > {max_input_chars} chars",
                                    raw=prompt[:2000]))
             continue
@@ -327,182 +328,227 @@ def model_name(session) -> str:
     return f"{s.get('backend')}:{s.get('model')}"
 
 
-def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
-    """Evolve `items` (from `input_items`) with `gen` (evolutions, answers) and `judge` (equality and
-    quality verdicts): LLMSession-like objects with `.run(task, rows, **decoding)` and `.settings`.
-    `cfg`: chain, rounds, depth_methods, seed, evolve_temperature, evolve_max_tokens, judge_max_tokens,
-    answer_temperature, answer_max_tokens, refusal_max_words, refusal_max_chars."""
-    chain = parse_chain(cfg.chain)
-    if cfg.rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {cfg.rounds}")
-    methods = tuple(cfg.depth_methods) or DEPTH_METHODS
-    bad = [m for m in methods if m not in T.DEPTH_METHODS]
-    if bad:
-        raise ValueError(f"depth_methods must be among {', '.join(T.DEPTH_METHODS)}; got {bad}")
-    lineages = [Lineage(id=it["id"], source=it["source"], seed_prompt=it["prompt"], language=it["language"],
-                        prompt=it["prompt"]) for it in items]
-    funnel: dict[str, Counter] = defaultdict(Counter)
-    by_lang: dict[str, Counter] = defaultdict(Counter)
-    eliminated: Counter = Counter()
-    method_counts: Counter = Counter()
-    rendered: dict[str, list] = {}
-    stats = Counter()
-    out_rows: list[dict] = []
-    gen_model, judge_model = model_name(gen), model_name(judge)
-    for lin in lineages:
-        by_lang[lin.language]["inputs"] += 1
+@dataclass
+class _Round:
+    """One round's state per lineage: the prompt so far, the steps it passed, the templates used."""
 
-    def run(session, task, rows, **kw):
+    current: dict[str, str]
+    steps: dict[str, list[str]]
+    used: dict[str, set]
+
+
+class _Evolution:
+    """The state of one run_evolution call: lineages, funnel counters, output rows."""
+
+    def __init__(self, items: list[dict], gen, judge, cfg):
+        self.chain = parse_chain(cfg.chain)
+        if cfg.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {cfg.rounds}")
+        self.methods = tuple(cfg.depth_methods) or DEPTH_METHODS
+        bad = [m for m in self.methods if m not in T.DEPTH_METHODS]
+        if bad:
+            raise ValueError(f"depth_methods must be among {', '.join(T.DEPTH_METHODS)}; got {bad}")
+        self.gen, self.judge, self.cfg = gen, judge, cfg
+        self.lineages = [Lineage(id=it["id"], source=it["source"], seed_prompt=it["prompt"], language=it["language"],
+                                 prompt=it["prompt"]) for it in items]
+        self.funnel: dict[str, Counter] = defaultdict(Counter)
+        self.by_lang: dict[str, Counter] = defaultdict(Counter)
+        self.eliminated: Counter = Counter()
+        self.method_counts: Counter = Counter()
+        self.rendered: dict[str, list] = {}
+        self.stats = Counter()
+        self.out_rows: list[dict] = []
+        self.gen_model, self.judge_model = model_name(gen), model_name(judge)
+        for lin in self.lineages:
+            self.by_lang[lin.language]["inputs"] += 1
+
+    def run(self, session, task, rows, **kw):
+        """session.run, keeping the first rendered messages per task/language and the request counts."""
         results = session.run(task, rows, **kw)
         for res in results:
-            rendered.setdefault(f"{task.name}/{res.language}", res.messages)
-            stats["requests"] += len(res.samples)
-            stats["generation_errors"] += sum(1 for s in res.samples if isinstance(s, TaskFailure)
-                                              and s.reason == "llm_failed")
+            self.rendered.setdefault(f"{task.name}/{res.language}", res.messages)
+            self.stats["requests"] += len(res.samples)
+            self.stats["generation_errors"] += sum(1 for s in res.samples if isinstance(s, TaskFailure)
+                                                   and s.reason == Reason.LLM_FAILED)
         return results
 
-    for rnd in range(1, cfg.rounds + 1):
-        current = {lin.id: lin.prompt for lin in lineages}
-        steps: dict[str, list[str]] = {lin.id: [] for lin in lineages}
-        used: dict[str, set] = {lin.id: set() for lin in lineages}
-        funnel["round"]["in"] += len(lineages)
-        for step, op in enumerate(chain):
-            task = T.EVOLVE[op]
-            rows, labels = [], []
-            for lin in lineages:
-                row = {"prompt": current[lin.id], "language": lin.language}
-                label = op
-                if op == "depth":
-                    m = depth_method(cfg.seed, lin.id, rnd, step, methods)
-                    row["method"] = T.depth_method_text(m, task.language_of(row))
-                    label = f"depth:{m}"
-                    method_counts[m] += 1
-                rows.append(row)
-                labels.append(label)
-            results = run(gen, task, rows, temperature=cfg.evolve_temperature, max_tokens=cfg.evolve_max_tokens,
-                          seed=step_seed(cfg.seed, rnd, step))
-            funnel[op]["in"] += len(rows)
-            to_judge = []  # (lineage, label, evolved)
-            for lin, label, res in zip(lineages, labels, results):
-                if res.failures:
-                    funnel[op]["failed"] += 1
-                    lin.events.append((rnd, label, "llm_failed", str(res.failures[0])[:500]))
+    def evolve_step(self, rnd: int, step: int, op: str, r: _Round) -> None:
+        """One operation of the chain on every lineage: evolve, the instruction rules, the equality judge."""
+        cfg, funnel, task = self.cfg, self.funnel, T.EVOLVE[op]
+        rows, labels = [], []
+        for lin in self.lineages:
+            row = {"prompt": r.current[lin.id], "language": lin.language}
+            label = op
+            if op == "depth":
+                m = depth_method(cfg.seed, lin.id, rnd, step, self.methods)
+                row["method"] = T.depth_method_text(m, task.language_of(row))
+                label = f"depth:{m}"
+                self.method_counts[m] += 1
+            rows.append(row)
+            labels.append(label)
+        results = self.run(self.gen, task, rows, temperature=cfg.evolve_temperature, max_tokens=cfg.evolve_max_tokens,
+                           seed=step_seed(cfg.seed, rnd, step))
+        funnel[op]["in"] += len(rows)
+        to_judge = []  # (lineage, label, evolved)
+        for lin, label, res in zip(self.lineages, labels, results):
+            if res.failures:
+                funnel[op]["failed"] += 1
+                lin.events.append((rnd, label, Reason.LLM_FAILED, str(res.failures[0])[:500]))
+                continue
+            evolved = res.values[0]
+            funnel[op]["evolved"] += 1
+            if cut_at_max_tokens(res):
+                # cut at evolve_max_tokens: an unfinished prompt (maybe inside a character), never kept
+                _eliminate(lin, rnd, label, ("truncated", f"cut at evolve_max_tokens {cfg.evolve_max_tokens}: "
+                                                          f"{evolved[-200:]!r}"), funnel[op], self.eliminated)
+                continue
+            hit = instruction_rule(evolved, r.current[lin.id], lin.language)
+            if hit:
+                _eliminate(lin, rnd, label, hit, funnel[op], self.eliminated)
+            else:
+                to_judge.append((lin, label, evolved))
+        judged = to_judge if op in EQUALITY_OPS else []  # rule 1: flatten must not add information
+        verdicts = {}
+        if judged:
+            eq = self.run(self.judge, T.EQUAL, [{"first": r.current[lin.id], "second": ev, "language": lin.language}
+                                                for lin, _, ev in judged], max_tokens=cfg.judge_max_tokens, seed=cfg.seed)
+            verdicts = {lin.id: equality_outcome(res.samples) for (lin, _, _), res in zip(judged, eq)}
+        for lin, label, evolved in to_judge:
+            if lin.id in verdicts:
+                outcome, detail = verdicts[lin.id]
+                if outcome != "not_equal":
+                    _eliminate(lin, rnd, label, (outcome, detail), funnel[op], self.eliminated)
                     continue
-                evolved = res.values[0]
-                funnel[op]["evolved"] += 1
-                if cut_at_max_tokens(res):
-                    # cut at evolve_max_tokens: an unfinished prompt (maybe inside a character), never kept
-                    _eliminate(lin, rnd, label, ("truncated", f"cut at evolve_max_tokens {cfg.evolve_max_tokens}: "
-                                                              f"{evolved[-200:]!r}"), funnel[op], eliminated)
-                    continue
-                hit = instruction_rule(evolved, current[lin.id], lin.language)
-                if hit:
-                    _eliminate(lin, rnd, label, hit, funnel[op], eliminated)
-                else:
-                    to_judge.append((lin, label, evolved))
-            judged = to_judge if op in EQUALITY_OPS else []  # rule 1: flatten must not add information
-            verdicts = {}
-            if judged:
-                eq = run(judge, T.EQUAL, [{"first": current[lin.id], "second": ev, "language": lin.language}
-                                          for lin, _, ev in judged], max_tokens=cfg.judge_max_tokens, seed=cfg.seed)
-                verdicts = {lin.id: equality_outcome(res.samples) for (lin, _, _), res in zip(judged, eq)}
-            for lin, label, evolved in to_judge:
-                if lin.id in verdicts:
-                    outcome, detail = verdicts[lin.id]
-                    if outcome != "not_equal":
-                        _eliminate(lin, rnd, label, (outcome, detail), funnel[op], eliminated)
-                        continue
-                    used[lin.id].add(T.EQUAL.name)
-                current[lin.id] = evolved
-                steps[lin.id].append(label)
-                used[lin.id].add(task.name)
-                funnel[op]["survived"] += 1
+                r.used[lin.id].add(T.EQUAL.name)
+            r.current[lin.id] = evolved
+            r.steps[lin.id].append(label)
+            r.used[lin.id].add(task.name)
+            funnel[op]["survived"] += 1
 
-        # ---- round end: judge the changed prompts, answer the accepted ones, rules 2 and 3 on the answer
-        cands = [lin for lin in lineages if steps[lin.id]]
-        funnel["round"]["candidates"] += len(cands)
+    def count(self, r: _Round, lin: Lineage, key: str) -> None:
+        """A round-end count, for the round and every operation the lineage passed this round."""
+        self.funnel["round"][key] += 1
+        for op in dict.fromkeys(s.split(":")[0] for s in r.steps[lin.id]):
+            self.funnel[op][key] += 1
 
-        def count(lin, key):
-            funnel["round"][key] += 1
-            for op in dict.fromkeys(s.split(":")[0] for s in steps[lin.id]):
-                funnel[op][key] += 1
-
-        verdicts = run(judge, T.JUDGE, [{"prompt": current[lin.id], "language": lin.language} for lin in cands],
-                       max_tokens=cfg.judge_max_tokens, seed=cfg.seed) if cands else []
+    def judge_round(self, rnd: int, r: _Round) -> list[tuple[Lineage, dict]]:
+        """The quality judge on every changed prompt; returns the accepted (lineage, verdict)."""
+        cands = [lin for lin in self.lineages if r.steps[lin.id]]
+        self.funnel["round"]["candidates"] += len(cands)
+        verdicts = self.run(self.judge, T.JUDGE, [{"prompt": r.current[lin.id], "language": lin.language}
+                                                  for lin in cands],
+                            max_tokens=self.cfg.judge_max_tokens, seed=self.cfg.seed) if cands else []
         accepted = []
         for lin, res in zip(cands, verdicts):
-            count(lin, "judged")
-            by_lang[lin.language]["judged"] += 1
+            self.count(r, lin, "judged")
+            self.by_lang[lin.language]["judged"] += 1
             outcome, verdict = judge_outcome(res.samples)
             if outcome == "judge_failed":
-                count(lin, "judge_failed")
-                lin.events.append((rnd, "judge", "judge_failed", str(verdict)[:500]))
+                self.count(r, lin, "judge_failed")
+                lin.events.append((rnd, "judge", Reason.JUDGE_FAILED, str(verdict)[:500]))
             elif outcome == "judge_rejected":
-                count(lin, "judge_rejected")
-                lin.events.append((rnd, "judge", "judge_rejected", str(verdict.get("reason", ""))[:500]))
+                self.count(r, lin, "judge_rejected")
+                lin.events.append((rnd, "judge", Reason.JUDGE_REJECTED, str(verdict.get("reason", ""))[:500]))
             else:
-                count(lin, "accepted")
-                by_lang[lin.language]["accepted"] += 1
+                self.count(r, lin, "accepted")
+                self.by_lang[lin.language]["accepted"] += 1
                 accepted.append((lin, verdict))
-        answers = run(gen, T.ANSWER, [{"prompt": current[lin.id], "language": lin.language} for lin, _ in accepted],
-                      temperature=cfg.answer_temperature, max_tokens=cfg.answer_max_tokens,
-                      seed=cfg.seed) if accepted else []
+        return accepted
+
+    def answer_round(self, rnd: int, r: _Round, accepted: list[tuple[Lineage, dict]]) -> None:
+        """Answer the accepted prompts, rules 2 and 3 on the answer; a passing lineage writes a row."""
+        cfg = self.cfg
+        answers = self.run(self.gen, T.ANSWER, [{"prompt": r.current[lin.id], "language": lin.language}
+                                                for lin, _ in accepted],
+                           temperature=cfg.answer_temperature, max_tokens=cfg.answer_max_tokens,
+                           seed=cfg.seed) if accepted else []
         for (lin, verdict), res in zip(accepted, answers):
             if res.failures:
-                count(lin, "answer_failed")
-                lin.events.append((rnd, "answer", "llm_failed", str(res.failures[0])[:500]))
+                self.count(r, lin, "answer_failed")
+                lin.events.append((rnd, "answer", Reason.LLM_FAILED, str(res.failures[0])[:500]))
                 continue
-            count(lin, "answered")
+            self.count(r, lin, "answered")
             answer = res.values[0]
             if cut_at_max_tokens(res):
-                count(lin, "answer_truncated")  # kept, counted: raise answer_max_tokens for whole answers
+                self.count(r, lin, "answer_truncated")  # kept, counted: raise answer_max_tokens for whole answers
             rule = None
             if is_short_refusal(answer, lin.language, cfg.refusal_max_words, cfg.refusal_max_chars):
                 rule = ("refusal", answer[:200])
             elif only_punctuation_and_stop_words(answer, lin.language):
                 rule = ("answer_stopwords", answer[:200] or "empty answer")
             if rule:
-                count(lin, f"eliminated_{rule[0]}")
-                eliminated[rule[0]] += 1
-                lin.events.append((rnd, "answer", f"eliminated_{rule[0]}", rule[1]))
+                self.count(r, lin, f"eliminated_{rule[0]}")
+                self.eliminated[rule[0]] += 1
+                lin.events.append((rnd, "answer", Reason(f"eliminated_{rule[0]}"), rule[1]))
                 continue
-            count(lin, "out")
-            by_lang[lin.language]["out"] += 1
-            lin.prompt = current[lin.id]
-            lin.path.append(">".join(steps[lin.id]))
-            lin.tasks_used |= used[lin.id] | {T.JUDGE.name, T.ANSWER.name}
-            lin.outputs += 1
-            system = next((m["content"] for m in res.messages if m["role"] == "system"), T.system_prompt(lin.language))
-            out_rows.append({
-                "id": f"{lin.id}:evol:r{rnd}", "source": lin.source, "input": lin.prompt, "output": answer,
-                "conversation": conversation(system, lin.prompt, answer), "parent_id": lin.id,
-                "seed_prompt": lin.seed_prompt, "round": rnd, "evolution_path": "|".join(lin.path),
-                "language": lin.language,
-                "template_versions": json.dumps({t: _TASKS[t].version for t in sorted(lin.tasks_used)}),
-                "generator_model": gen_model, "judge_model": judge_model,
-                "judge_verdict": json.dumps(verdict, ensure_ascii=False, sort_keys=True)})
-        # a lineage without a row this round keeps `lin.prompt` from before it: the parent back in the pool
+            self.count(r, lin, "out")
+            self.by_lang[lin.language]["out"] += 1
+            self.output(rnd, r, lin, verdict, answer, res.messages)
 
-    issues = []
-    for lin in lineages:
-        if lin.outputs:
-            continue
-        rnd, op, reason, detail = lin.events[-1]
-        issues.append(RowIssue(
-            reason=reason, outcome="rejected" if reason in FAILURE_REASONS else "removed",
-            detail=f"{lin.id}: round {rnd} {op}: {detail}"[:1000] + (f" ({len(lin.events)} failed steps)"
-                                                                     if len(lin.events) > 1 else ""),
-            raw=lin.seed_prompt[:2000]))
-    for lang, c in by_lang.items():
-        c["acceptance_rate"] = round(c["accepted"] / c["judged"], 3) if c["judged"] else None
-    table = pa.Table.from_pylist(out_rows, schema=OUTPUT_SCHEMA) if out_rows else OUTPUT_SCHEMA.empty_table()
-    ordered = {op: {k: funnel[op][k] for k in (*_STEP_COLUMNS, *_ROUND_COLUMNS)} for op in dict.fromkeys(chain)}
-    ordered["round"] = {k: funnel["round"][k] for k in ("in", "candidates", *_ROUND_COLUMNS)}
-    return EvolutionResult(
-        table=table, issues=issues, inputs=len(lineages), inputs_with_output=sum(1 for x in lineages if x.outputs),
-        funnel=ordered, by_language={k: dict(v) for k, v in sorted(by_lang.items())}, eliminated=dict(eliminated),
-        depth_methods=dict(method_counts), rendered=rendered, generation_errors=stats["generation_errors"],
-        requests=stats["requests"], events=sum(len(x.events) for x in lineages))
+    def output(self, rnd: int, r: _Round, lin: Lineage, verdict: dict, answer: str, messages: list) -> None:
+        lin.prompt = r.current[lin.id]
+        lin.path.append(">".join(r.steps[lin.id]))
+        lin.tasks_used |= r.used[lin.id] | {T.JUDGE.name, T.ANSWER.name}
+        lin.outputs += 1
+        system = next((m["content"] for m in messages if m["role"] == "system"), T.system_prompt(lin.language))
+        self.out_rows.append({
+            "id": f"{lin.id}:evol:r{rnd}", "source": lin.source, "input": lin.prompt, "output": answer,
+            "conversation": conversation(system, lin.prompt, answer), "parent_id": lin.id,
+            "seed_prompt": lin.seed_prompt, "round": rnd, "evolution_path": "|".join(lin.path),
+            "language": lin.language,
+            "template_versions": json.dumps({t: _TASKS[t].version for t in sorted(lin.tasks_used)}),
+            "generator_model": self.gen_model, "judge_model": self.judge_model,
+            "judge_verdict": json.dumps(verdict, ensure_ascii=False, sort_keys=True)})
+
+    def round(self, rnd: int) -> None:
+        """Every operation of the chain, then judge, answer and keep. A lineage without a row this
+        round keeps `lin.prompt` from before it: the parent back in the pool."""
+        r = _Round(current={lin.id: lin.prompt for lin in self.lineages},
+                   steps={lin.id: [] for lin in self.lineages}, used={lin.id: set() for lin in self.lineages})
+        self.funnel["round"]["in"] += len(self.lineages)
+        for step, op in enumerate(self.chain):
+            self.evolve_step(rnd, step, op, r)
+        self.answer_round(rnd, r, self.judge_round(rnd, r))
+
+    def issues(self) -> list[RowIssue]:
+        """One per lineage without an output row: its last failure."""
+        issues = []
+        for lin in self.lineages:
+            if lin.outputs:
+                continue
+            rnd, op, reason, detail = lin.events[-1]
+            issues.append(RowIssue(
+                reason=reason, outcome="rejected" if reason in FAILURE_REASONS else "removed",
+                detail=f"{lin.id}: round {rnd} {op}: {detail}"[:1000] + (f" ({len(lin.events)} failed steps)"
+                                                                         if len(lin.events) > 1 else ""),
+                raw=lin.seed_prompt[:2000]))
+        return issues
+
+    def result(self) -> EvolutionResult:
+        lineages, funnel = self.lineages, self.funnel
+        issues = self.issues()
+        for lang, c in self.by_lang.items():
+            c["acceptance_rate"] = round(c["accepted"] / c["judged"], 3) if c["judged"] else None
+        table = pa.Table.from_pylist(self.out_rows, schema=OUTPUT_SCHEMA) if self.out_rows else OUTPUT_SCHEMA.empty_table()
+        ordered = {op: {k: funnel[op][k] for k in (*_STEP_COLUMNS, *_ROUND_COLUMNS)} for op in dict.fromkeys(self.chain)}
+        ordered["round"] = {k: funnel["round"][k] for k in ("in", "candidates", *_ROUND_COLUMNS)}
+        return EvolutionResult(
+            table=table, issues=issues, inputs=len(lineages), inputs_with_output=sum(1 for x in lineages if x.outputs),
+            funnel=ordered, by_language={k: dict(v) for k, v in sorted(self.by_lang.items())},
+            eliminated=dict(self.eliminated), depth_methods=dict(self.method_counts), rendered=self.rendered,
+            generation_errors=self.stats["generation_errors"], requests=self.stats["requests"],
+            events=sum(len(x.events) for x in lineages))
+
+
+def run_evolution(items: list[dict], gen, judge, cfg) -> EvolutionResult:
+    """Evolve `items` (from `input_items`) with `gen` (evolutions, answers) and `judge` (equality and
+    quality verdicts): LLMSession-like objects with `.run(task, rows, **decoding)` and `.settings`.
+    `cfg`: chain, rounds, depth_methods, seed, evolve_temperature, evolve_max_tokens, judge_max_tokens,
+    answer_temperature, answer_max_tokens, refusal_max_words, refusal_max_chars."""
+    evo = _Evolution(items, gen, judge, cfg)
+    for rnd in range(1, cfg.rounds + 1):
+        evo.round(rnd)
+    return evo.result()
 
 
 _TASKS = {t.name: t for t in (*T.EVOLVE.values(), T.EQUAL, T.JUDGE, T.ANSWER)}
@@ -512,7 +558,7 @@ def _eliminate(lin: Lineage, rnd: int, label: str, hit: tuple[str, str], counts:
     rule, detail = hit
     counts[f"eliminated_{rule}"] += 1
     eliminated[rule] += 1
-    reason = rule if rule == "equal_judge_failed" else f"eliminated_{rule}"
+    reason = Reason(rule if rule == Reason.EQUAL_JUDGE_FAILED else f"eliminated_{rule}")
     lin.events.append((rnd, label, reason, detail))
 
 

@@ -50,6 +50,7 @@ from typing import Any, Callable, Mapping, Optional
 import pyarrow as pa
 
 from resources.llm.tasks import Task
+from resources.reasons import Reason
 
 from ..common import asset_names as A
 from ..common.accounting import RowIssue
@@ -68,10 +69,10 @@ ROLES = ("system", "user", "assistant")
 #: candidate outcomes, in the funnel's order
 CANDIDATE_STATUSES = ("llm_failed", "empty", "truncated", "duplicate", "unique")
 #: prompt outcomes that are failures (`rejected`); the other reasons are policy (`removed`)
-FAILURE_REASONS = frozenset({"missing_id", "duplicate_id", "bad_messages", "llm_failed", "reward_failed"})
+FAILURE_REASONS = frozenset({Reason.MISSING_ID, Reason.DUPLICATE_ID, Reason.BAD_MESSAGES, Reason.LLM_FAILED, Reason.REWARD_FAILED})
 #: reward failures that are failed requests (against llm.max_failure_rate); the others are answers
 #: that came back unusable (against the stage's max_reward_failure_rate)
-REWARD_REQUEST_FAILURES = frozenset({"llm_failed", "classifier_failed"})
+REWARD_REQUEST_FAILURES = frozenset({Reason.LLM_FAILED, Reason.CLASSIFIER_FAILED})
 
 PAIRS_SCHEMA = pa.schema([
     ("id", pa.string()),  # '<all_prompt_id>:pair' (one pair per prompt)
@@ -135,12 +136,12 @@ def prompt_items(table: pa.Table, input_asset: str, source: str,
         rid = r[id_col]
         text = _text(r[text_col])
         if rid is None or not str(rid).strip():
-            issues.append(RowIssue(reason="missing_id", source_row=i, field=id_col,
+            issues.append(RowIssue(reason=Reason.MISSING_ID, source_row=i, field=id_col,
                                    detail=f"{input_asset} row {i}: no {id_col}", raw=text[:2000]))
             continue
         rid = str(rid)
         if rid in seen:
-            issues.append(RowIssue(reason="duplicate_id", source_row=i, field=id_col, duplicate_of=rid,
+            issues.append(RowIssue(reason=Reason.DUPLICATE_ID, source_row=i, field=id_col, duplicate_of=rid,
                                    detail=f"{input_asset} row {i}: {id_col} {rid!r} already on row {seen[rid]}",
                                    raw=text[:2000]))
             continue
@@ -149,19 +150,19 @@ def prompt_items(table: pa.Table, input_asset: str, source: str,
             try:
                 messages = _check_messages(r[msg_col])
             except ValueError as exc:
-                issues.append(RowIssue(reason="bad_messages", source_row=i, field=msg_col,
+                issues.append(RowIssue(reason=Reason.BAD_MESSAGES, source_row=i, field=msg_col,
                                        detail=f"{rid}: {exc}", raw=text[:2000]))
                 continue
             text = messages[-1]["content"]
         else:
             messages = [{"role": "user", "content": text}]
         if not text.strip():
-            issues.append(RowIssue(reason="empty_prompt", outcome="removed", source_row=i, field=text_col,
+            issues.append(RowIssue(reason=Reason.EMPTY_PROMPT, outcome="removed", source_row=i, field=text_col,
                                    detail=f"{rid}: blank prompt"))
             continue
         size = sum(len(m["content"]) for m in messages)
         if size > max_input_chars:
-            issues.append(RowIssue(reason="prompt_too_long", outcome="removed", source_row=i, field=text_col,
+            issues.append(RowIssue(reason=Reason.PROMPT_TOO_LONG, outcome="removed", source_row=i, field=text_col,
                                    detail=f"{rid}: {size} > {max_input_chars} chars", raw=text[:2000]))
             continue
         lang = (r.get(lang_col) if has_lang else None) or detect_language(text)
@@ -373,14 +374,14 @@ def assemble(items: list[dict], candidates: dict[str, list[Candidate]], *, min_m
         if len(usable) < 2:
             failed = [c for c in cands if c.status == "llm_failed"]
             why = f"{len(usable)} usable of {len(cands)} candidates ({_status_counts(cands)})"
-            issue("llm_failed" if failed else "too_few_candidates",
+            issue(Reason.LLM_FAILED if failed else Reason.TOO_FEW_CANDIDATES,
                   why + (f"; first error: {failed[0].error[:300]}" if failed else ""))
             continue
         counts["prompts_with_2_candidates"] += 1
         if len(scored) < 2:
             fails = Counter(c.reward_failure for c in usable if c.score is None)
             first = next(c for c in usable if c.score is None)
-            issue("reward_failed", f"{len(scored)} of {len(usable)} candidates scored (reward "
+            issue(Reason.REWARD_FAILED, f"{len(scored)} of {len(usable)} candidates scored (reward "
                                    + ", ".join(f"{k} {v}" for k, v in sorted(fails.items()))
                                    + f"); first: {first.reward_failure}: {first.reward_error[:300]}")
             continue

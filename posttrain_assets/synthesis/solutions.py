@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from resources.llm.tasks import Task
+from resources.reasons import Reason
 
 from ..common.accounting import RowIssue
 from ..common.answers import answers_match, extract_final_answer
@@ -263,7 +264,7 @@ def assemble(problems: list[dict], samples: list[Sample], *, n: int, keep: str =
         p = x.problem
         where = f"{p['id']} sample {x.index}"
         if not x.generated:
-            issues.append(RowIssue(reason="llm_failed", detail=f"{where}: {x.error[:500]}", raw=p["prompt"][:2000]))
+            issues.append(RowIssue(reason=Reason.LLM_FAILED, detail=f"{where}: {x.error[:500]}", raw=p["prompt"][:2000]))
             continue
         counts["generated"] += 1
         counts[f"verified_by_{x.verifier}"] += 1
@@ -271,18 +272,18 @@ def assemble(problems: list[dict], samples: list[Sample], *, n: int, keep: str =
         if x.judge_error:
             counts["judge_failures"] += 1
         if x.correct is None:  # the deciding verdict failed: never an acceptance
-            issues.append(RowIssue(reason="judge_failed", detail=f"{where}: {x.judge_error[:500]}",
+            issues.append(RowIssue(reason=Reason.JUDGE_FAILED, detail=f"{where}: {x.judge_error[:500]}",
                                    raw=(x.judge_raw or x.text)[:2000]))
             continue
         counts["verdicts"] += 1
         counts["correct"] += x.correct
         if keep == "correct" and not x.correct:
-            issues.append(RowIssue(reason="incorrect", outcome="removed", field="final_answer",
+            issues.append(RowIssue(reason=Reason.INCORRECT, outcome="removed", field="final_answer",
                                    detail=f"{where}: {x.final_answer[:200]!r} vs gold {p['gold'][:200]!r}",
                                    raw=x.text[:2000]))
             continue
         if max_pass_rate is not None and rate[p["id"]] is not None and rate[p["id"]] > max_pass_rate:
-            issues.append(RowIssue(reason="above_max_pass_rate", outcome="removed",
+            issues.append(RowIssue(reason=Reason.ABOVE_MAX_PASS_RATE, outcome="removed",
                                    detail=f"{where}: pass rate {rate[p['id']]:.3f} > {max_pass_rate}",
                                    raw=x.text[:2000]))
             continue

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
+
+from resources.reasons import Reason
 
 from ..common.accounting import Accounting
 from ..common.language import detect_language
@@ -128,55 +130,63 @@ def _decoding(settings: TagSettings, max_tokens: Optional[int]) -> dict:
     return {"n": 1, "seed": settings.seed, "temperature": settings.temperature, "max_tokens": max_tokens}
 
 
-def run_tags(items: list[Item], source: str, input_asset: str, settings: TagSettings, *, tagger: Any = None,
-             guard: Any = None, reward: Optional[Callable] = None, embedder: Any = None,
-             log: Optional[Callable[[str], None]] = None) -> TagResult:
-    """Tag every item (see the module docstring); the rows keep the input's order."""
+@dataclass
+class _Tagging:
+    """The state of one run_tags call: the output rows and what failed, per row and per tag."""
+
+    items: list[Item]
+    langs: list[str]
+    rows: list[dict]
+    fails: list[dict]
+    failures: dict
+    not_applicable: dict
+    versions: dict = field(default_factory=dict)
+    requests: int = 0
+    llm_failed: int = 0
+
+    def fail(self, i: int, tag: str, reason: str, detail: str) -> None:
+        self.failures[tag][reason] += 1
+        self.fails[i][tag] = f"{reason}: {detail}"[:500]
+
+
+def _check_models(settings: TagSettings, tagger: Any, guard: Any, reward: Any, embedder: Any) -> bool:
+    """Each requested tag has its model; returns whether the tagger session is used."""
     settings.check()
     run = set(settings.tags)
-    needs_tagger = run & {"input_quality", "difficulty", "task_category"} or ("safety" in run and guard is None)
+    needs_tagger = bool(run & {"input_quality", "difficulty", "task_category"} or ("safety" in run and guard is None))
     if needs_tagger and tagger is None:
         raise ValueError("the JSON tags need a tagger session")
     if "instruct_reward" in run and reward is None:
         raise ValueError("instruct_reward needs a reward scorer")
     if "neighbors" in run and embedder is None:
         raise ValueError("neighbors needs an embedder")
+    return needs_tagger
 
-    langs = [detect_language(it.instruction) for it in items]
-    rows = [{"id": it.id, "source": source, "input_asset": input_asset, "instruction": it.instruction,
-             "response": it.response, "language": lang} for it, lang in zip(items, langs)]
-    fails: list[dict] = [{} for _ in items]
-    failures: dict = {t: Counter() for t in settings.tags}
-    not_applicable: dict = {t: Counter() for t in settings.tags}
-    versions: dict = {}
-    requests = llm_failed = 0
-    tagger_label = tagger.metadata()["llm_model"] if tagger is not None and needs_tagger else None
 
-    def fail(i: int, tag: str, reason: str, detail: str) -> None:
-        failures[tag][reason] += 1
-        fails[i][tag] = f"{reason}: {detail}"[:500]
-
-    # -- the JSON tags ---------------------------------------------------------------------------
+def _json_tags(st: _Tagging, settings: TagSettings, tagger: Any, guard: Any, tagger_label: Optional[str],
+               source: str, log: Optional[Callable[[str], None]]) -> None:
+    """input_quality, difficulty, task_category (and safety without a guard): one JSON task each."""
+    run = set(settings.tags)
     json_tags = [(t, task) for t, task in (("input_quality", QUALITY), ("difficulty", DIFFICULTY),
                                            ("task_category", CATEGORY)) if t in run]
     if "safety" in run and guard is None:
         json_tags.append(("safety", SAFETY_JUDGE))
     for tag, task in json_tags:
         if log:
-            log(f"{source}: tag {tag} ({task.name} v{task.version}) on {len(items)} rows")
-        versions[task.name] = task.version
+            log(f"{source}: tag {tag} ({task.name} v{task.version}) on {len(st.items)} rows")
+        st.versions[task.name] = task.version
         task_rows = [judge_row(it.instruction, it.response, lang) if tag == "safety"
-                     else {"instruction": it.instruction, "language": lang} for it, lang in zip(items, langs)]
+                     else {"instruction": it.instruction, "language": lang} for it, lang in zip(st.items, st.langs)]
         results = tagger.run(task, task_rows, **_decoding(settings, settings.max_tokens))
-        requests += len(results)
+        st.requests += len(results)
         for i, res in enumerate(results):
             (sample,) = res.samples
             if not isinstance(sample, dict):  # a TaskFailure
                 reason = failure_reason(sample.error, sample.reason)
-                llm_failed += sample.reason == "llm_failed"
-                fail(i, tag, reason, sample.error)
+                st.llm_failed += sample.reason == Reason.LLM_FAILED
+                st.fail(i, tag, reason, sample.error)
                 continue
-            r = rows[i]
+            r = st.rows[i]
             if tag == "input_quality":
                 r["input_quality"], r["quality_explanation"] = sample["input_quality"], sample["explanation"]
             elif tag == "difficulty":
@@ -189,67 +199,93 @@ def run_tags(items: list[Item], source: str, input_asset: str, settings: TagSett
                 r["safety_category"] = sample["category"] if sample["safety"] == "unsafe" else None
                 r["safety_model"] = tagger_label
 
-    # -- safety through the guard ----------------------------------------------------------------
+
+def _guard_safety(st: _Tagging, settings: TagSettings, guard: Any, source: str,
+                  log: Optional[Callable[[str], None]]) -> None:
+    """safety through the guard model (Llama Guard's output format)."""
+    st.versions[GUARD.name] = GUARD.version
+    guard_label = guard.metadata()["llm_model"]
+    if log:
+        log(f"{source}: tag safety (guard {guard_label}) on {len(st.items)} rows")
+    prompts = [guard_prompt(it.instruction, it.response, lang) for it, lang in zip(st.items, st.langs)]
+    answers = guard.complete(prompts, **_decoding(settings, settings.guard_max_tokens or GUARD.defaults.get("max_tokens")))
+    st.requests += len(answers)
+    for i, per in enumerate(answers):
+        a = per[0]
+        if not hasattr(a, "text"):  # an LLMError
+            st.llm_failed += 1
+            st.fail(i, "safety", Reason.LLM_FAILED, str(a))
+            continue
+        try:
+            verdict, category = parse_guard_output(a.text)
+        except ValueError as exc:  # TaskParseError
+            st.fail(i, "safety", Reason.PARSE_FAILED, f"{exc} (answer {a.text.strip()[:80]!r})")
+            continue
+        st.rows[i].update(safety=verdict, safety_category=category, safety_model=guard_label)
+
+
+def _instruct_reward(st: _Tagging, reward: Callable, source: str, log: Optional[Callable[[str], None]]) -> None:
+    """The reward of (instruction, response) for the rows with a response."""
+    items = st.items
+    with_resp = [i for i, it in enumerate(items) if it.response is not None]
+    st.not_applicable["instruct_reward"][Reason.NO_RESPONSE] = len(items) - len(with_resp)
+    if not with_resp:
+        return
+    if log:
+        log(f"{source}: tag instruct_reward on {len(with_resp)} rows with a response")
+    scores = reward([(items[i].instruction, items[i].response) for i in with_resp], [st.langs[i] for i in with_resp])
+    for i, s in zip(with_resp, scores):
+        if getattr(s, "ok", False):
+            st.rows[i]["instruct_reward"], st.rows[i]["reward_model"] = float(s.overall), s.model
+        else:
+            st.fail(i, "instruct_reward", s.reason, s.error)
+
+
+def _neighbors(st: _Tagging, settings: TagSettings, embedder: Any) -> None:
+    """Nearest-neighbour distance and repeat count over the representable instructions."""
+    items = st.items
+    texts = [it.instruction for it in items]
+    ok = np.asarray(embedder.representable(texts), dtype=bool) if hasattr(embedder, "representable") \
+        else np.ones(len(texts), dtype=bool)
+    keep = [i for i in range(len(items)) if ok[i]]
+    for i in range(len(items)):
+        if not ok[i]:
+            st.fail(i, "neighbors", Reason.UNREPRESENTABLE, "the embedding model does not cover most of the text's letters")
+    vecs = embedder.encode([texts[i] for i in keep]) if keep else np.zeros((0, 1), np.float32)
+    for i, t in zip(keep, gen_dis(vecs, [items[i].id for i in keep], threshold=settings.repeat_threshold,
+                                  search_space=settings.search_space)):
+        st.rows[i].update(min_neighbor_distance=t.min_neighbor_distance, repeat_count=t.repeat_count,
+                          min_similar_id=t.min_similar_id)
+
+
+def run_tags(items: list[Item], source: str, input_asset: str, settings: TagSettings, *, tagger: Any = None,
+             guard: Any = None, reward: Optional[Callable] = None, embedder: Any = None,
+             log: Optional[Callable[[str], None]] = None) -> TagResult:
+    """Tag every item (see the module docstring); the rows keep the input's order."""
+    needs_tagger = _check_models(settings, tagger, guard, reward, embedder)
+    run = set(settings.tags)
+    langs = [detect_language(it.instruction) for it in items]
+    st = _Tagging(items=items, langs=langs, fails=[{} for _ in items],
+                  rows=[{"id": it.id, "source": source, "input_asset": input_asset, "instruction": it.instruction,
+                         "response": it.response, "language": lang} for it, lang in zip(items, langs)],
+                  failures={t: Counter() for t in settings.tags}, not_applicable={t: Counter() for t in settings.tags})
+    tagger_label = tagger.metadata()["llm_model"] if tagger is not None and needs_tagger else None
+    _json_tags(st, settings, tagger, guard, tagger_label, source, log)
     if "safety" in run and guard is not None:
-        versions[GUARD.name] = GUARD.version
-        guard_label = guard.metadata()["llm_model"]
-        if log:
-            log(f"{source}: tag safety (guard {guard_label}) on {len(items)} rows")
-        prompts = [guard_prompt(it.instruction, it.response, lang) for it, lang in zip(items, langs)]
-        answers = guard.complete(prompts, **_decoding(settings, settings.guard_max_tokens or GUARD.defaults.get("max_tokens")))
-        requests += len(answers)
-        for i, per in enumerate(answers):
-            a = per[0]
-            if not hasattr(a, "text"):  # an LLMError
-                llm_failed += 1
-                fail(i, "safety", "llm_failed", str(a))
-                continue
-            try:
-                verdict, category = parse_guard_output(a.text)
-            except ValueError as exc:  # TaskParseError
-                fail(i, "safety", "parse_failed", f"{exc} (answer {a.text.strip()[:80]!r})")
-                continue
-            rows[i].update(safety=verdict, safety_category=category, safety_model=guard_label)
-
-    # -- the reward ------------------------------------------------------------------------------
+        _guard_safety(st, settings, guard, source, log)
     if "instruct_reward" in run:
-        with_resp = [i for i, it in enumerate(items) if it.response is not None]
-        not_applicable["instruct_reward"]["no_response"] = len(items) - len(with_resp)
-        if with_resp:
-            if log:
-                log(f"{source}: tag instruct_reward on {len(with_resp)} rows with a response")
-            scores = reward([(items[i].instruction, items[i].response) for i in with_resp],
-                            [langs[i] for i in with_resp])
-            for i, s in zip(with_resp, scores):
-                if getattr(s, "ok", False):
-                    rows[i]["instruct_reward"], rows[i]["reward_model"] = float(s.overall), s.model
-                else:
-                    fail(i, "instruct_reward", s.reason, s.error)
-
-    # -- neighbours ------------------------------------------------------------------------------
+        _instruct_reward(st, reward, source, log)
     if "neighbors" in run and items:
-        texts = [it.instruction for it in items]
-        ok = np.asarray(embedder.representable(texts), dtype=bool) if hasattr(embedder, "representable") \
-            else np.ones(len(texts), dtype=bool)
-        keep = [i for i in range(len(items)) if ok[i]]
-        for i in range(len(items)):
-            if not ok[i]:
-                fail(i, "neighbors", "unrepresentable", "the embedding model does not cover most of the text's letters")
-        vecs = embedder.encode([texts[i] for i in keep]) if keep else np.zeros((0, 1), np.float32)
-        for i, t in zip(keep, gen_dis(vecs, [items[i].id for i in keep], threshold=settings.repeat_threshold,
-                                      search_space=settings.search_space)):
-            rows[i].update(min_neighbor_distance=t.min_neighbor_distance, repeat_count=t.repeat_count,
-                           min_similar_id=t.min_similar_id)
-
-    vjson = json.dumps(dict(sorted(versions.items())), sort_keys=True)
-    for r, f in zip(rows, fails):
+        _neighbors(st, settings, embedder)
+    vjson = json.dumps(dict(sorted(st.versions.items())), sort_keys=True)
+    for r, f in zip(st.rows, st.fails):
         r["tag_failures"] = json.dumps(f, ensure_ascii=False, sort_keys=True) if f else None
         r["tagger_model"] = tagger_label
         r["tag_versions"] = vjson
-    table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
-    return TagResult(table=table, failures={t: dict(c) for t, c in failures.items()},
-                     not_applicable={t: dict(c) for t, c in not_applicable.items() if c},
-                     requests=requests, llm_failed=llm_failed)
+    table = pa.Table.from_pylist(st.rows, schema=OUTPUT_SCHEMA)
+    return TagResult(table=table, failures={t: dict(c) for t, c in st.failures.items()},
+                     not_applicable={t: dict(c) for t, c in st.not_applicable.items() if c},
+                     requests=st.requests, llm_failed=st.llm_failed)
 
 
 def empty_result() -> TagResult:

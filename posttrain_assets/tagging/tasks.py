@@ -27,6 +27,7 @@ from typing import Any, Optional
 import yaml
 
 from resources.llm.tasks import Task, TaskParseError, parse_json_answer
+from resources.reasons import Reason
 
 TEMPLATES = Path(__file__).parent / "templates"
 SCHEMA_VIOLATION = "schema violation"
@@ -172,6 +173,6 @@ ALL_TASKS = (QUALITY, DIFFICULTY, CATEGORY, SAFETY_JUDGE, GUARD)
 
 def failure_reason(error: str, reason: str) -> str:
     """A session TaskFailure's reason, with schema violations told apart from unparseable answers."""
-    if reason == "parse_failed" and error.startswith(SCHEMA_VIOLATION):
-        return "schema_violation"
+    if reason == Reason.PARSE_FAILED and error.startswith(SCHEMA_VIOLATION):
+        return Reason.SCHEMA_VIOLATION
     return reason

@@ -10,12 +10,12 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..faults import LLM_CACHE_CHUNK, Checkpoint, no_checkpoint
 from .base import Completion, LLMError
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,12 @@ class LLMCacheError(RuntimeError):
 class LLMCache:
     """`timeout`: seconds to wait for another process's write lock. A file that is not an SQLite
     database (or a damaged one) is moved aside to `<path>.corrupt-<time>` and a fresh cache started:
-    a cache only saves model calls, so losing it costs time, never data (`moved_aside` says where)."""
+    a cache only saves model calls, so losing it costs time, never data (`moved_aside` says where).
+    `checkpoint`: called after each chunk `cached_calls` commits (`resources.faults`; default nothing)."""
 
-    def __init__(self, path: str, timeout: float = 60):
+    def __init__(self, path: str, timeout: float = 60, checkpoint: Checkpoint = no_checkpoint):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path, self.timeout, self.moved_aside = path, timeout, None
+        self.path, self.timeout, self.moved_aside, self.checkpoint = path, timeout, None, checkpoint
         try:
             self._open()
         except sqlite3.OperationalError as exc:
@@ -159,7 +160,7 @@ def cached_calls(cache: LLMCache, *, settings: dict, op: str, decoding: dict, ta
                     stats.tokens_out += ans.tokens_out
                 rows.append((keys[i][s], op, model, _encode(ans)))
         cache.put_many(rows)
-        _test_kill_point()
+        cache.checkpoint(LLM_CACHE_CHUNK)
         if log:
             done = min(c + chunk, len(todo))
             log(f"{op}: {done}/{len(todo)} uncached prompts ({done / max(time.monotonic() - t0, 1e-9):.2f} prompts/s), "
@@ -179,15 +180,3 @@ def _decode(v: dict) -> Any:
     value = v["value"]
     return tuple(value) if isinstance(value, list) else value
 
-
-_CHUNKS_COMMITTED = 0
-
-
-def _test_kill_point() -> None:
-    """Tests only: with POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS=k the process SIGKILLs itself right after
-    its k-th committed chunk, so a resume test knows exactly what the cache holds."""
-    global _CHUNKS_COMMITTED
-    _CHUNKS_COMMITTED += 1
-    after = os.environ.get("POSTTRAIN_TEST_SIGKILL_AFTER_CHUNKS")
-    if after and _CHUNKS_COMMITTED >= int(after):
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -131,13 +131,20 @@ class LLMResource(dg.ConfigurableResource):
             return os.path.join(store.base, "_llm_cache", "llm_cache.sqlite")
         return os.path.expanduser("~/.cache/posttrain/llm_cache/llm_cache.sqlite")
 
+    def open_cache(self, storage=None) -> LLMCache:
+        return LLMCache(self.cache_path(storage), checkpoint=self.checkpoint)
+
+    def checkpoint(self, unit: str) -> None:
+        """Called after each chunk committed to the cache (`resources.faults`): nothing here; a
+        crash-recovery test injects a subclass whose checkpoint kills the process at a known point."""
+
     def session(self, context=None, name: str = "generator", *, storage=None, chunk: int = 16,
                 cache: Optional[LLMCache] = None) -> LLMSession:
         """A session on model `name`, logging to the asset's context, caching under the storage
         root (or `cache_dir`). Use as a context manager: the cache closes with it."""
         log = context.log.info if context is not None else None
         owns = cache is None
-        cache = cache or LLMCache(self.cache_path(storage))
+        cache = cache or self.open_cache(storage)
         return LLMSession(self.backend(name), self.spec(name), cache, name=name, log=log, chunk=chunk,
                           owns_cache=owns)
 

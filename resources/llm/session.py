@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from ..reasons import Reason
 from .base import Answer, Backend, Completion, Decoding, LLMError, LogprobAnswer
 from .cache import CallStats, LLMCache, cached_calls
 from .tasks import Task, TaskParseError
@@ -116,18 +117,18 @@ class LLMSession:
         for res, per in zip(results, answers):
             for a in per:
                 if isinstance(a, LLMError):
-                    res.samples.append(TaskFailure("llm_failed", str(a)))
+                    res.samples.append(TaskFailure(Reason.LLM_FAILED, str(a)))
                     res.completions.append(None)
                     continue
                 res.completions.append(a)
                 try:
                     res.samples.append(task.parse(a.text, res.row))
                 except TaskParseError as exc:
-                    res.samples.append(TaskFailure("parse_failed", str(exc), raw=a.text))
+                    res.samples.append(TaskFailure(Reason.PARSE_FAILED, str(exc), raw=a.text))
                 except Exception as exc:  # noqa: BLE001 - a parser bug on one answer is that answer's failure
-                    res.samples.append(TaskFailure("parse_failed", f"{type(exc).__name__}: {exc}", raw=a.text))
+                    res.samples.append(TaskFailure(Reason.PARSE_FAILED, f"{type(exc).__name__}: {exc}", raw=a.text))
         self.stats.parse_failures += sum(1 for r in results for s in r.samples
-                                         if isinstance(s, TaskFailure) and s.reason == "parse_failed")
+                                         if isinstance(s, TaskFailure) and s.reason == Reason.PARSE_FAILED)
         return results
 
     # ------------------------------------------------------------------ bookkeeping
@@ -156,7 +157,7 @@ class SessionGroup:
     adds their figures up. A context manager: the cache closes with it."""
 
     def __init__(self, resource, names, *, context=None, storage=None, chunk: int = 16):
-        self.cache = LLMCache(resource.cache_path(storage))
+        self.cache = resource.open_cache(storage)
         self.sessions = {n: resource.session(context, n, chunk=chunk, cache=self.cache) for n in dict.fromkeys(names)}
 
     def get(self, name: str) -> LLMSession:

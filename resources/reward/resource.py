@@ -28,6 +28,7 @@ from pydantic import PrivateAttr
 from resources.attributes import ATTRIBUTES, VERSION_RE, render
 from resources.engines import OwnedEngines
 
+from ..reasons import Reason
 from .classifier import DTYPES, ENGINES, SCORE_OUTPUTS, HFRewardModel, VLLMRewardModel, render_ids
 from .judge import ASPECTS, RATING, judge_row, to_score
 from .scores import RewardConfigError, RewardFailure, RewardResults, RewardScore, RewardUnavailable, normalize_pair
@@ -166,7 +167,7 @@ class RewardResource(dg.ConfigurableResource):
                 messages, response = normalize_pair(pair)
                 valid.append((i, messages, response))
             except ValueError as exc:
-                out[i] = RewardFailure("bad_input", f"pair {i}: {exc}", model=self.model_name)
+                out[i] = RewardFailure(Reason.BAD_INPUT, f"pair {i}: {exc}", model=self.model_name)
         t0 = time.monotonic()
         if self.backend == "judge":
             meta = self._score_judge(context, valid, out, llm=llm, storage=storage, languages=languages)
@@ -236,7 +237,7 @@ class RewardResource(dg.ConfigurableResource):
             aspects = {a: float(v) for a, v in zip(ATTRIBUTES, row) if math.isfinite(v)}
             missing = [a for a in self.attribute_weights if a not in aspects]
             if missing:
-                out[i] = RewardFailure("non_finite", f"the attribute model has no head for {', '.join(missing)}",
+                out[i] = RewardFailure(Reason.NON_FINITE, f"the attribute model has no head for {', '.join(missing)}",
                                        model=model)
                 continue
             overall = sum(w * aspects[a] for a, w in self.attribute_weights.items())
@@ -255,17 +256,17 @@ class RewardResource(dg.ConfigurableResource):
             except RewardConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. a chat template that refuses this turn order
-                out[i] = RewardFailure("bad_input", f"pair {i}: chat template: {type(exc).__name__}: {exc}",
+                out[i] = RewardFailure(Reason.BAD_INPUT, f"pair {i}: chat template: {type(exc).__name__}: {exc}",
                                        model=model)
         values = (engine.scores([ids for _, ids, _ in rendered], batch_size=self.batch_size,
                                 score_output=self.score_output) if rendered else [])
         for (i, _, truncated), v in zip(rendered, values):
             if isinstance(v, Exception):
-                out[i] = RewardFailure("classifier_failed", f"{type(v).__name__}: {v}", model=model)
+                out[i] = RewardFailure(Reason.CLASSIFIER_FAILED, f"{type(v).__name__}: {v}", model=model)
                 continue
             scalar, multi = v
             if not math.isfinite(scalar):
-                out[i] = RewardFailure("non_finite", f"the model returned {scalar}", model=model)
+                out[i] = RewardFailure(Reason.NON_FINITE, f"the model returned {scalar}", model=model)
                 continue
             aspects = {}
             if self.aspect_names:
