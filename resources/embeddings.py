@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import unicodedata
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import dagster as dg
 import numpy as np
@@ -210,7 +210,7 @@ class EmbeddingClient(dg.ConfigurableResource):
     `sentence_transformers` (local/hub model; `model` "" = the bundled all-MiniLM-L6-v2, English
     only) or `openai` (a /v1/embeddings server; `model` = the server's model name)."""
 
-    backend: str = DEFAULT_BACKEND
+    backend: Literal[BACKENDS] = DEFAULT_BACKEND
     model: str = ""
     device: str = "auto"  # sentence_transformers: auto -> cuda when present
     batch_size: int = 64
@@ -243,8 +243,6 @@ class EmbeddingClient(dg.ConfigurableResource):
         return default_threshold(self.model_name)
 
     def _check_backend(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"embeddings backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "use_multilingual" and self.model:
             raise ValueError("the use_multilingual backend has one model: leave `model` empty "
                              "(or use backend sentence_transformers / openai)")

@@ -3,6 +3,7 @@ the same weights, openai against a real `transformers serve` on loopback); sessi
 batch independence, JSON-schema tasks, engine ownership and failure accounting."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -384,5 +385,8 @@ def test_models_from_yaml_file(tmp_path):
     llm = LLMResource(config_file=str(f))
     assert llm.spec("judge").temperature == 0.2 and llm.spec("judge").backend == "openai"
     assert llm.spec("generator").backend == "embedded"
-    with pytest.raises(LLMError, match="backend must be one of"):
-        LLMResource(models={"x": ModelSpec(backend="tgi")}).backend("x")
+    with pytest.raises(ValueError, match="backend\n  Input should be 'embedded', 'transformers', 'vllm' or 'openai'"):
+        ModelSpec(backend="tgi")  # a typed choice: refused when the config is built, naming the field
+    f.write_text("models:\n  judge:\n    backend: tgi\n")
+    with pytest.raises(LLMError, match=f"(?s){re.escape(str(f))}: model 'judge': .*backend\n  Input should be 'embedded'"):
+        LLMResource(config_file=str(f)).spec("judge")

@@ -293,7 +293,8 @@ def test_safety_through_a_guard_model_is_parsed_or_counted(tmp_path, instance):
 
 def test_an_empty_partition_loads_no_model(tmp_path, instance):
     _write_input(str(tmp_path / "storage"), "empty", [])
-    broken = LLMResource(models={"judge": ModelSpec(backend="nope")})  # would fail to load: it is never loaded
+    # would fail at its first request (nothing listens on port 9): it is never called
+    broken = LLMResource(models={"judge": ModelSpec(backend="openai", base_url="http://127.0.0.1:9/v1")})
     result = _materialize(tmp_path, instance, "empty", llm=broken)
     assert result.success, step_error(result)
     md = mat_metadata(result, "quality_tags")

@@ -134,10 +134,14 @@ def test_an_empty_tags_partition_and_a_bad_config(tmp_path, instance):
     md = mat_metadata(result, "filtered_instructions")
     assert (md["rows_in"], md["rows_out"]) == (0, 0) and md["per_rule"]["colon"] == {
         "removes": 0, "missing": 0, "share": 0.0, "by_reason": {}}
-    bad = _materialize(tmp_path, instance, "e", OUTPUT_SCHEMA.empty_table(), config={"max_difficulty": "extreme"})
-    assert not bad.success
-    assert step_error(bad) == ("source 'e', quality_tags: max_difficulty: must be one of very easy, easy, medium, "
-                               "hard, very hard or null, got 'extreme'")
+    # a level outside the list: refused before the run starts, naming the field (a typed choice)
+    with pytest.raises(dg.DagsterInvalidConfigError, match="max_difficulty.*not in enum.*extreme"):
+        _materialize(tmp_path, instance, "e", OUTPUT_SCHEMA.empty_table(), config={"max_difficulty": "extreme"})
+    # two valid levels in the wrong order: the filter's own check, a step failure that says why
+    bad = _materialize(tmp_path, instance, "e", OUTPUT_SCHEMA.empty_table(),
+                       config={"min_difficulty": "very hard", "max_difficulty": "very easy"})
+    assert not bad.success and step_error(bad) == ("source 'e', quality_tags: min_difficulty 'very hard' is above "
+                                                   "max_difficulty 'very easy'")
 
 
 def test_a_failed_data_write_keeps_the_old_rejects_beside_the_old_data(tmp_path, instance, monkeypatch):

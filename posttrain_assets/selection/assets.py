@@ -28,10 +28,12 @@ from resources.reasons import Reason
 from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, RowIssue, raw_preview, rejects_table
+from ..common.choices import choice_enum, plain
 from ..common.metadata import accounting_check, stage_metadata
 from ..common.pass_rate import filter_by_pass_rate
 from .length import answer_lengths, histogram_markdown, length_select, seed_rows
-from .tag_filter import RULE_COLUMNS, RULES, FilterRules, apply_filter, per_rule_markdown
+from .tag_filter import (DIFFICULTY_ORDER, QUALITY_LEVELS, RULE_COLUMNS, RULES, FilterRules, apply_filter,
+                         per_rule_markdown)
 
 GROUP = "selection"
 
@@ -155,16 +157,20 @@ def hard_problems(context: dg.AssetExecutionContext, config: HardProblemsConfig,
     yield accounting_check(acc)
 
 
+QualityLevel = choice_enum("QualityLevel", QUALITY_LEVELS)
+DifficultyLevel = choice_enum("DifficultyLevel", DIFFICULTY_ORDER)
+
+
 class TagFilterConfig(dg.Config):
     """The seed's (Magpie's) filter over quality_tags (tag_filter.py; rules in a fixed order)."""
-    qualities: list[str] = ["good", "excellent"]  # keep input_quality in these ([] = rule off)
+    qualities: list[QualityLevel] = ["good", "excellent"]  # keep input_quality in these ([] = rule off)
     min_reward: Optional[float] = None  # keep instruct_reward > this; None = off (the scale depends on the reward backend)
     no_trailing_colon: bool = True  # drop instructions ending in ':' / '：'
     drop_near_duplicates: bool = True  # drop later near-duplicates (min_similar_id set and not the row itself)
     min_length: Optional[int] = None  # characters for ja / zh, words otherwise
     max_length: Optional[int] = None
-    min_difficulty: Optional[str] = None  # very easy | easy | medium | hard | very hard
-    max_difficulty: Optional[str] = None
+    min_difficulty: Optional[DifficultyLevel] = None  # very easy | easy | medium | hard | very hard
+    max_difficulty: Optional[DifficultyLevel] = None
     safe_only: bool = False  # drop rows whose safety tag is not `safe`
 
 
@@ -177,10 +183,10 @@ class TagFilterConfig(dg.Config):
 def filtered_instructions(context: dg.AssetExecutionContext, config: TagFilterConfig, storage: StorageResource,
                           quality_tags: pa.Table):
     key = context.partition_key
-    rules = FilterRules(qualities=tuple(config.qualities), min_reward=config.min_reward,
+    rules = FilterRules(qualities=tuple(plain(config.qualities)), min_reward=config.min_reward,
                         no_trailing_colon=config.no_trailing_colon, drop_near_duplicates=config.drop_near_duplicates,
                         min_length=config.min_length, max_length=config.max_length,
-                        min_difficulty=config.min_difficulty, max_difficulty=config.max_difficulty,
+                        min_difficulty=plain(config.min_difficulty), max_difficulty=plain(config.max_difficulty),
                         safe_only=config.safe_only)
     try:
         res = apply_filter(quality_tags, rules)

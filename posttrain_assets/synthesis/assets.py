@@ -22,13 +22,14 @@ from resources.storage import StorageResource
 
 from ..common import asset_names as A
 from ..common.accounting import Accounting, rejects_table
+from ..common.choices import choice_enum
 from ..common.metadata import (REWARD_DEPS, accounting_check, all_rejected_metadata, attribute_model_version,
                                model_asset, read_input_partition, stage_metadata, unique_check)
 from ..common.pools import GPU_POOL
 from ..common.sizing import auto, resolve_sizes
 from ..common.stages import NOT_IN_MODEL_STAGES, source_skipped, stage_items
 from .evolution import INPUTS as EVOL_INPUTS
-from .evolution import (DEPTH_METHODS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
+from .evolution import (DEPTH_METHODS, OPERATIONS, OUTPUT_SCHEMA, funnel_markdown, input_items, language_markdown,
                         parse_chain, rendered_markdown, run_evolution, sample_items)
 from .pairs import INPUTS as PAIR_INPUTS
 from .pairs import (CANDIDATE_STATUSES, RESPONSE, generation_settings, margin_histogram, prompt_items,
@@ -46,12 +47,16 @@ from .tasks import ANSWER, EQUAL, EVOLVE, JUDGE
 GROUP = "synthesis"
 
 
+EvolOperation = choice_enum("EvolOperation", OPERATIONS)
+DepthMethod = choice_enum("DepthMethod", DEPTH_METHODS)
+
+
 class EvolConfig(dg.Config):
     # the prompt table (all of evolution.INPUTS are lineage deps)
     input_asset: Literal[EVOL_INPUTS] = A.SELECTED_SEEDS
-    chain: list[str] = ["width", "depth", "flatten"]  # operations per round: width | depth | flatten
+    chain: list[EvolOperation] = ["width", "depth", "flatten"]  # operations per round: width | depth | flatten
     rounds: int = 2
-    depth_methods: list[str] = list(DEPTH_METHODS)  # drawn per prompt, round and step (seeded)
+    depth_methods: list[DepthMethod] = list(DEPTH_METHODS)  # drawn per prompt, round and step (seeded)
     generator: str = "generator"  # LLMResource model names: evolutions + answers
     judge: str = "judge"  # equality judge (rule 1) + the seed's quality judge
     max_prompts: Optional[int] = auto(2, 0, "evolve at most this many input rows (a seeded sample; 0 = all)")

@@ -19,6 +19,7 @@ from ..common.accounting import Accounting, rejects_table
 from ..common.metadata import (REWARD_DEPS, accounting_check, all_rejected_metadata, attribute_model_version,
                                model_asset, read_input_partition, stage_metadata, unique_check)
 from ..common import asset_names as A
+from ..common.choices import choice_enum, plain
 from ..common.inputs import input_items
 from ..common.sizing import auto, resolve_sizes
 from ..common.stages import source_skipped, stage_items
@@ -30,10 +31,13 @@ GROUP = "tagging"
 ASSET = A.QUALITY_TAGS
 
 
+TagName = choice_enum("TagName", TAGS)
+
+
 class QualityTagsConfig(dg.Config):
     input_asset: Literal[TAG_INPUTS] = A.MAGPIE_INSTRUCTIONS
     tagger: str = "judge"  # LLMResource model name of the JSON tags (and of the safety judge)
-    tags: list[str] = list(TAGS)  # which tags to run (language always runs)
+    tags: list[TagName] = list(TAGS)  # which tags to run (language always runs)
     guard_model: str = ""  # an LLMResource model name serving Llama Guard 3: safety through its format; "" = the tagger judges
     repeat_threshold: float = REPEAT_THRESHOLD  # gen_dis: squared L2 (unit vectors) below which two rows repeat
     search_space: int = SEARCH_SPACE  # gen_dis: neighbours searched per row
@@ -56,7 +60,7 @@ def quality_tags(context: dg.AssetExecutionContext, config: QualityTagsConfig, l
                  storage: StorageResource):
     key = context.partition_key
     config = resolve_sizes(config, llm, [config.tagger, config.guard_model], context.log.info)
-    settings = TagSettings(tags=tuple(dict.fromkeys(config.tags)), max_tokens=config.max_tokens or None,
+    settings = TagSettings(tags=tuple(dict.fromkeys(plain(config.tags))), max_tokens=config.max_tokens or None,
                            guard_max_tokens=config.guard_max_tokens or None, seed=config.seed,
                            repeat_threshold=config.repeat_threshold, search_space=config.search_space)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 import yaml
@@ -26,7 +26,7 @@ DECODING_FIELDS = ("temperature", "top_p", "max_tokens")  # session-level: not p
 class ModelSpec(dg.Config):
     """One named model with the seed's knobs (model_config.yml)."""
 
-    backend: str = "embedded"
+    backend: Literal[BACKENDS] = "embedded"
     model: str = ""  # "" = bundled SmolLM2 (embedded); hub id / local folder; served model name (openai)
     revision: Optional[str] = None  # hub revision (transformers, vllm)
     quantization: Optional[str] = None  # embedded: int8 (default) | int8_float32 | int16 | float32; vllm: awq, fp8, ...
@@ -72,10 +72,16 @@ class LLMResource(dg.ConfigurableResource):
         if name in self.models:
             return self.models[name]
         entry = self._file_models().get(name)
-        return ModelSpec(**entry) if entry is not None else ModelSpec()
+        return self._file_spec(name, entry) if entry is not None else ModelSpec()
+
+    def _file_spec(self, name: str, entry: dict) -> ModelSpec:
+        try:
+            return ModelSpec(**entry)
+        except ValueError as exc:  # pydantic's ValidationError: the field and the allowed values
+            raise LLMError(f"{self.config_file}: model {name!r}: {exc}") from None
 
     def all_specs(self) -> dict[str, ModelSpec]:
-        specs = {k: ModelSpec(**v) for k, v in self._file_models().items()}
+        specs = {k: self._file_spec(k, v) for k, v in self._file_models().items()}
         specs.update(self.models)
         return specs
 
@@ -87,8 +93,6 @@ class LLMResource(dg.ConfigurableResource):
     # ------------------------------------------------------------------ engines
     def backend(self, name: str = "generator") -> Backend:
         spec = self.spec(name)
-        if spec.backend not in BACKENDS:
-            raise LLMError(f"model {name!r}: backend must be one of {', '.join(BACKENDS)}, got {spec.backend!r}")
         if spec.backend in ("transformers", "vllm") and not spec.model:
             raise LLMError(f"model {name!r}: backend {spec.backend!r} needs `model`")
         key = self.engine_key(spec)
