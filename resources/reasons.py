@@ -84,6 +84,10 @@ class Reason(StrEnum):
     DUPLICATE_WITHIN_SOURCE = "duplicate_within_source"
     # scoring
     NO_GOLD_ANSWER = "no_gold_answer"
+    # a stage that sees a row and does not run it (common/stages.py, solutions' pass-rate status)
+    NOT_IN_MODEL_STAGES = "not_in_model_stages"
+    NOT_SAMPLED = "not_sampled"
+    ALL_FAILED = "all_failed"
     # selection: seeds, hard problems (acc.removed_by_reason counts)
     BELOW_MIN_DIFFICULTY = "below_min_difficulty"
     BELOW_TOP_K = "below_top_k"

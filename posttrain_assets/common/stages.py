@@ -4,8 +4,10 @@ model and writes an empty table; the rows it loaded count as removed with NOT_IN
 
 from typing import Callable
 
+from resources.reasons import Reason
+
 #: the removal reason of a row whose source does not list the stage in `model_stages`
-NOT_IN_MODEL_STAGES = "not_in_model_stages"
+NOT_IN_MODEL_STAGES = Reason.NOT_IN_MODEL_STAGES
 
 
 def source_skipped(registry, key: str, stage: str, log=None) -> bool:
@@ -31,4 +33,4 @@ def stage_items(items: list, skipped: bool, sample: Callable[[list], list]) -> t
     if skipped:
         return [], ({NOT_IN_MODEL_STAGES: len(items)} if items else {})
     picked = sample(items)
-    return picked, ({"not_sampled": len(items) - len(picked)} if len(items) > len(picked) else {})
+    return picked, ({Reason.NOT_SAMPLED: len(items) - len(picked)} if len(items) > len(picked) else {})

@@ -197,12 +197,12 @@ def generated_solutions(context: dg.AssetExecutionContext, config: SolutionsConf
     else:  # records
         loaded = problems_from_records(cot_records, sft_records, config.answer_kind)
     with_gold = [p for p in loaded if p["gold"]]
-    skipped = [(p, "no_gold_answer") for p in loaded if not p["gold"]]
+    skipped = [(p, Reason.NO_GOLD_ANSWER) for p in loaded if not p["gold"]]
     if source_skipped(registry, key, GROUP, context.log.info):  # one pass-rate row each, n = 0
         problems, skipped = [], skipped + [(p, NOT_IN_MODEL_STAGES) for p in with_gold]
     else:
         problems, not_sampled = sample_problems(with_gold, config.max_problems, config.seed)
-        skipped += [(p, "not_sampled") for p in not_sampled]
+        skipped += [(p, Reason.NOT_SAMPLED) for p in not_sampled]
 
     sessions, samples, gen_model, judge_model, gen_s = [], [], "", "", 0.0
     if problems:  # no model is loaded for an empty partition

@@ -299,7 +299,7 @@ def assemble(problems: list[dict], samples: list[Sample], *, n: int, keep: str =
     counts["kept"] = len(out_rows)
     gen = Counter(x.problem["id"] for x in samples if x.generated)
     dis = Counter(x.problem["id"] for x in samples if x.disagreement)
-    status = ["ok" if k else ("no_verdict" if gen[i] else "all_failed") for i, k in zip(ids, pr["n"].to_pylist())]
+    status = ["ok" if k else (Reason.NO_VERDICT if gen[i] else Reason.ALL_FAILED) for i, k in zip(ids, pr["n"].to_pylist())]
     meta = {p["id"]: p for p in problems}
     rows = [{"all_prompt_id": i, "source": meta[i]["source"], "language": meta[i]["language"], "kind": meta[i]["kind"],
              "prompt": meta[i]["prompt"], "gold_answer": meta[i]["gold"], "status": st, "n_requested": n,
