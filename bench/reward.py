@@ -111,15 +111,16 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from resources.llm import LLMResource
-    from resources.reward import RewardResource
+    from resources.reward import ClassifierReward, JudgeReward, RewardResource
     from resources.storage import StorageResource
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or str(Path(tmp) / "cache")
         llm = LLMResource(cache_dir=cache)
         storage = StorageResource(root=str(Path(tmp) / "storage"))
-        reward = RewardResource(backend=args.backend, model=args.model, trust_remote_code=args.trust_remote_code,
-                                max_length=args.max_length)
+        backend = (ClassifierReward(model=args.model, trust_remote_code=args.trust_remote_code,
+                                    max_length=args.max_length) if args.backend == "classifier" else JudgeReward())
+        reward = RewardResource(backend=backend)
         out = {"backend": args.backend, "model": reward.model_name,
                "human_preference": human_preference(reward, llm, storage, args.pairs)}
         if not args.skip_armorm:

@@ -11,7 +11,7 @@ from partitions import source_partitions
 from resources.embeddings import EmbeddingClient
 from resources.hub import HubResource
 from resources.llm import LLMResource
-from resources.reward import RewardResource
+from resources.reward import JudgeReward, RewardResource
 from resources.sources import SourceRegistryResource
 from resources.storage import ParquetIOManager, StorageResource
 
@@ -116,7 +116,7 @@ def build_resources() -> dict:
                            api_key=dg.EnvVar("LLM_API_KEY") if os.environ.get("LLM_API_KEY") else None),
         # reward scores (quality_tags' instruct_reward, preference_pairs): the judge on the embedded model
         # unless the launchpad says otherwise
-        "reward": RewardResource(llm_config_file=os.environ.get("POSTTRAIN_LLM_CONFIG", "")),
+        "reward": RewardResource(backend=JudgeReward(llm_config_file=os.environ.get("POSTTRAIN_LLM_CONFIG", ""))),
         # the token only ever comes from the environment
         "hub": HubResource(repo_id=os.environ.get("POSTTRAIN_HF_REPO", ""),
                            token=dg.EnvVar("HF_TOKEN") if os.environ.get("HF_TOKEN") else None),

@@ -26,7 +26,7 @@ from posttrain_assets.tagging.assets import quality_tags
 from posttrain_assets.tagging.tags import TAG_INPUTS
 from partitions.registry import load_registry
 from resources.llm import LLMResource
-from resources.reward import RewardResource
+from resources.reward import JudgeReward, RewardResource
 from resources.storage import ParquetStore
 
 from .helpers import REPO, SAMPLE, resources_for, upstream_specs, write_registry
@@ -101,7 +101,8 @@ class StageCase:
             write_registry(Path(root).parent / f"{Path(root).name}-registry.yaml", self.registry)
         resources = resources_for(root, registry)
         resources["llm"] = llm or LLMResource()
-        resources["reward"] = RewardResource(max_tokens=64, chunk=1)  # the judge on the embedded model (64: some ratings parse)
+        # the judge on the embedded model (64: some ratings parse)
+        resources["reward"] = RewardResource(backend=JudgeReward(max_tokens=64, chunk=1))
         return dg.materialize(upstream_specs(*self.upstream) + [self.asset], selection=[self.asset],
                               partition_key=self.key, instance=instance, resources=resources,
                               run_config={"ops": {self.op: {"config": {**self.config, **(config or {})}}}},

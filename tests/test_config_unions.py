@@ -1,7 +1,9 @@
 """The configs whose fields depend on a chosen method / backend are discriminated unions: the launchpad
 and YAML show only the chosen variant's fields (`method: {minhash: {...}}`). Per union: the default
 works with no config, the other variant validates and reaches the code, a field of another variant is
-refused, a bad choice is refused by Dagster's config validation naming the field. Cheap: no model runs."""
+refused, a bad choice is refused by Dagster's config validation naming the field. The reward resource's
+backend is a union too, in a ConfigurableResource: checked through resource config and built in Python.
+Cheap: no model runs."""
 
 import dagster as dg
 import numpy as np
@@ -14,6 +16,7 @@ from posttrain_assets.selection.assets import (DifficultySelection, LengthSelect
                                                SelectionConfig)
 from posttrain_assets.steerlm.assets import AttributeModelConfig, HeadBackend, LoraBackend
 from posttrain_assets.steerlm.lora import LoraSettings
+from resources.reward import AttributesReward, ClassifierReward, JudgeReward, RewardResource
 
 
 def _job(config_cls):
@@ -146,3 +149,79 @@ def test_selection_refuses_another_methods_field_and_bad_choices():
     _refused(SelectionConfig, {"total_samples": 60}, "total_samples")  # the old flat shape
     _refused(SelectionConfig, {"method": {"random": {}}}, "random", "method")
     _refused(SelectionConfig, {"method": {"length": {"length_unit": "words"}}}, "length_unit", "words")
+
+
+# ------------------------------------------------------------------------------------ reward resource
+def _reward_job(resource: RewardResource):
+    """A job whose one asset takes the reward resource (built in Python as `resource`): Dagster's own
+    validation of the resource config."""
+    seen = {}
+
+    @dg.asset(name="scored")
+    def scored(reward: RewardResource):
+        seen["reward"] = reward
+        return 0
+
+    defs = dg.Definitions(assets=[scored], jobs=[dg.define_asset_job("score", [scored])],
+                          resources={"reward": resource})
+    return defs.resolve_job_def("score"), seen
+
+
+def _reward_run(backend: dict | None, resource: RewardResource | None = None) -> RewardResource:
+    job, seen = _reward_job(resource or RewardResource())
+    run_config = {"resources": {"reward": {"config": {"backend": backend}}}} if backend else None
+    assert job.execute_in_process(run_config=run_config).success
+    return seen["reward"]
+
+
+def _reward_refused(backend, *words: str):
+    job, _ = _reward_job(RewardResource())
+    with pytest.raises(dg.DagsterInvalidConfigError) as err:
+        dg.validate_run_config(job, {"resources": {"reward": {"config": {"backend": backend}}}})
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_reward_default_is_the_judge_with_no_config():
+    reward = _reward_run(None)
+    assert reward.backend == JudgeReward() and reward.model_name == "judge:judge"
+    assert RewardResource().backend.name == "judge" and RewardResource().backend.max_prompt_chars == 4000
+    # the judge's fields only: no classifier or attributes field on it
+    fields = dg.validate_run_config(_reward_job(RewardResource())[0], {})["resources"]["reward"]["config"]
+    assert set(fields["backend"]["judge"]) == set(JudgeReward.model_fields) - {"name"}
+    # a resource built in Python keeps its backend as the default (definitions.py: the judge's llm_config_file)
+    built = _reward_run(None, RewardResource(backend=JudgeReward(llm_config_file="models.yaml", chunk=4)))
+    assert (built.backend.llm_config_file, built.backend.chunk) == ("models.yaml", 4)
+
+
+@pytest.mark.parametrize("choice, expected", [
+    ({"classifier": {"model": "m", "engine": "vllm", "dtype": "bfloat16", "truncation_side": "right"}},
+     ClassifierReward(model="m", engine="vllm", dtype="bfloat16", truncation_side="right")),
+    ({"attributes": {"attribute_model": "0123456789abcdef", "attribute_weights": {"helpfulness": 1.0,
+                                                                                  "verbosity": -0.5}}},
+     AttributesReward(attribute_model="0123456789abcdef", attribute_weights={"helpfulness": 1.0, "verbosity": -0.5})),
+    ({"judge": {"judge_model": "teacher", "aspects": ["honesty"], "max_tokens": 64}},
+     JudgeReward(judge_model="teacher", aspects=["honesty"], max_tokens=64)),
+])
+def test_reward_other_backends_validate_and_reach_the_resource(choice, expected):
+    reward = _reward_run(choice)
+    assert reward.backend == expected
+    reward.check()  # a valid config of its backend: no RewardConfigError
+    assert reward.model_name == {"classifier": "classifier:m", "attributes": "attributes:0123456789abcdef",
+                                 "judge": "judge:teacher"}[expected.name]
+    # the same backend built in Python, and the launchpad choosing another over a Python-built one
+    assert RewardResource(backend=expected).backend == expected
+    assert _reward_run(choice, RewardResource(backend=ClassifierReward(model="x"))).backend == expected
+
+
+def test_reward_refuses_another_backends_field_and_bad_choices():
+    _reward_refused({"judge": {"model": "m"}}, "model", "backend:judge")
+    _reward_refused({"classifier": {"attribute_weights": {"helpfulness": 1.0}}}, "attribute_weights",
+                    "backend:classifier")
+    _reward_refused({"attributes": {"judge_model": "judge"}}, "judge_model", "backend:attributes")
+    _reward_refused({"rm": {}}, "rm", "backend")
+    _reward_refused("classifier", "backend")  # the old flat shape
+    _reward_refused({"classifier": {"engine": "tgi"}}, "engine", "tgi")
+    _reward_refused({"classifier": {"score_output": "rewards"}}, "score_output", "rewards")
+    with pytest.raises(ValueError, match="dtype"):  # built in Python: pydantic names the field
+        ClassifierReward(dtype="int4")

@@ -26,7 +26,7 @@ from posttrain_assets.synthesis.evolution import INPUTS as EVOL_INPUTS
 from posttrain_assets.synthesis.pairs import INPUTS as PAIR_INPUTS
 from posttrain_assets.tagging.tags import OUTPUT_SCHEMA, TAG_INPUTS, TAGS
 from resources.llm import LLMResource, ModelSpec, TaskParseError
-from resources.reward import RewardResource
+from resources.reward import JudgeReward, RewardResource
 from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY
@@ -192,7 +192,7 @@ def _materialize(tmp_path, instance, key, config=None, llm=None):
         instance.add_dynamic_partitions("source", [key])
     resources = resources_for(str(tmp_path / "storage"), BUNDLED_REGISTRY)  # the keys here: tables written by the test
     resources["llm"] = llm or LLMResource(cache_dir=str(tmp_path / "cache"))
-    resources["reward"] = RewardResource(max_tokens=32)
+    resources["reward"] = RewardResource(backend=JudgeReward(max_tokens=32))
     return dg.materialize([quality_tags, *upstream_specs(*TAG_INPUTS)], selection=[quality_tags], partition_key=key,
                           instance=instance, resources=resources, raise_on_error=False,
                           run_config={"ops": {"quality_tags": {"config": {"max_tokens": 48, **(config or {})}}}})

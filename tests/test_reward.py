@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from resources.llm import LLMResource, embedded_model_dir
-from resources.reward import (ASPECTS, RATING, RewardConfigError, RewardFailure, RewardResource, RewardScore,
-                              vllm_reward_engine_kwargs, vllm_reward_request)
+from resources.reward import (ASPECTS, RATING, AttributesReward, ClassifierReward, JudgeReward, RewardConfigError,
+                              RewardFailure, RewardResource, RewardScore, vllm_reward_engine_kwargs,
+                              vllm_reward_request)
 from resources.reward.classifier import render_ids
 from resources.reward.judge import TEMPLATE, judge_row
 from resources.storage import StorageResource
@@ -84,7 +85,7 @@ def test_judge_on_embedded_model_over_real_hh_pairs(tmp_path):
 
     # another aspect selection and the asset's own LLMResource: same requests, so 0 model calls
     llm = LLMResource()
-    helpful = RewardResource(aspects=["helpfulness"]).score(None, pairs, llm=llm, storage=storage)
+    helpful = RewardResource(backend=JudgeReward(aspects=["helpfulness"])).score(None, pairs, llm=llm, storage=storage)
     assert helpful.metadata["llm_calls"] == 0
     for a, b in zip(helpful, res):
         if isinstance(b, RewardScore):
@@ -118,8 +119,8 @@ def smol_classifier():
     head is RANDOMLY INITIALISED (not in the checkpoint): these tests check the code path (chat
     template, batching, truncation, output extraction), not the quality of the scores."""
     torch.manual_seed(0)
-    reward = RewardResource(backend="classifier", model=embedded_model_dir(), num_labels=1, batch_size=4,
-                            max_length=512)
+    reward = RewardResource(backend=ClassifierReward(model=embedded_model_dir(), num_labels=1, batch_size=4,
+                                                     max_length=512))
     yield reward
     reward.close()
 
@@ -139,8 +140,8 @@ def test_classifier_batches_equal_one_by_one(smol_classifier):
 
 
 def sharing(base: RewardResource, **update) -> RewardResource:
-    """A resource with other settings on the same loaded model (model_copy shares the engines dict)."""
-    clone = base.model_copy(update=update)
+    """A resource with other backend settings on the same loaded model (model_copy shares the engines dict)."""
+    clone = base.model_copy(update={"backend": base.backend.model_copy(update=update)})
     assert clone._engines is base._engines
     return clone
 
@@ -195,8 +196,8 @@ def test_classifier_failures_are_counted_values(smol_classifier, monkeypatch):
 def test_classifier_multi_objective_outputs_become_aspects():
     torch.manual_seed(0)
     names = ["a", "b", "c"]
-    reward = RewardResource(backend="classifier", model=embedded_model_dir(), num_labels=3, aspect_names=names,
-                            max_length=256)
+    reward = RewardResource(backend=ClassifierReward(model=embedded_model_dir(), num_labels=3, aspect_names=names,
+                                                     max_length=256))
     (v,) = reward.score(None, [("What is 2+3?", "5")])
     assert list(v.aspects) == names and v.overall == pytest.approx(v.aspects["a"])  # logits[:, 0] is the score
     bad = sharing(reward, aspect_names=["a", "b"])
@@ -213,14 +214,15 @@ def test_attributes_backend_without_a_trained_model_is_a_clear_error(tmp_path):
     storage = StorageResource(root=str(tmp_path))
     with pytest.raises(RewardConfigError, match=r"backend 'attributes' has no attribute model: the scoring asset "
                                                 r"passes the version of attribute_model's latest materialization"):
-        RewardResource(backend="attributes").score(None, [("q", "a")], storage=storage)
+        RewardResource(backend=AttributesReward()).score(None, [("q", "a")], storage=storage)
     # a pinned version (or the one the asset passes) names its folder; nothing there is a clear error
     with pytest.raises(AttributeModelError, match=r"models/attribute_model/0123456789abcdef: no model.json .*"
                                                   r"materialise attribute_model"):
-        RewardResource(backend="attributes", attribute_model="0123456789abcdef").score(None, [("q", "a")],
-                                                                                     storage=storage)
+        RewardResource(backend=AttributesReward(attribute_model="0123456789abcdef")).score(None, [("q", "a")],
+                                                                                           storage=storage)
     with pytest.raises(AttributeModelError, match="is not a version name"):
-        RewardResource(backend="attributes").score(None, [("q", "a")], storage=storage, attribute_version="..")
+        RewardResource(backend=AttributesReward()).score(None, [("q", "a")], storage=storage,
+                                                         attribute_version="..")
 
 
 def test_the_reward_gets_the_attribute_model_through_the_graph():
@@ -238,8 +240,8 @@ def test_the_reward_gets_the_attribute_model_through_the_graph():
 
     @dg.asset(deps=list(REWARD_DEPS))
     def scorer(context: dg.AssetExecutionContext):
-        for reward in (RewardResource(), RewardResource(backend="attributes", attribute_model="pinned"),
-                       RewardResource(backend="attributes")):
+        for reward in (RewardResource(), RewardResource(backend=AttributesReward(attribute_model="pinned")),
+                       RewardResource(backend=AttributesReward())):
             seen.append(attribute_model_version(context, reward))
 
     with dg.DagsterInstance.ephemeral() as instance:
@@ -255,28 +257,47 @@ def test_the_reward_gets_the_attribute_model_through_the_graph():
         assert seen == [None, None, "0123456789abcdef"]
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"backend": "rm"}, "backend must be judge, classifier, attributes, got 'rm'"),
-    ({"backend": "attributes", "attribute_weights": {"kindness": 1.0}},
+@pytest.mark.parametrize("backend, message", [
+    (AttributesReward(attribute_weights={"kindness": 1.0}),
      "attribute_weights must be a non-empty mapping over quality, toxicity"),
-    ({"aspects": ["helpfulness", "harmlessness"]}, "aspects must be a non-empty subset of instruction_following"),
-    ({"aspects": []}, "aspects must be a non-empty subset"),
-    ({"aspects": ["honesty", "honesty"]}, "aspects must be without repeats"),
-    ({"max_tokens": 4}, "max_tokens must be >= 16"),
-    ({"backend": "classifier"}, "backend 'classifier' needs `model`"),
-    ({"backend": "classifier", "model": "m", "engine": "tgi"}, "engine must be transformers, vllm, got 'tgi'"),
-    ({"backend": "classifier", "model": "m", "dtype": "int4"}, "dtype must be auto, float32, bfloat16, float16"),
-    ({"backend": "classifier", "model": "m", "score_output": "rewards"}, "score_output must be auto, score, logits"),
-    ({"backend": "classifier", "model": "m", "device": "tpu"}, "device must be auto, cpu, cuda or cuda:N"),
-    ({"backend": "classifier", "model": "m", "truncation_side": "middle"}, "truncation_side must be left, right"),
-    ({"backend": "classifier", "model": "m", "max_length": 0}, "max_length must be >= 8"),
-    ({"backend": "classifier", "model": "m", "batch_size": 0}, "batch_size must be >= 1"),
+    (JudgeReward(aspects=["helpfulness", "harmlessness"]),
+     "aspects must be a non-empty subset of instruction_following"),
+    (JudgeReward(aspects=[]), "aspects must be a non-empty subset"),
+    (JudgeReward(aspects=["honesty", "honesty"]), "aspects must be without repeats"),
+    (JudgeReward(max_tokens=4), "max_tokens must be >= 16"),
+    (ClassifierReward(), "backend 'classifier' needs `model`"),
+    (ClassifierReward(model="m", device="tpu"), "device must be auto, cpu, cuda or cuda:N"),
+    (ClassifierReward(model="m", max_length=0), "max_length must be >= 8"),
+    (ClassifierReward(model="m", batch_size=0), "batch_size must be >= 1"),
 ])
-def test_config_is_checked_before_any_model_loads(config, message):
-    reward = RewardResource(**config)
+def test_config_is_checked_before_any_model_loads(backend, message):
+    reward = RewardResource(backend=backend)
     with pytest.raises(RewardConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         reward.score(None, [("q", "a")])
     assert reward._engines == {}
+
+
+@pytest.mark.parametrize("backend, field, value", [
+    ({"rm": {}}, "backend", "rm"),  # not a backend
+    ({"classifier": {"model": "m", "engine": "tgi"}}, "engine", "tgi"),
+    ({"classifier": {"model": "m", "dtype": "int4"}}, "dtype", "int4"),
+    ({"classifier": {"model": "m", "score_output": "rewards"}}, "score_output", "rewards"),
+    ({"classifier": {"model": "m", "truncation_side": "middle"}}, "truncation_side", "middle"),
+])
+def test_bad_choices_are_config_errors_naming_the_field(backend, field, value):
+    """The choices were strings checked when scoring; now the config's types refuse them before any run
+    (Dagster's run config validation, and pydantic when the resource is built in Python)."""
+    @dg.asset
+    def rated(reward: RewardResource):
+        return 0
+
+    with pytest.raises(dg.DagsterInvalidConfigError) as err:
+        dg.materialize([rated], resources={"reward": RewardResource()},
+                       run_config={"resources": {"reward": {"config": {"backend": backend}}}})
+    assert field in str(err.value) and value in str(err.value), str(err.value)
+    if "classifier" in backend:  # the same choice in Python: a pydantic error naming the field
+        with pytest.raises(ValueError, match=field):
+            ClassifierReward(**backend["classifier"])
 
 
 def test_languages_must_match_pairs():
@@ -294,16 +315,17 @@ def test_bad_pairs_fail_alone_without_a_model():
 
 # ---------------------------------------------------------------------------------------- vLLM mapping
 def test_vllm_reward_mapping():
-    cfg = RewardResource(backend="classifier", model="Skywork/Skywork-Reward-V2-Llama-3.1-8B", engine="vllm",
-                         dtype="bfloat16", revision="main", max_length=8192, gpu_memory_utilization=0.5)
-    assert vllm_reward_engine_kwargs(cfg) == {"model": "Skywork/Skywork-Reward-V2-Llama-3.1-8B", "runner": "pooling",
-                                              "dtype": "bfloat16", "trust_remote_code": False, "max_model_len": 8192,
-                                              "gpu_memory_utilization": 0.5, "seed": 0, "revision": "main"}
+    cfg = RewardResource(backend=ClassifierReward(model="Skywork/Skywork-Reward-V2-Llama-3.1-8B", engine="vllm",
+                                                  dtype="bfloat16", revision="main", max_length=8192,
+                                                  gpu_memory_utilization=0.5))
+    assert vllm_reward_engine_kwargs(cfg.backend) == {
+        "model": "Skywork/Skywork-Reward-V2-Llama-3.1-8B", "runner": "pooling", "dtype": "bfloat16",
+        "trust_remote_code": False, "max_model_len": 8192, "gpu_memory_utilization": 0.5, "seed": 0, "revision": "main"}
     prompts, kw = vllm_reward_request([[1, 2, 3], [4]])
     assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4]}]
     assert kw == {"pooling_task": "classify", "pooling_params": {"use_activation": False}}  # the raw logit
     with pytest.raises(RewardConfigError, match="score_output 'score' .* needs engine 'transformers'"):
-        cfg.model_copy(update={"score_output": "score"}).score(None, [("q", "a")])
+        sharing(cfg, score_output="score").score(None, [("q", "a")])
     try:
         import vllm  # noqa: F401
     except ImportError:

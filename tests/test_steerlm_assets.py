@@ -24,7 +24,7 @@ from posttrain_assets.steerlm.attributes import ATTRIBUTES, IGNORE, parse_label_
 from posttrain_assets.steerlm.labelling import Checkpoint, chosen_labels, conversations, inference_inputs, label
 from posttrain_assets.steerlm.lora import LoraSettings, lora_files, masked_mse, train_lora
 from resources.embeddings import EmbeddingClient
-from resources.reward import RewardResource
+from resources.reward import AttributesReward, RewardResource
 from resources.storage import StorageResource
 
 SOURCES = [
@@ -216,7 +216,7 @@ def test_labelling_resumes_after_a_kill_without_repredicting(chain, tmp_path):
 
 
 def test_reward_attributes_backend_scores_with_the_trained_model(chain):
-    reward = RewardResource(backend="attributes", attribute_weights={"helpfulness": 1.0, "verbosity": -0.5})
+    reward = RewardResource(backend=AttributesReward(attribute_weights={"helpfulness": 1.0, "verbosity": -0.5}))
     pairs = [("What is the capital of France?", "Paris."),
              ([{"role": "user", "content": "日本の首都は？"}], "東京です。")]
     res = reward.score(None, pairs, storage=StorageResource(root=chain["root"]),

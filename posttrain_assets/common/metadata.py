@@ -298,7 +298,7 @@ def attribute_model_version(context, reward) -> str | None:
     was never materialised."""
     from resources.attributes import ASSET
 
-    if reward.backend != "attributes" or reward.attribute_model:
+    if reward.backend.name != "attributes" or reward.backend.attribute_model:
         return None
     event = context.instance.get_latest_materialization_event(dg.AssetKey(ASSET))
     value = event.asset_materialization.metadata.get("version") if event and event.asset_materialization else None

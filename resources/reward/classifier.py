@@ -21,7 +21,7 @@ or the logits of a multi-label head) and reports them per pair as `aspects`."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 from .scores import RewardConfigError
 
@@ -33,9 +33,15 @@ ARMORM_ATTRIBUTES = (
     "prometheus-score", "argilla-overall_quality", "argilla-judge_lm", "code-complexity", "code-style",
     "code-explanation", "code-instruction-following", "code-readability")
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCORE_OUTPUTS = ("auto", "score", "logits")
-ENGINES = ("transformers", "vllm")
+#: the classifier's choices: the `classifier` reward config's typed fields (and their values as tuples)
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+ScoreOutput = Literal["auto", "score", "logits"]
+Engine = Literal["transformers", "vllm"]
+TruncationSide = Literal["left", "right"]
+DTYPES: tuple[str, ...] = get_args(DType)
+SCORE_OUTPUTS: tuple[str, ...] = get_args(ScoreOutput)
+ENGINES: tuple[str, ...] = get_args(Engine)
+TRUNCATION_SIDES: tuple[str, ...] = get_args(TruncationSide)
 
 
 def resolve_device(device: str) -> str:
@@ -95,6 +101,7 @@ class HFRewardModel:
     kind = "transformers"
 
     def __init__(self, cfg):
+        """`cfg`: the reward resource's `classifier` backend config (`ClassifierReward`)."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -165,8 +172,8 @@ class HFRewardModel:
 
 # ---------------------------------------------------------------------------------------- vLLM
 def vllm_reward_engine_kwargs(cfg) -> dict:
-    """The `vllm.LLM` arguments for a reward model: the pooling runner (sequence classification),
-    `max_model_len` = `max_length` (we cut the ids ourselves first)."""
+    """The `vllm.LLM` arguments for a reward model (`cfg`: a `ClassifierReward`): the pooling runner
+    (sequence classification), `max_model_len` = `max_length` (we cut the ids ourselves first)."""
     kw = {"model": cfg.model, "runner": "pooling", "dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code,
           "max_model_len": cfg.max_length, "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": 0}
     if cfg.revision:
