@@ -278,7 +278,7 @@ def test_helpsteer2_multi_turn_prompts_and_flat_oasst_messages():
 def test_attribute_kind_needs_a_labelled_adapter():
     from partitions.registry import RegistryError, _parse_source
 
-    with pytest.raises(RegistryError, match="source 'x': field 'adapter': kind 'attributes' needs an adapter whose rows carry human labels: one of oasst_tree, oasst_messages, helpsteer, got 'generic'"):
+    with pytest.raises(RegistryError, match="source 'x': field 'adapter': kind 'attributes' needs an adapter whose rows carry human labels: one of oasst_tree, helpsteer, oasst_messages, got 'generic'"):
         _parse_source({"key": "x", "kind": "attributes", "adapter": "generic", "fields": {"prompt": "p"},
                        "licence": "MIT", "loader": {"path": "x.jsonl"}}, 0, "test", ".")
 
