@@ -82,6 +82,8 @@ class Reason(StrEnum):
     # dedup
     DUPLICATE_OF_OTHER_SOURCE = "duplicate_of_other_source"
     DUPLICATE_WITHIN_SOURCE = "duplicate_within_source"
+    # decontamination: the export leaves out a record whose prompt or response holds a benchmark item
+    CONTAMINATED = "contaminated"
     # scoring
     NO_GOLD_ANSWER = "no_gold_answer"
     # a stage that sees a row and does not run it (common/stages.py, solutions' pass-rate status)
