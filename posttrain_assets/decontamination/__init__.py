@@ -1,0 +1,1 @@
+"""Decontamination: training rows checked against evaluation sets (the benchmarks registry)."""
