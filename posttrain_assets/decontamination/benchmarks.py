@@ -426,7 +426,7 @@ def _rows(spec: BenchmarkSpec) -> Iterator[tuple[int, Any]]:
                     if not line.strip():
                         continue
                     try:
-                        yield row, json.loads(line)
+                        yield row, json.loads(line.rstrip("\r\n"))
                     except json.JSONDecodeError as exc:
                         raise _ItemError(row, None, f"not valid JSON (column {exc.colno}): {exc.msg}") from None
 
