@@ -54,6 +54,7 @@ def test_bundled_registry_loads_the_five_benchmarks(bundled):
     assert by_key["humaneval"].language == "code"
     assert {s.key for s in specs if s.answer_match} == {"gsm8k_test", "humaneval"}
     assert all(s.match == ("question",) for s in specs)
+    assert len({*specs, *load_benchmarks(BUNDLED)}) == 5  # hashable, equal when parsed twice
     ids = {}
     for key, item_id in zip(table.column("benchmark").to_pylist(), table.column("item_id").to_pylist()):
         ids.setdefault(key, set()).add(item_id)

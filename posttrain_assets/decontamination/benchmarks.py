@@ -90,8 +90,9 @@ class BenchmarkSpec:
     key: str
     path: Path  # resolved (relative paths against the registry file's folder)
     language: str
-    #: role -> column (dotted `a.b` reads a nested field, `a.0` a list element)
-    fields: Mapping[str, str]
+    #: role -> column (dotted `a.b` reads a nested field, `a.0` a list element); left out of the hash
+    #: (a dict), so a spec can key a cache
+    fields: Mapping[str, str] = field(hash=False)
     #: roles matched against training prompts, in the order their texts are joined into `match_text`
     match: tuple[str, ...] = DEFAULT_MATCH
     #: whether the reference answer is matched against training responses
