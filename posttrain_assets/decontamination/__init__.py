@@ -1,1 +1,1 @@
-"""Decontamination against evaluation sets: benchmarks as data, n-gram overlap in every language, a report, and the export stop."""
+"""Decontamination: training rows checked against evaluation sets (the benchmarks registry)."""
