@@ -10,8 +10,11 @@ partition, then the automation sensor (`posttrain_automation_sensor`, running by
   (default hourly), when any source's prompts or embeddings changed since the last dedup, once no
   source is missing them and none is running or requested (`dedup_cooldown`);
 * deduplicated_prompts of every source after each dedup (`after_dedup`), then the records (`eager`);
-* the hf_parquet export when the records (or an LLM output) changed, once no record or its input is
-  missing, running or requested (`export_after_records`).
+* the benchmark index once (`missing_index`; re-materialise it after changing the benchmarks registry),
+  every source's contamination check after its records (`eager`), the contamination report once every
+  source's check exists and none is running or requested (`report_after_checks`);
+* the hf_parquet export when the records (or an LLM output) changed, once no record, check or its
+  input is missing, running or requested (`export_after_records`).
 
 The LLM stages (and magpie_instructions of synthetic sources) stay on demand: they cost money or GPU
 hours. `POSTTRAIN_EAGER_LLM` (comma-separated asset names) makes the named ones `eager` as well.
@@ -39,11 +42,13 @@ EAGER_LLM_ENV = "POSTTRAIN_EAGER_LLM"
 
 GENERATOR = A.MAGPIE_INSTRUCTIONS  # LLM for synthetic sources, an empty partition for the others
 RECORDS = (A.SFT_RECORDS, A.COT_RECORDS, A.PREFERENCE_RECORDS)
-EAGER = (A.RAW_RECORDS, A.MERGED_PROMPTS, A.PROMPT_EMBEDDINGS, A.ATTRIBUTE_TRAINING_DATA, *RECORDS)
+EAGER = (A.RAW_RECORDS, A.MERGED_PROMPTS, A.PROMPT_EMBEDDINGS, A.ATTRIBUTE_TRAINING_DATA, *RECORDS, A.CONTAMINATION)
+INDEX = A.BENCHMARK_INDEX
+REPORT = A.CONTAMINATION_REPORT
 DEDUP = (A.DEDUP_CLUSTERS, A.DEDUP_CLUSTER_REPORT, A.DEDUP_SUMMARY)  # one multi-asset: one condition
 AFTER_DEDUP = A.DEDUPLICATED_PROMPTS
 EXPORT = A.HF_PARQUET
-AUTOMATED = (GENERATOR, *EAGER, *DEDUP, AFTER_DEDUP, EXPORT)
+AUTOMATED = (GENERATOR, *EAGER, *DEDUP, AFTER_DEDUP, INDEX, REPORT, EXPORT)
 
 #: what docs/jobs.md offers for the LLM stages (opt in through POSTTRAIN_EAGER_LLM)
 LLM_EAGER = AC.eager()
@@ -117,18 +122,36 @@ def after_dedup_condition() -> AC:
     ).with_label("after_dedup")
 
 
-def export_condition() -> AC:
-    """When any input changed (the records; an LLM output materialised on demand); every source's
-    records must exist (the LLM outputs are optional), and no record nor its input may be running or
-    requested, so that one export follows the records of all sources after a dedup."""
-    records = dg.AssetSelection.assets(*RECORDS)
+def fan_in_condition(required: Sequence[str], label: str) -> AC:
+    """When any input changed; every partition of the `required` inputs must exist (the others are
+    optional), and no input nor its own input may be running or requested, so that one run follows
+    the updates of all sources."""
     busy = AC.in_progress() | AC.will_be_requested()
     return (
         AC.any_deps_updated().since_last_handled()
-        & ~AC.any_deps_missing().allow(records)
+        & ~AC.any_deps_missing().allow(dg.AssetSelection.assets(*required))
         & ~AC.any_deps_match(busy | AC.any_deps_match(busy)).with_label("upstream_in_progress_or_requested")
         & ~AC.in_progress()
-    ).with_label("export_after_records")
+    ).with_label(label)
+
+
+def export_condition() -> AC:
+    """When any input changed (the records; an LLM output materialised on demand); every source's
+    records and contamination check and the report must exist (the LLM outputs are optional), and no
+    record nor its input may be running or requested, so that one export follows the records of all
+    sources after a dedup."""
+    return fan_in_condition((*RECORDS, A.CONTAMINATION, REPORT), "export_after_records")
+
+
+def index_condition() -> AC:
+    """The benchmark index whenever it is missing (a first deploy included: `on_missing` would skip an
+    asset missing at the first evaluation), not while it runs, not again after a failed build."""
+    return (AC.missing() & ~AC.in_progress() & ~AC.execution_failed()).with_label("missing_index")
+
+
+def report_condition() -> AC:
+    """The contamination report after every source's check, once none is running or requested."""
+    return fan_in_condition((A.CONTAMINATION, INDEX), "report_after_checks")
 
 
 def dedup_cron(env: dict | None = None) -> str:
@@ -152,6 +175,8 @@ def conditions(registry: SourceRegistryResource, cron: str, eager_llm_assets: Se
     dedup = dedup_condition(cron)
     out.update({k: dedup for k in DEDUP})
     out[AFTER_DEDUP] = after_dedup_condition()
+    out[INDEX] = index_condition()
+    out[REPORT] = report_condition()
     out[EXPORT] = export_condition()
     clash = sorted(set(eager_llm_assets) & (set(AUTOMATED) - {GENERATOR}))
     if clash:

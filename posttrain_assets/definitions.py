@@ -46,6 +46,7 @@ all_checks = dg.load_asset_checks_from_modules(list(STAGES.values()))
 JOB_GROUPS: dict[str, tuple[str, ...]] = {
     "ingest_job": ("magpie", "ingest"),
     "dedup_job": ("dedup",),
+    "benchmark_index_job": (),  # decontamination's global index (PHASES), before records_job checks against it
     "records_job": ("records",),
     "attribute_data_job": (),  # steerlm's per-source training data (PHASES), before the global model
     "scoring_job": ("scoring",),
@@ -64,6 +65,9 @@ PHASES: dict[str, str] = {
     A.SELECTED_SEEDS: "scoring_job",  # selection: after the scores it selects by
     A.FILTERED_INSTRUCTIONS: "tagging_job",  # selection: after the tags it filters by
     A.HARD_PROBLEMS: "synthesis_job",  # selection: after the pass rates it selects by
+    A.BENCHMARK_INDEX: "benchmark_index_job",  # global: every benchmark, before any source is checked
+    A.CONTAMINATION: "records_job",  # per source, right after the records it checks
+    A.CONTAMINATION_REPORT: "export_job",  # global: every source's check, its blocking check before the export
 }
 
 
@@ -84,7 +88,10 @@ PIPELINE = [  # the order the demo runs them in
     _job("ingest_job", "Per source: magpie_instructions (synthetic sources) -> raw_records -> merged_prompts -> "
                        "prompt_embeddings."),
     _job("dedup_job", "Global (fan-in) near-duplicate clustering over every source.", per_source=False),
-    _job("records_job", "Per source: deduplicated_prompts -> sft_records, cot_records, preference_records."),
+    _job("benchmark_index_job", "Global: the benchmarks registry's items as an n-gram index (+ question "
+                                "embeddings) that every source's records are checked against.", per_source=False),
+    _job("records_job", "Per source: deduplicated_prompts -> sft_records, cot_records, preference_records -> "
+                        "contamination (every record against the benchmark index)."),
     _job("attribute_data_job", "Per source: attribute_training_data (sources of kind attributes; an empty "
                                "partition for the others)."),
     _job("scoring_job", "Per source: difficulty_scores -> selected_seeds."),
@@ -94,11 +101,13 @@ PIPELINE = [  # the order the demo runs them in
     _job("attribute_model_job", "Global: train the SteerLM attribute model (CPU head by default) and save it under "
                                 "the storage root.", per_source=False),
     _job("steerlm_job", "Per source: attribute_labelled_sft -> steerlm_sft (NeMo and llm-jp-sft formats)."),
-    _job("export_job", "Every source's records as a Hugging Face Parquet dataset (+ optional Hub upload).",
+    _job("export_job", "The contamination report (its blocking check stops the export), then every source's "
+                       "records without the contaminated ones as a Hugging Face Parquet dataset (+ optional "
+                       "Hub upload).",
          per_source=False),
 ]
-ingest_job, dedup_job, records_job, attribute_data_job, scoring_job, tagging_job, synthesis_job, \
-    attribute_model_job, steerlm_job, export_job = PIPELINE
+ingest_job, dedup_job, benchmark_index_job, records_job, attribute_data_job, scoring_job, tagging_job, \
+    synthesis_job, attribute_model_job, steerlm_job, export_job = PIPELINE
 
 
 def build_resources() -> dict:

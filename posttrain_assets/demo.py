@@ -123,8 +123,10 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
         elif name == "hf_parquet":
             global_stats["export"] = {k: _meta(ev, k) for k in ("rows_sft", "rows_cot", "rows_preference",
                                                                 "rows_evol", "rows_generated", "rows_preference_synthetic", "rows_steerlm",
-                                                                "ties_excluded",
+                                                                "ties_excluded", "contaminated_left_out",
                                                                 "export_dir", "hub_status")}
+        elif name == "contamination_report":
+            global_stats["contamination"] = {k: _meta(ev, k) for k in ("report", "rows_checked", "rows_contaminated")}
         elif name == "dedup_clusters":
             global_stats["dedup"] = {k: _meta(ev, k) for k in ("method", "search", "threshold",
                                                                "distinct_prompts", "clusters_multi")}
@@ -296,12 +298,17 @@ def _print_report(results: dict, global_stats: dict) -> None:
             print(f"\n{key}: {r['all_rejected']} (its later steps ran on an empty table)")
         if r.get("error"):
             print(f"\n{key} FAILED: {r['error']}")
+    if global_stats.get("contamination"):
+        c = global_stats["contamination"]
+        print(f"\nDecontamination ({c['rows_checked']} records checked, {c['rows_contaminated']} contaminated):")
+        print(c["report"])
     if global_stats.get("export"):
         e = global_stats["export"]
         print(f"\nHugging Face export: sft {e['rows_sft']}, cot {e['rows_cot']}, preference "
               f"{e['rows_preference']}, evol {e['rows_evol']}, generated {e['rows_generated']}, preference_synthetic "
               f"{e['rows_preference_synthetic']}, steerlm {e['rows_steerlm']} rows "
-              f"(ties excluded: {e['ties_excluded']}) -> {e['export_dir']}")
+              f"(ties excluded: {e['ties_excluded']}; contaminated left out: {e['contaminated_left_out']}) -> "
+              f"{e['export_dir']}")
         print(f"  hub: {e['hub_status']}")
     if global_stats.get("error"):
         print(f"\nglobal step FAILED: {global_stats['error']}")

@@ -24,7 +24,8 @@ from .helpers import SAMPLE, dagster_dev, mat_metadata, resources_for, write_reg
 
 CHAIN = ("magpie_instructions", "raw_records", "merged_prompts", "prompt_embeddings", "attribute_training_data")
 DEDUP = ("dedup_clusters", "dedup_cluster_report", "dedup_summary")
-AFTER_DEDUP = ("deduplicated_prompts", "sft_records", "cot_records", "preference_records")
+AFTER_DEDUP = ("deduplicated_prompts", "sft_records", "cot_records", "preference_records", "contamination")
+INDEX = "benchmark_index"  # global, built whenever it is missing (the first evaluation included)
 GSM8K = {"key": "gsm8k", "kind": "cot", "adapter": "gsm8k", "licence": "MIT",
          "loader": {"path": str(SAMPLE / "gsm8k/train_300.jsonl")}}
 SYNTHETIC = {"key": "magpie_new", "kind": "synthetic", "generator": "magpie", "licence": "Apache-2.0",
@@ -68,6 +69,13 @@ def add_sources(instance, registry_path, sources, monkeypatch) -> list[str]:
     return added
 
 
+def index_built(auto, instance, when: dt.datetime) -> None:
+    """The first evaluation requests the missing benchmark index (and nothing else: no source yet); its
+    materialisation reported."""
+    assert auto.tick(when) == {INDEX: {None}}
+    report(instance, [INDEX])
+
+
 def chain_of(*keys: str) -> dict[str, set]:
     return {a: set(keys) for a in CHAIN}
 
@@ -100,7 +108,8 @@ def test_conditions_set_in_one_place_and_the_sensor_runs_by_default():
         "raw_records": "eager", "merged_prompts": "eager", "prompt_embeddings": "eager",
         "attribute_training_data": "eager", "sft_records": "eager", "cot_records": "eager",
         "preference_records": "eager", "dedup_clusters": cooldown, "dedup_cluster_report": cooldown,
-        "dedup_summary": cooldown, "deduplicated_prompts": "after_dedup", "hf_parquet": "export_after_records"}
+        "dedup_summary": cooldown, "deduplicated_prompts": "after_dedup", "hf_parquet": "export_after_records",
+        "benchmark_index": "missing_index", "contamination": "eager", "contamination_report": "report_after_checks"}
     # every LLM stage (and the attribute model) on demand
     assert sorted(k for k, v in labels.items() if v is None) == [
         "attribute_labelled_sft", "attribute_model", "difficulty_scores", "evolved_instructions",
@@ -138,9 +147,12 @@ def test_configuration_from_the_environment():
 
 def test_a_new_source_runs_its_chain_then_dedup_records_and_export_for_real(tmp_path, instance, monkeypatch):
     auto = Automation(instance)
-    assert auto.tick(at(10, 0, 30)) == {}  # the first evaluation: no partitions yet
+    assert auto.tick(at(10, 0, 30)) == {INDEX: {None}}  # the first evaluation: no partitions yet, no index
     assert add_sources(instance, tmp_path / "sources.yaml", [GSM8K], monkeypatch) == ["gsm8k"]
     resources = resources_for(str(tmp_path / "storage"), tmp_path / "sources.yaml")
+    # (n-grams only: the embedder's candidates are tests/test_decontamination.py's)
+    assert dg.materialize(defs.assets, selection=[INDEX], instance=instance, resources=resources,
+                          run_config={"ops": {INDEX: {"config": {"semantic": False}}}}).success
 
     def run(requested: dict[str, set]):
         (partition,) = set.union(*requested.values())
@@ -161,11 +173,15 @@ def test_a_new_source_runs_its_chain_then_dedup_records_and_export_for_real(tmp_
     requested = auto.tick(at(11, 1))
     assert requested == {a: {"gsm8k"} for a in AFTER_DEDUP}
     res = run(requested)
-    assert [mat_metadata(res, a)["dagster/row_count"] for a in AFTER_DEDUP] == [300, 0, 300, 0]  # kind cot
-    assert auto.tick(at(11, 2)) == {"hf_parquet": {None}}
+    # kind cot; every record checked against the benchmarks (GSM8K train rows vs the GSM8K test items)
+    assert [mat_metadata(res, a)["dagster/row_count"] for a in AFTER_DEDUP] == [300, 0, 300, 0, 300]
+    assert auto.tick(at(11, 2)) == {"contamination_report": {None}}
+    run({"contamination_report": {None}})
+    assert auto.tick(at(11, 3)) == {"hf_parquet": {None}}
     export = mat_metadata(run({"hf_parquet": {None}}), "hf_parquet")
-    assert (export["rows_cot"], export["rows_sft"], export["dagster/row_count"]) == (300, 0, 2)  # shard + card
-    assert auto.tick(at(11, 3)) == {}
+    assert export["rows_cot"] + export["contaminated_left_out"] == 300
+    assert (export["rows_sft"], export["dagster/row_count"]) == (0, 2)  # shard + card
+    assert auto.tick(at(11, 4)) == {}
     assert auto.tick(at(12, 0, 30)) == {}  # a tick without a change: no dedup
 
 
@@ -174,7 +190,7 @@ def test_twenty_sources_one_dedup_per_cooldown_tick(tmp_path, instance, monkeypa
     keys = [f"s{i:02d}" for i in range(20)]
     sources = prompt_sources(tmp_path, keys)
     reg = tmp_path / "sources.yaml"
-    auto.tick(at(10, 0, 30))
+    index_built(auto, instance, at(10, 0, 30))
     # ten sources, their chains done; ten more within the same hour
     assert add_sources(instance, reg, sources[:10], monkeypatch) == keys[:10]
     assert auto.tick(at(10, 5)) == chain_of(*keys[:10])
@@ -190,14 +206,20 @@ def test_twenty_sources_one_dedup_per_cooldown_tick(tmp_path, instance, monkeypa
     report(instance, DEDUP)
     assert auto.tick(at(11, 2)) == {a: set(keys) for a in AFTER_DEDUP}
     report(instance, AFTER_DEDUP, keys)
-    assert auto.tick(at(11, 3)) == {"hf_parquet": {None}}
+    assert auto.tick(at(11, 3)) == {"contamination_report": {None}}
+    report(instance, ["contamination_report"])
+    assert auto.tick(at(11, 4)) == {"hf_parquet": {None}}
     report(instance, ["hf_parquet"])
     # one source's prompts change (re-ingested) within the next window: its chain re-runs, dedup waits
     report(instance, ["raw_records"], ["s03"])
+    # (its contamination check too: the semantic candidates read the new embeddings)
     assert auto.tick(at(11, 20)) == {"merged_prompts": {"s03"}, "prompt_embeddings": {"s03"},
-                                     "attribute_training_data": {"s03"}}
-    report(instance, ["merged_prompts", "prompt_embeddings", "attribute_training_data"], ["s03"])
-    assert auto.tick(at(11, 30)) == {}
+                                     "attribute_training_data": {"s03"}, "contamination": {"s03"}}
+    report(instance, ["merged_prompts", "prompt_embeddings", "attribute_training_data", "contamination"], ["s03"])
+    assert auto.tick(at(11, 30)) == {"contamination_report": {None}}  # a changed check: a new report, export
+    report(instance, ["contamination_report"])
+    assert auto.tick(at(11, 31)) == {"hf_parquet": {None}}
+    report(instance, ["hf_parquet"])
     assert auto.tick(at(11, 59)) == {}
     assert auto.tick(at(12, 0, 30)) == {a: {None} for a in DEDUP}
     assert auto.tick(at(12, 1)) == {}
@@ -206,7 +228,7 @@ def test_twenty_sources_one_dedup_per_cooldown_tick(tmp_path, instance, monkeypa
 def test_a_tick_during_ingest_waits_for_every_chain_then_dedups_once(tmp_path, instance, monkeypatch):
     auto = Automation(instance)
     keys = [f"s{i:02d}" for i in range(20)]
-    auto.tick(at(10, 50))
+    index_built(auto, instance, at(10, 50))
     add_sources(instance, tmp_path / "sources.yaml", prompt_sources(tmp_path, keys), monkeypatch)
     assert auto.tick(at(10, 55)) == chain_of(*keys)
     report(instance, CHAIN, keys[:12])  # eight chains still to finish when the hour ticks
@@ -220,7 +242,7 @@ def test_a_tick_during_ingest_waits_for_every_chain_then_dedups_once(tmp_path, i
 
 def test_a_synthetic_source_waits_for_its_on_demand_generation(tmp_path, instance, monkeypatch):
     auto = Automation(instance)
-    auto.tick(at(10, 0, 30))
+    index_built(auto, instance, at(10, 0, 30))
     added = add_sources(instance, tmp_path / "sources.yaml", [*prompt_sources(tmp_path, ["plain"]), SYNTHETIC],
                         monkeypatch)
     assert added == ["plain", "magpie_new"]
@@ -238,7 +260,7 @@ def test_a_registry_broken_after_the_sync_requests_nothing(tmp_path, instance, m
     """SourceNotSynthetic cannot tell a free source from a synthetic one: no generator partition, so
     nothing downstream either; the reason is logged."""
     auto = Automation(instance)
-    auto.tick(at(10, 0, 30))
+    index_built(auto, instance, at(10, 0, 30))
     add_sources(instance, tmp_path / "sources.yaml", prompt_sources(tmp_path, ["plain"]), monkeypatch)
     (tmp_path / "sources.yaml").write_text("sources: []\n")
     assert auto.tick(at(10, 5)) == {}
@@ -254,8 +276,9 @@ def test_the_automation_sensor_itself_requests_one_run_for_the_new_sources_chain
                                      cursor=cursor) as ctx:
             return sensor(ctx)
 
-    first = evaluate(None)
-    assert first.run_requests == []
+    first = evaluate(None)  # before any source: the missing benchmark index only
+    assert [set(r.asset_selection) for r in first.run_requests] == [{dg.AssetKey(INDEX)}]
+    report(instance, [INDEX])
     add_sources(instance, tmp_path / "sources.yaml", prompt_sources(tmp_path, ["fresh"]), monkeypatch)
     (run,) = evaluate(first.cursor).run_requests
     assert (set(run.asset_selection), run.partition_key) == ({dg.AssetKey(a) for a in CHAIN}, "fresh")

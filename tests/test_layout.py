@@ -41,7 +41,7 @@ def _stage_files():
 
 def test_every_stage_is_a_package_with_assets():
     stages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "assets.py").exists()}
-    assert stages == set(STAGES) == {"ingest", "dedup", "records", "scoring", "selection", "synthesis",
+    assert stages == set(STAGES) == {"ingest", "dedup", "records", "scoring", "selection", "synthesis", "decontamination",
                                           "magpie", "tagging", "steerlm", "export"}
     assert not (PKG / SHARED / "assets.py").exists()
 
@@ -115,7 +115,8 @@ def test_model_steps_run_in_the_gpu_pool():
                     if {"llm", "embeddings", "reward"} & set(graph.get(k).assets_def.required_resource_keys)}
     assert set(using_models) == {"prompt_embeddings", "difficulty_scores", "evolved_instructions",
                                 "generated_solutions", "solution_pass_rates", "magpie_instructions",
-                                "quality_tags", "preference_pairs", "attribute_model", "attribute_labelled_sft"}
+                                "quality_tags", "preference_pairs", "attribute_model", "attribute_labelled_sft",
+                                "benchmark_index"}
     assert all(pools == {GPU_POOL} for pools in using_models.values()), using_models
     cfg = yaml.safe_load((PKG.parent / "deploy" / "dagster.yaml").read_text())
     assert cfg["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op", "op_granularity_run_buffer": 1}

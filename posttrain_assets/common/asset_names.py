@@ -36,5 +36,9 @@ ATTRIBUTE_TRAINING_DATA = "attribute_training_data"
 ATTRIBUTE_MODEL = "attribute_model"
 ATTRIBUTE_LABELLED_SFT = "attribute_labelled_sft"
 STEERLM_SFT = "steerlm_sft"
+# decontamination
+BENCHMARK_INDEX = "benchmark_index"
+CONTAMINATION = "contamination"
+CONTAMINATION_REPORT = "contamination_report"
 # export
 HF_PARQUET = "hf_parquet"

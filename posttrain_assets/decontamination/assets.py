@@ -11,8 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from partitions import source_partitions
-from resources.embeddings import EmbeddingClient
-from resources.storage import StorageResource
+from resources.embeddings import EmbeddingClient, default_threshold
 
 from ..common import asset_names as A
 from ..common.accounting import Accounting
@@ -98,13 +97,15 @@ class ContaminationConfig(dg.Config):
                 "for (coverage, shared n-grams, the matched span), the closest near miss, and the embedder's "
                 "nearest benchmark question above a threshold as a separate signal.",
 )
-def contamination(context: dg.AssetExecutionContext, config: ContaminationConfig, embeddings: EmbeddingClient,
+def contamination(context: dg.AssetExecutionContext, config: ContaminationConfig,
                   sft_records: pa.Table, cot_records: pa.Table, preference_records: pa.Table,
                   prompt_embeddings: pa.Table, benchmark_index: pa.Table) -> dg.Output:
     if not 0 <= config.threshold <= 1:
         raise dg.Failure(description=f"threshold must be in [0, 1], got {config.threshold}", allow_retries=False)
     tables = {A.SFT_RECORDS: sft_records, A.COT_RECORDS: cot_records, A.PREFERENCE_RECORDS: preference_records}
-    threshold = config.semantic_threshold if config.semantic_threshold is not None else embeddings.dedup_threshold
+    models = [m for m in (prompt_embeddings["model"].unique().to_pylist() if prompt_embeddings.num_rows else []) if m]
+    threshold = config.semantic_threshold if config.semantic_threshold is not None else \
+        default_threshold(models[0] if models else None)
     vectors, item_vectors, item_keys = _semantic_inputs(prompt_embeddings, benchmark_index)
     res = check_records(tables, Matcher(benchmark_index),
                         CheckSettings(config.rule, config.threshold, config.check_responses,

@@ -9,9 +9,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from resources.reasons import Reason
 
-from ..common.accounting import RowIssue
 from .ngrams import MATCH_TYPE, Match, Matcher, fired, semantic_candidates
 
 #: the record tables checked, and the export config each becomes
@@ -193,32 +191,3 @@ def report_markdown(table: pa.Table, checked: dict[str, int], rule: str, max_sha
     if not table.num_rows:
         lines.append("| (no source shares an n-gram rule match or a semantic candidate with a benchmark) | | | | | | | |")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------- export
-def leave_out(tables: dict[str, pa.Table], contamination: pa.Table) -> tuple[dict[str, pa.Table], list[RowIssue],
-                                                                          dict[str, dict[str, int]]]:
-    """The export's tables without their contaminated records (matched by record table and
-    all_prompt_id): (tables, one removed RowIssue per row naming the benchmark item, counts per
-    export config and benchmark)."""
-    flagged: dict[str, dict[str, dict]] = {}
-    for r in contamination.filter(contamination["contaminated"]).to_pylist() if contamination.num_rows else []:
-        flagged.setdefault(RECORD_ASSETS[r["record_asset"]], {})[r["all_prompt_id"]] = r
-    out, issues, counts = dict(tables), [], {}
-    for config, hits in flagged.items():
-        table = tables.get(config)
-        if table is None or not table.num_rows:
-            continue
-        ids = table["all_prompt_id"].to_pylist()
-        keep = [i not in hits for i in ids]
-        for row, (pid, k) in enumerate(zip(ids, keep)):
-            if not k:
-                h = hits[pid]
-                counts.setdefault(config, {}).setdefault(h["benchmark"], 0)
-                counts[config][h["benchmark"]] += 1
-                issues.append(RowIssue(reason=Reason.CONTAMINATED, source_row=row, source_file=config, field="prompt",
-                                       outcome="removed", detail=f"{pid}: benchmark {h['benchmark']!r} item "
-                                                                 f"{h['item_id']!r} (coverage {h['coverage']})",
-                                       duplicate_of=f"{h['benchmark']}:{h['item_id']}", raw=(h["span"] or "")[:200]))
-        out[config] = table.filter(pa.array(keep))
-    return out, issues, counts

@@ -177,7 +177,7 @@ def _covered(starts: np.ndarray, n: int, length: int) -> np.ndarray:
 
 
 def _longest_run(mask: np.ndarray) -> tuple[int, int]:
-    best, start, cur = (0, 0), None, 0
+    best, start = (0, 0), None
     for i, m in enumerate(mask.tolist() + [False]):
         if m and start is None:
             start = i

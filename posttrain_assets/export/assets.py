@@ -23,9 +23,11 @@ from resources.hub import HubResource, plan_upload, sha256_file, shrink_reason
 from resources.sources import SourceRegistryResource
 from resources.storage import MissingPartitionError, StorageResource
 
+from ..common import asset_names as A
+from ..common.accounting import rejects_table
 from ..common.metadata import markdown_preview
-from .hf_dataset import (CONFIGS, PREFERENCE_FORMATS, MANIFEST_SCHEMA, dataset_card, generated_config, preference_config,
-                         preference_synthetic_config, write_dataset)
+from .hf_dataset import (CONFIGS, PREFERENCE_FORMATS, MANIFEST_SCHEMA, dataset_card, generated_config, leave_out,
+                         preference_config, preference_synthetic_config, write_dataset)
 
 #: export config -> the synthetic asset it reads (where materialised)
 SYNTHETIC = {"evol": "evolved_instructions", "generated": "generated_solutions",
@@ -48,6 +50,8 @@ class HfParquetConfig(dg.Config):
     card_body_path: str = ""  # a Markdown file kept verbatim in README.md (the seed's original_readme)
     # publish an export that would take data off the Hub (empty, or without a config the repo has)
     allow_shrink: bool = False
+    # leave out the records `contamination` found a benchmark item in (counted, in the rejects with the item)
+    leave_out_contaminated: bool = True
 
 
 def _materialised(store, asset: str, keys: list[str]) -> tuple[pa.Table | None, list[str]]:
@@ -59,6 +63,43 @@ def _materialised(store, asset: str, keys: list[str]) -> tuple[pa.Table | None, 
         except MissingPartitionError:
             missing.append(key)
     return (pa.concat_tables(tables, promote_options="default") if tables else None), missing
+
+
+def _publish(context, hub: HubResource, out_dir: str, manifest: list[dict], allow_shrink: bool):
+    """Upload what changed when the hub is set up: (ready, why not, action per file, commit). An export
+    that would take data off the Hub is refused unless `allow_shrink`."""
+    files = [m["path"] for m in manifest] + ["README.md"]
+    ready, why = hub.ready()
+    actions = {p: "local" for p in files}
+    commit = None
+    if not ready:
+        context.log.info(why)
+        return ready, why, actions, commit
+    remote = hub.remote_files()
+    why_not = shrink_reason(files, remote)
+    if why_not and not allow_shrink:
+        raise dg.Failure(description=f"hub {hub.repo_id}: not published: {why_not}; the local export is in "
+                                     f"{out_dir}. Set allow_shrink: true to publish it anyway.",
+                         allow_retries=False)
+    plan = plan_upload(out_dir, files, remote)
+    commit = hub.upload(out_dir, plan, message=f"posttrain export ({len(manifest)} shards)")
+    actions.update({p: "upload" for p in plan.upload})
+    actions.update({p: "unchanged" for p in plan.skip})
+    context.log.info(f"hub {hub.repo_id}: uploaded {len(plan.upload)}, unchanged {len(plan.skip)}, "
+                     f"deleted {len(plan.delete)}")
+    return ready, why, actions, commit
+
+
+def _decontamination(instance, removed: dict, leave_out_rows: bool) -> dict:
+    """What the card says of the decontamination: the benchmarks of the index, the check's settings
+    (their latest materialisations' metadata) and the rows left out."""
+    ev = instance.get_latest_materialization_event(dg.AssetKey(A.BENCHMARK_INDEX))
+    index = ev.asset_materialization.metadata if ev and ev.asset_materialization else {}
+    check = _latest_metadata(instance, A.CONTAMINATION)
+    return {"benchmarks": index["benchmarks"].value if "benchmarks" in index else {},
+            "n": index["n"].value if "n" in index else None, "cjk_n": index["cjk_n"].value if "cjk_n" in index else None,
+            "rule": check.get("rule"), "threshold": check.get("threshold"), "leave_out": leave_out_rows,
+            "removed": removed}
 
 
 def _latest_metadata(instance, key: str) -> dict:
@@ -79,16 +120,23 @@ def source_mask(column: pa.ChunkedArray, spec) -> pa.ChunkedArray:
 @dg.asset(
     group_name=GROUP, kinds={"parquet", "huggingface"},
     ins={name: dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
-         for name in ("sft_records", "cot_records", "preference_records")},
-    deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in SYNTHETIC.values()],
-    description="Hugging Face Parquet export of every source's records (+ the synthetic evol / generated / "
-                "preference_synthetic tables where materialised) + dataset card; uploads changed files when a hub repo_id and "
-                "HF_TOKEN are set.",
+         for name in (A.SFT_RECORDS, A.COT_RECORDS, A.PREFERENCE_RECORDS, A.CONTAMINATION)},
+    deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in SYNTHETIC.values()]
+    + [dg.AssetDep(A.CONTAMINATION_REPORT)],  # its blocking check (benchmark_share) stops the export
+    description="Hugging Face Parquet export of every source's records without the contaminated ones (+ the "
+                "synthetic evol / generated / preference_synthetic tables where materialised) + dataset card; "
+                "uploads changed files when a hub repo_id and HF_TOKEN are set.",
 )
 def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, storage: StorageResource,
                registry: SourceRegistryResource, hub: HubResource, sft_records: pa.Table,
-               cot_records: pa.Table, preference_records: pa.Table) -> dg.Output:
+               cot_records: pa.Table, preference_records: pa.Table, contamination: pa.Table) -> dg.Output:
     store = storage.store()
+    records = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
+    removed, issues = {}, []
+    if config.leave_out_contaminated:
+        records, issues, removed = leave_out(records, contamination)
+    storage.write_rejects(context.asset_key, None, rejects_table("(all sources)", A.HF_PARQUET, issues))
+    sft_records, cot_records, preference_records = records["sft"], records["cot"], records["preference"]
     out_dir = config.export_dir or (os.path.join(store.base, "hf_export") if store.is_local
                                     else os.path.abspath("hf_export"))
     ties = 0
@@ -124,29 +172,12 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
                    "dedup_clusters": _latest_metadata(context.instance, "dedup_clusters"),
                    "embeddings_model": _latest_metadata(context.instance, "prompt_embeddings").get("model")}
     body = open(config.card_body_path, encoding="utf-8").read() if config.card_body_path else None
-    card = dataset_card(manifest, per_source, produced_by, title=config.title, body=body)
+    decon = _decontamination(context.instance, removed, config.leave_out_contaminated)
+    card = dataset_card(manifest, per_source, produced_by, title=config.title, body=body, decontamination=decon)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(card)
 
-    files = [m["path"] for m in manifest] + ["README.md"]
-    ready, why = hub.ready()
-    actions = {p: "local" for p in files}
-    commit = None
-    if ready:
-        remote = hub.remote_files()
-        why_not = shrink_reason(files, remote)
-        if why_not and not config.allow_shrink:
-            raise dg.Failure(description=f"hub {hub.repo_id}: not published: {why_not}; the local export is in "
-                                         f"{out_dir}. Set allow_shrink: true to publish it anyway.",
-                             allow_retries=False)
-        plan = plan_upload(out_dir, files, remote)
-        commit = hub.upload(out_dir, plan, message=f"posttrain export ({len(manifest)} shards)")
-        actions.update({p: "upload" for p in plan.upload})
-        actions.update({p: "unchanged" for p in plan.skip})
-        context.log.info(f"hub {hub.repo_id}: uploaded {len(plan.upload)}, unchanged {len(plan.skip)}, "
-                         f"deleted {len(plan.delete)}")
-    else:
-        context.log.info(why)
+    ready, why, actions, commit = _publish(context, hub, out_dir, manifest, config.allow_shrink)
     readme_sha = sha256_file(os.path.join(out_dir, "README.md"))
     rows = [{**m, "upload": actions[m["path"]]} for m in manifest]
     rows.append({"path": "README.md", "config": None, "split": None, "rows": None,
@@ -155,7 +186,9 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     counts = {f"rows_{c}": sum(m["rows"] for m in manifest if m["config"] == c) for c in CONFIGS}
     return dg.Output(table, metadata={
         "dagster/row_count": table.num_rows, "export_dir": dg.MetadataValue.path(out_dir),
-        **counts, "synthetic_missing": dg.MetadataValue.json(synthetic_missing), "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
+        **counts, "synthetic_missing": dg.MetadataValue.json(synthetic_missing),
+        "contaminated_left_out": sum(n for c in removed.values() for n in c.values()),
+        "contaminated_by_config": dg.MetadataValue.json(removed), "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
         "hub": hub.repo_id or "local only", "hub_status": "uploaded" if ready else why,
         **({"commit": commit} if commit else {}),
         "files": dg.MetadataValue.md(markdown_preview(table, n=50, columns=["path", "rows", "bytes", "upload"])),

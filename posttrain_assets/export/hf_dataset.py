@@ -12,7 +12,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from resources.hub import sha256_file
+from resources.reasons import Reason
 
+from ..common import asset_names as A
+from ..common.accounting import RowIssue
 from ..common.schemas import MESSAGE_TYPE
 
 CONFIGS = ("sft", "cot", "preference", "evol", "generated", "preference_synthetic", "steerlm")
@@ -139,7 +142,7 @@ def write_dataset(tables: dict[str, pa.Table], out_dir: str, *, max_shard_bytes:
 
 
 def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *,
-                 title: str, body: Optional[str] = None) -> str:
+                 title: str, body: Optional[str] = None, decontamination: Optional[dict] = None) -> str:
     """README.md with the YAML `configs` block `datasets` reads, counts, sources and provenance.
     A user-supplied `body` is kept verbatim after the generated header."""
     configs = []
@@ -176,6 +179,62 @@ def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *
               "SteerLM format and the llm-jp-sft format). Synthetic rows "
               "were written by the models named in `produced_by` and in each row.", "", "```yaml",
               yaml.safe_dump(produced_by, sort_keys=True).strip(), "```", ""]
+    if decontamination is not None:
+        lines += decontamination_lines(decontamination)
     if body:
         lines += ["", body.strip(), ""]
     return "\n".join(lines)
+
+
+def decontamination_lines(d: dict) -> list[str]:
+    """The card's section: the benchmarks checked, the method, the rows left out per config and benchmark."""
+    lines = ["## Decontamination", "",
+             f"Checked against {len(d['benchmarks'])} benchmarks: "
+             + ", ".join(f"{b} ({v['items']} items, {v['language']})" for b, v in sorted(d["benchmarks"].items()))
+             + f". Method: prompts (every user turn) and responses against the items' questions and reference "
+               f"answers; tokens by script (words; single Japanese / Chinese characters), n-grams of {d['n']} "
+               f"words / {d['cjk_n']} characters, rule `{d['rule']}`, threshold {d['threshold']}.",
+             ""]
+    if not d["leave_out"]:
+        lines.append("Contaminated rows were **kept** (`leave_out_contaminated: false`).")
+    removed = d["removed"]
+    if removed:
+        lines += ["| config | benchmark | rows left out |", "|---|---|---|"]
+        for config in sorted(removed):
+            for bench, n in sorted(removed[config].items()):
+                lines.append(f"| {config} | {bench} | {n} |")
+    else:
+        lines.append("No row matched a benchmark item.")
+    return lines + [""]
+
+
+#: the record tables the export reads, by the config each becomes (contamination's `record_asset`)
+EXPORT_CONFIG_OF = {A.SFT_RECORDS: "sft", A.COT_RECORDS: "cot", A.PREFERENCE_RECORDS: "preference"}
+
+
+def leave_out(tables: dict[str, pa.Table], contamination: pa.Table) -> tuple[dict[str, pa.Table], list[RowIssue],
+                                                                          dict[str, dict[str, int]]]:
+    """The export's tables without their contaminated records (matched by record table and
+    all_prompt_id): (tables, one removed RowIssue per row naming the benchmark item, counts per
+    export config and benchmark)."""
+    flagged: dict[str, dict[str, dict]] = {}
+    for r in contamination.filter(contamination["contaminated"]).to_pylist() if contamination.num_rows else []:
+        flagged.setdefault(EXPORT_CONFIG_OF[r["record_asset"]], {})[r["all_prompt_id"]] = r
+    out, issues, counts = dict(tables), [], {}
+    for config, hits in flagged.items():
+        table = tables.get(config)
+        if table is None or not table.num_rows:
+            continue
+        ids = table["all_prompt_id"].to_pylist()
+        keep = [i not in hits for i in ids]
+        for row, (pid, k) in enumerate(zip(ids, keep)):
+            if not k:
+                h = hits[pid]
+                counts.setdefault(config, {}).setdefault(h["benchmark"], 0)
+                counts[config][h["benchmark"]] += 1
+                issues.append(RowIssue(reason=Reason.CONTAMINATED, source_row=row, source_file=config, field="prompt",
+                                       outcome="removed", detail=f"{pid}: benchmark {h['benchmark']!r} item "
+                                                                 f"{h['item_id']!r} (coverage {h['coverage']})",
+                                       duplicate_of=f"{h['benchmark']}:{h['item_id']}", raw=(h["span"] or "")[:200]))
+        out[config] = table.filter(pa.array(keep))
+    return out, issues, counts
