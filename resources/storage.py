@@ -337,12 +337,12 @@ class Catalog:
                 time.sleep(0.25)
         raise AssertionError("unreachable")
 
-    def view_sql(self, name: str, glob: str) -> str:
+    def view_sql(self, name: str, glob: str, hive: bool = True) -> str:
         quoted = glob.replace("'", "''")
         return (f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet(\'{quoted}\', '
-                f"union_by_name=true, hive_partitioning=true)")
+                f"union_by_name=true, hive_partitioning={'true' if hive else 'false'})")
 
-    def register(self, views: dict[str, str]) -> bool:
+    def register(self, views: dict[str, str], hive: bool = True) -> bool:
         """Create or replace views {name: parquet glob}. Returns False (and logs) when it cannot."""
         if not (self.store.is_local or self.store.scheme in DUCKDB_REMOTE_SCHEMES):
             log.warning("catalogue skipped: DuckDB cannot read %s:// storage", self.store.scheme)
@@ -356,7 +356,7 @@ class Catalog:
             return False
         try:
             for name, glob in views.items():
-                con.execute(self.view_sql(name, glob))
+                con.execute(self.view_sql(name, glob, hive))
         finally:
             con.close()
         return True
@@ -420,7 +420,9 @@ class StorageResource(dg.ConfigurableResource):
         if not store.exists(path + PENDING):
             return False
         store.fs.move(path + PENDING, path)
-        self.catalog().register({"rejects": store.uri(f"{store.base}/{REJECTS_DIR}/*/*/{DATA_FILE}")})
+        # every asset's rejects, per source partition and of the global steps (the export's): each row
+        # names its source and asset itself (no hive columns: the depths differ)
+        self.catalog().register({"rejects": store.uri(f"{store.base}/{REJECTS_DIR}/**/{DATA_FILE}")}, hive=False)
         return True
 
 

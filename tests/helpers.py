@@ -63,6 +63,15 @@ def resources_for(storage_root: str, registry_path) -> dict:
             "embeddings": EmbeddingClient(), "hub": HubResource(), "llm": LLMResource(), "reward": RewardResource()}
 
 
+def no_contamination(store, keys) -> None:
+    """An empty contamination check for each source: what hf_parquet reads beside the records (a test
+    of the export that is not about decontamination)."""
+    from posttrain_assets.decontamination.contamination import CONTAMINATION_SCHEMA
+
+    for key in keys:
+        store.write(CONTAMINATION_SCHEMA.empty_table(), store.path("contamination", key))
+
+
 def upstream_specs(*keys: str) -> list:
     """Partitioned upstream assets whose Parquet files a test wrote itself."""
     return [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source")) for k in keys]

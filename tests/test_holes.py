@@ -96,7 +96,7 @@ def test_an_empty_or_shrunken_export_is_not_published(tmp_path, instance, monkey
     from posttrain_assets.records.unify import COT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA
     from resources.hub import HubResource, RemoteFile, shrink_reason
 
-    from .helpers import resources_for
+    from .helpers import no_contamination, resources_for
 
     remote = ["data/sft/train-00000-of-00001.parquet", "data/preference/train-00000-of-00001.parquet", "README.md"]
     assert shrink_reason(["README.md"], [RemoteFile(p) for p in remote]) == \
@@ -127,12 +127,13 @@ def test_an_empty_or_shrunken_export_is_not_published(tmp_path, instance, monkey
     store = ParquetStore(root)
     for asset, schema in (("sft_records", SFT_SCHEMA), ("cot_records", COT_SCHEMA), ("preference_records", PREFERENCE_SCHEMA)):
         store.write(schema.empty_table(), store.path(asset, "empty"))
+    no_contamination(store, ["empty"])
     reg = tmp_path / "s.yaml"
     reg.write_text(json.dumps({"sources": [{"key": "empty", "kind": "prompt", "adapter": "generic", "licence": "MIT",
                                            "fields": {"prompt": "p"}, "loader": {"path": str(reg)}}]}))
     instance.add_dynamic_partitions("source", ["empty"])
     upstream = [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source"))
-                for k in ("sft_records", "cot_records", "preference_records")]
+                for k in ("sft_records", "cot_records", "preference_records", "contamination")]
     resources = {**resources_for(root, reg), "hub": HubResource(repo_id="me/ds", token="hf_x")}
     res = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance, resources=resources,
                          raise_on_error=False)

@@ -31,7 +31,7 @@ from resources.reward.judge import ASPECTS
 from resources.storage import ParquetStore
 
 from .conftest import BUNDLED_REGISTRY, REPO
-from .helpers import load_export, mat_metadata, resources_for, step_error, upstream_specs
+from .helpers import load_export, mat_metadata, no_contamination, resources_for, step_error, upstream_specs
 from .llm_servers import ChatHandler, serve
 
 HS3 = REPO / "tests" / "data" / "helpsteer3_format.jsonl"  # any loadable registry entry (the export reads no rows)
@@ -320,7 +320,7 @@ def test_pairs_on_the_embedded_model_accounting_cache_and_export(tmp_path, insta
                                                 "loader": {"path": str(HS3)}} for k in ("magpie", "other")]}))
     instance.add_dynamic_partitions("source", ["other"])
     run = dg.materialize(upstream_specs("sft_records", "cot_records", "preference_records", "evolved_instructions",
-                                        "generated_solutions", "preference_pairs") + [hf_parquet],
+                                        "generated_solutions", "preference_pairs", "contamination") + [hf_parquet],
                          selection=[hf_parquet], instance=instance, resources=resources_for(root, reg))
     emd = mat_metadata(run, "hf_parquet")
     assert emd["rows_preference_synthetic"] == table.num_rows and emd["rows_preference"] == 0
@@ -348,6 +348,7 @@ def _export_inputs(root: str, keys) -> None:
         store.write(SFT_SCHEMA.empty_table(), store.path("sft_records", key))
         store.write(COT_SCHEMA.empty_table(), store.path("cot_records", key))
         store.write(PREFERENCE_SCHEMA.empty_table(), store.path("preference_records", key))
+    no_contamination(store, keys)
 
 
 def test_empty_missing_and_bad_config(tmp_path, instance):

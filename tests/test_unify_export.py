@@ -20,7 +20,7 @@ from resources.hub import HubResource, RemoteFile, git_blob_sha1, plan_upload, s
 from resources.storage import ParquetStore
 
 from .conftest import REPO
-from .helpers import load_export, mat_metadata, resources_for
+from .helpers import load_export, mat_metadata, no_contamination, resources_for
 
 HS3 = REPO / "tests" / "data" / "helpsteer3_format.jsonl"
 
@@ -149,13 +149,14 @@ def test_hf_parquet_asset_excludes_ties_by_default(tmp_path, instance, monkeypat
     store.write(pref, store.path("preference_records", "hs3"))
     store.write(SFT_SCHEMA.empty_table(), store.path("sft_records", "hs3"))
     store.write(COT_SCHEMA.empty_table(), store.path("cot_records", "hs3"))
+    no_contamination(store, ["hs3"])
     reg = tmp_path / "s.yaml"
     reg.write_text(yaml.safe_dump({"sources": [{"key": "hs3", "kind": "preference", "adapter": "helpsteer3",
                                                 "licence": "CC0", "loader": {"path": str(HS3)}}]}))
     instance.add_dynamic_partitions("source", ["hs3"])
     monkeypatch.setenv("HF_TOKEN", "hf_secret_never_logged")
     upstream = [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source"))
-                for k in ("sft_records", "cot_records", "preference_records")]
+                for k in ("sft_records", "cot_records", "preference_records", "contamination")]
     hub = HubResource(token=dg.EnvVar("HF_TOKEN"))  # token set, no repo: local only, never shown
     run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
                          resources={**resources_for(root, reg), "hub": hub})
@@ -231,6 +232,7 @@ def test_hf_parquet_exports_the_synthetic_configs_where_materialised(tmp_path, i
         store.write(SFT_SCHEMA.empty_table(), store.path("sft_records", key))
         store.write(COT_SCHEMA.empty_table(), store.path("cot_records", key))
         store.write(PREFERENCE_SCHEMA.empty_table(), store.path("preference_records", key))
+    no_contamination(store, keys)
     evol = [{"id": f"gsm8k:{i}:evol:r{rnd}", "source": "gsm8k", "input": f"{r['question']} (round {rnd})",
              "output": r["answer"], "conversation": conversation("sys", f"{r['question']} (round {rnd})", r["answer"]),
              "parent_id": f"gsm8k:{i}", "seed_prompt": r["question"], "round": rnd, "evolution_path": "width",
@@ -249,7 +251,7 @@ def test_hf_parquet_exports_the_synthetic_configs_where_materialised(tmp_path, i
     instance.add_dynamic_partitions("source", list(keys))
     upstream = [dg.AssetSpec(k, partitions_def=dg.DynamicPartitionsDefinition(name="source"))
                 for k in ("sft_records", "cot_records", "preference_records", "evolved_instructions",
-                          "generated_solutions")]
+                          "generated_solutions", "contamination")]
     run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
                          resources=resources_for(root, reg),
                          run_config={"ops": {"hf_parquet": {"config": {"test_fraction": 0.5}}}})
