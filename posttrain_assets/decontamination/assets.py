@@ -22,6 +22,15 @@ from .contamination import CheckSettings, check_records, report, report_markdown
 from .ngrams import Matcher, index_rows
 
 GROUP = "decontamination"
+#: the cosine above which a benchmark question is a semantic candidate, per embedding model. USE
+#: multilingual, measured on GSM8K test item 0 (bench/decontamination.py): a Japanese translation 0.746,
+#: a Chinese one 0.836, an English paraphrase 0.960 (the second-nearest item 0.55-0.66); GSM8K train
+#: rows reach 0.70 with their nearest test item for 10 of 300 (the near-duplicate family: candidates)
+SEMANTIC_THRESHOLDS = {"google/universal-sentence-encoder-multilingual-3": 0.7}
+
+
+def semantic_threshold(model: Optional[str]) -> float:
+    return SEMANTIC_THRESHOLDS.get(model or "", default_threshold(model))
 
 
 class BenchmarkIndexConfig(dg.Config):
@@ -81,8 +90,8 @@ class ContaminationConfig(dg.Config):
     threshold: float = 0.5  # coverage / tulu: a record holds the item when more than this share is covered
     check_responses: bool = True  # also match responses against the benchmarks' reference answers
     # cosine of the prompt's final turn with a benchmark question for a semantic candidate (translations,
-    # paraphrases: reported beside the n-gram verdict, never part of it); None = the embedding model's
-    # calibrated near-duplicate threshold
+    # paraphrases: reported beside the n-gram verdict, never part of it); None = the model's value in
+    # SEMANTIC_THRESHOLDS, else its calibrated near-duplicate threshold
     semantic_threshold: Optional[float] = None
     batch_rows: int = 5000
 
@@ -105,7 +114,7 @@ def contamination(context: dg.AssetExecutionContext, config: ContaminationConfig
     tables = {A.SFT_RECORDS: sft_records, A.COT_RECORDS: cot_records, A.PREFERENCE_RECORDS: preference_records}
     models = [m for m in (prompt_embeddings["model"].unique().to_pylist() if prompt_embeddings.num_rows else []) if m]
     threshold = config.semantic_threshold if config.semantic_threshold is not None else \
-        default_threshold(models[0] if models else None)
+        semantic_threshold(models[0] if models else None)
     vectors, item_vectors, item_keys = _semantic_inputs(prompt_embeddings, benchmark_index)
     res = check_records(tables, Matcher(benchmark_index),
                         CheckSettings(config.rule, config.threshold, config.check_responses,
