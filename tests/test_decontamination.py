@@ -162,6 +162,10 @@ def test_semantic_candidates_are_a_separate_signal():
     rows = np.asarray([[0.9, 0.1, 0.0], [0.5, 0.5, 0.7]], np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     assert semantic_candidates(rows, items, 0.9) == [(0, round(float(rows[0, 0]), 4)), None]
+    # near two items at once (a problem on their topic): no candidate with a margin
+    both = np.asarray([[0.75, 0.66, 0.0]], np.float32) / np.linalg.norm([0.75, 0.66, 0.0])
+    assert semantic_candidates(both, items, 0.7) == [(0, round(float(both[0, 0]), 4))]
+    assert semantic_candidates(both, items, 0.7, margin=0.15) == [None]
 
 
 def test_a_translated_item_is_a_semantic_candidate_not_an_ngram_match(tmp_path, instance):

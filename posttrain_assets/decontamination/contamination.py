@@ -36,6 +36,7 @@ class CheckSettings:
     threshold: float = 0.5
     check_responses: bool = True
     semantic_threshold: Optional[float] = None  # None = no semantic signal
+    semantic_margin: float = 0.15  # the nearest item must stand this far above the second-nearest
     batch_rows: int = 5000
 
 
@@ -80,7 +81,7 @@ def check_records(tables: dict[str, pa.Table], matcher: Matcher, settings: Check
             prompts = [user_text(r) for r in rows]
             responses = [response_text(asset, r) for r in rows] if settings.check_responses else None
             matches = matcher.match(prompts, responses)
-            sem = _semantic(rows, vectors, item_vectors, settings.semantic_threshold)
+            sem = _semantic(rows, vectors, item_vectors, settings.semantic_threshold, settings.semantic_margin)
             for r, ms, s in zip(rows, matches, sem):
                 row = _row(asset, r, ms, settings)
                 if s is not None and item_keys is not None:
@@ -104,12 +105,12 @@ def check_records(tables: dict[str, pa.Table], matcher: Matcher, settings: Check
                        semantic)
 
 
-def _semantic(rows, vectors, item_vectors, threshold):
+def _semantic(rows, vectors, item_vectors, threshold, margin):
     if threshold is None or not vectors or item_vectors is None or not len(item_vectors):
         return [None] * len(rows)
     have = [i for i, r in enumerate(rows) if r["all_prompt_id"] in vectors]
     found = semantic_candidates(np.stack([vectors[rows[i]["all_prompt_id"]] for i in have]) if have
-                                else np.zeros((0, item_vectors.shape[1]), np.float32), item_vectors, threshold)
+                                else np.zeros((0, item_vectors.shape[1]), np.float32), item_vectors, threshold, margin)
     out = [None] * len(rows)
     for i, f in zip(have, found):
         out[i] = f

@@ -269,19 +269,22 @@ def fired(m: Match, rule: str, threshold: float) -> bool:
     return (m.coverage if rule == "coverage" else m.tulu_coverage) > threshold
 
 
-def semantic_candidates(vectors: np.ndarray, item_vectors: np.ndarray, threshold: float, chunk: int = 4096
-                        ) -> list[Optional[tuple[int, float]]]:
-    """For each row vector (unit length), its nearest item (cosine) when at least `threshold`: the
-    translations and paraphrases n-grams cannot see. A separate signal, never an n-gram verdict."""
+def semantic_candidates(vectors: np.ndarray, item_vectors: np.ndarray, threshold: float, margin: float = 0.0,
+                        chunk: int = 4096) -> list[Optional[tuple[int, float]]]:
+    """For each row vector (unit length), its nearest item (cosine) when at least `threshold` and at
+    least `margin` above the second-nearest item: the translations and paraphrases n-grams cannot
+    see, and not a problem on the same topic as many items (those are near several at once). A
+    separate signal, never an n-gram verdict."""
     out: list[Optional[tuple[int, float]]] = []
     if not len(item_vectors):
         return [None] * len(vectors)
     for start in range(0, len(vectors), chunk):
         sims = vectors[start:start + chunk] @ item_vectors.T
         best = sims.argmax(axis=1)
+        second = np.partition(sims, -2, axis=1)[:, -2] if sims.shape[1] > 1 else np.full(len(sims), -1.0)
         for i, j in enumerate(best.tolist()):
             s = float(sims[i, j])
-            out.append((j, round(s, 4)) if s >= threshold else None)
+            out.append((j, round(s, 4)) if s >= threshold and s - float(second[i]) >= margin else None)
     return out
 
 
