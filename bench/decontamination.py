@@ -10,7 +10,8 @@ target; without it part 2 prints why it is skipped.)
    IFEval, MT-Bench) and every Japanese / Chinese item (tests/data/benchmarks ja_qa / zh_qa, 6 each,
    and bench/data decon_ja / decon_zh, 24 each, hand-written: bench/data/SOURCE.md). Each item gives
    one training row per case type: `exact`; `one_token_changed` (a number, else a capitalised name,
-   else a word; for ja/zh a numeral, else one character, in the middle of the text); `embedded`
+   else a word; for ja/zh a numeral, else one character, in the middle of the text);
+   `three_tokens_changed` (three such changes anywhere: harder, it separates the settings); `embedded`
    (a real prompt of the same language before it and another after it: oasst_en / alpaca seed tasks,
    oasst2_ja_edited, oasst2 zh messages); `reformatted` (en: upper case, doubled spaces, line breaks,
    full-width digits; ja/zh: full-width digits and letters, a line break after every 、。，, ideographic
@@ -62,7 +63,7 @@ SAMPLE = REPO / "posttrain_assets" / "sample_data"
 TEST_REGISTRY = REPO / "tests" / "data" / "benchmarks" / "registry.yaml"
 EN_BENCHMARKS = ("gsm8k_test", "math500", "ifeval", "mt_bench_en")
 RULES = (("coverage", 0.5), ("tulu", 0.5), ("any_ngram", 0.0))
-CASES = ("exact", "one_token_changed", "embedded", "reformatted", "ja_spaced")
+CASES = ("exact", "one_token_changed", "three_tokens_changed", "embedded", "reformatted", "ja_spaced")
 CJK_NS = (6, 8, 10, 13)
 KANJI_NUM = "一二三四五六七八九十百千"
 NAMES = ["Priya", "Mateo", "Keiko", "Olusegun", "Ingrid", "Tariq"]
@@ -111,9 +112,12 @@ def fullwidth(s: str) -> str:
     return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in s)
 
 
-def change_one(text: str, lang: str, rng: random.Random) -> str:
-    """One token changed: a number, else a name / a character, chosen near the middle."""
+def change_one(text: str, lang: str, rng: random.Random, spread: bool = False) -> str:
+    """One token changed: a number, else a name / a character, chosen near the middle (`spread`:
+    anywhere, and for ja/zh a character rather than a numeral half of the time)."""
     def pick(spans):
+        if spread:
+            return rng.choice(spans)
         mid = len(text) / 2
         spans = sorted(spans, key=lambda m: abs(m.start() - mid))[:3]
         return rng.choice(spans)
@@ -132,7 +136,7 @@ def change_one(text: str, lang: str, rng: random.Random) -> str:
         m = pick(words)
         return text[:m.start()] + "zebra" + text[m.end():]
     nums = list(re.finditer(f"[0-9{KANJI_NUM}]", text))
-    if nums:
+    if nums and not (spread and rng.random() < 0.5):
         m = pick(nums)
         new = rng.choice([c for c in KANJI_NUM[:9] if c != m.group()]) if m.group() in KANJI_NUM else \
             str((int(m.group()) + 3) % 10)
@@ -180,7 +184,10 @@ def planted(items: list[dict], context: dict[str, list[str]], seed: int) -> list
         lang, text = it["language"], it["match_text"]
         lang = "en" if lang not in ("ja", "zh") else lang
         ctx = context[lang]
-        cases = {"exact": text, "one_token_changed": change_one(text, lang, rng),
+        three = text
+        for _ in range(3):
+            three = change_one(three, lang, rng, spread=True)
+        cases = {"exact": text, "one_token_changed": change_one(text, lang, rng), "three_tokens_changed": three,
                  "embedded": rng.choice(ctx) + "\n\n" + text + "\n\n" + rng.choice(ctx),
                  "reformatted": reformat(text, lang, rng)}
         if lang == "ja":
