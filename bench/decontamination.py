@@ -406,7 +406,7 @@ def main() -> None:
                   "  a one-token change does: no n-gram rule can tell them apart)\n")
 
     if not args.skip_speed:
-        print(f"## 3. Speed (this machine, one process, batches of 5,000)\n")
+        print("## 3. Speed (this machine, one process, batches of 5,000)\n")
         print(table(["what", "size", "time", "rows/s", "1M rows (projected)"], speed(args.rows)) + "\n")
 
 
