@@ -128,7 +128,7 @@ def test_the_exported_preference_config_holds_each_sides_turns(demo_run):
         sorted(rows)
     assert "tie" not in ds.column_names and "tie_kind" not in ds.column_names
     ties = demo_run.sql("SELECT count(*) FROM preference_records WHERE tie")[0][0]
-    assert ties == 3 + 2 + 3 and f"(ties excluded: {ties})" in demo_run.stdout
+    assert ties == 3 + 2 + 3 and f"(ties excluded: {ties}; contaminated left out: 1)" in demo_run.stdout
     arena = [m for i, m in zip(ds["all_prompt_id"], ds["chosen_messages"]) if i.startswith("arena_battles:")]
     assert sorted(len(m) for m in arena) == [2, 2, 4, 4, 6]
 
@@ -154,7 +154,8 @@ def test_every_asset_is_a_view_in_the_catalogue(demo_run):
             "preference_records", "difficulty_scores", "selected_seeds", "generated_solutions",
             "solution_pass_rates", "hard_problems", "evolved_instructions", "magpie_instructions", "quality_tags",
             "filtered_instructions", "preference_pairs", "attribute_training_data", "attribute_model",
-            "attribute_labelled_sft", "steerlm_sft", "hf_parquet", "rejects"} == views
+            "attribute_labelled_sft", "steerlm_sft", "hf_parquet", "rejects", "benchmark_index", "contamination",
+            "contamination_report"} == views
 
 
 def test_the_instance_the_ui_reads_holds_every_partition(demo_run):
@@ -242,7 +243,8 @@ def test_the_export_counts_what_the_tables_hold(demo_run):
                      r"preference_synthetic (\d+), steerlm (\d+) rows", demo_run.stdout)
     assert line
     sft, cot, pref, evol, generated, synthetic, steerlm = map(int, line.groups())
-    assert (cot, pref, steerlm) == (300 + 23, 394 + 16, 97)  # + the brought datasets: 23 CoT rows, 16 pairs (8 ties out)
+    # + the brought datasets: 23 CoT rows, 16 pairs (8 ties out); - the GSM8K train row that is a test item
+    assert (cot, pref, steerlm) == (300 + 23 - 1, 394 + 16, 97)
     assert sft == demo_run.sql("SELECT count(*) FROM sft_records")[0][0]
     assert evol == demo_run.sql("SELECT count(*) FROM evolved_instructions")[0][0]
     assert generated == demo_run.sql("SELECT count(*) FROM generated_solutions")[0][0]
@@ -265,3 +267,32 @@ def test_an_all_rejected_source_says_why_and_the_graph_carries_on(demo_run):
         t = pq.read_table(storage / asset / "source=sharegpt_as_generic" / "data.parquet")
         assert t.num_rows == 0 and t.schema.names == pq.read_schema(
             storage / asset / "source=gsm8k" / "data.parquet").names, asset
+
+
+def test_every_record_is_checked_against_the_benchmarks_and_the_report_says_what_it_found(demo_run):
+    """The bundled benchmarks against every source's records: one GSM8K train problem is GSM8K test
+    item 632 with other names and numbers (the near-duplicate family); the export leaves it out."""
+    records = sum(demo_run.sql(f"SELECT count(*) FROM {t}")[0][0] for t in ("sft_records", "cot_records",
+                                                                             "preference_records"))
+    assert demo_run.sql("SELECT count(*) FROM contamination")[0][0] == records
+    assert demo_run.sql("SELECT source, record_asset, item_id FROM contamination WHERE contaminated") == [
+        ("gsm8k", "cot_records", "632")]
+    assert demo_run.sql("SELECT benchmark, count(*) FROM benchmark_index WHERE part = 'question' GROUP BY 1 "
+                        "ORDER BY 1") == [("gsm8k_test", 1319), ("humaneval", 164), ("ifeval", 541),
+                                          ("math500", 487), ("mt_bench_en", 80)]
+    # 13 MATH-500 problems are shorter than one 8-gram ("Compute $\\dbinom{31}{28}$."): they cannot be matched,
+    # and the index's metadata counts them (and 16 HumanEval solutions, matched against responses)
+    from dagster._core.instance.ref import InstanceRef
+
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(demo_run.home))) as inst:
+        md = inst.get_latest_materialization_event(dg.AssetKey("benchmark_index")).asset_materialization.metadata
+    assert md["too_short_for_one_ngram"].value == {"math500": {"question": 13}, "humaneval": {"answer": 16}}
+    assert demo_run.sql("SELECT source, benchmark, items_matched, over_threshold FROM contamination_report "
+                        "WHERE items_matched > 0") == [("gsm8k", "gsm8k_test", 1, False)]
+    assert f"Decontamination ({records} records checked, 1 contaminated):" in demo_run.stdout
+    assert "| gsm8k | gsm8k_test | 1/1319 | 0.08% | 1 | no |" in demo_run.stdout
+    rejects = demo_run.sql("SELECT reason, duplicate_of FROM rejects WHERE asset = 'hf_parquet'")
+    assert rejects == [("contaminated", "gsm8k_test:632")]
+    card = (demo_run.storage / "hf_export" / "README.md").read_text()
+    assert "## Decontamination" in card and "| cot | gsm8k_test | 1 |" in card
+
