@@ -154,7 +154,7 @@ def test_dedup_clusters_loses_a_row(monkeypatch, instance, tmp_path, bundled):
     store.write(embeddings_table(merged["all_prompt_id"].to_pylist(), vecs), store.path("prompt_embeddings", "gsm8k"))
     instance.add_dynamic_partitions("source", ["gsm8k"])
     specs = upstream_specs("merged_prompts", "prompt_embeddings")
-    run = {"ops": {"dedup_clusters": {"config": {"threshold": 0.999}}}}
+    run = {"ops": {"dedup_clusters": {"config": {"method": {"faiss_graph": {"threshold": 0.999}}}}}}
 
     def go():
         return dg.materialize(specs + [dedup_assets.dedup_clusters], selection=[dedup_assets.dedup_clusters],
