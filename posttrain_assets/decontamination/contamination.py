@@ -1,5 +1,6 @@
-"""A source's records against the benchmark index (`contamination`), the report over every source
-(`contamination_report`) and what the export leaves out. Pure: Arrow in, Arrow out."""
+"""A source's records against the benchmark index (`contamination`) and the report over every source
+(`contamination_report`); the export leaves the contaminated rows out (export/hf_dataset.py
+`leave_out`). Pure: Arrow in, Arrow out."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-
 
 from .ngrams import MATCH_TYPE, Match, Matcher, fired, semantic_candidates
 
