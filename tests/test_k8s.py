@@ -226,7 +226,7 @@ def test_gpu_steps_are_the_gpu_pool(k8s_defs):
     cfg = ResolvedRunConfig.build(k8s_defs.defs.resolve_job_def("scoring_job"), {}).execution.execution_engine_config
     gpu = {op for op, c in cfg["per_step_k8s_config"].items() if "nvidia.com/gpu" in c["container_config"]["resources"]["limits"]}
     assert gpu == set(gpu_ops(definitions.all_assets)) == {
-        "attribute_labelled_sft", "attribute_model", "difficulty_scores", "evolved_instructions",
+        "attribute_labelled_sft", "attribute_model", "benchmark_index", "difficulty_scores", "evolved_instructions",
         "generated_solutions", "magpie_instructions", "preference_pairs", "prompt_embeddings", "quality_tags"}
     assert set(cfg["per_step_k8s_config"]) - gpu == {"dedup_clusters"}
 
