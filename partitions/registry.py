@@ -457,13 +457,19 @@ _SYNTHETIC_ONLY = ("generator", "generator_config", "version")
 _LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit", "offset"}
 
 
-def _fail(where: str, src: str | None, fld: str | None, msg: str) -> RegistryError:
+def entry_message(where: str, what: str, name: str | None, fld: str | None, msg: str) -> str:
+    """'<file>: <what> '<name>': field '<fld>': <msg>', the parts that are known: how a registry
+    (this one, the benchmarks registry) names what is wrong."""
     parts = [where]
-    if src is not None:
-        parts.append(f"source {src!r}")
+    if name is not None:
+        parts.append(f"{what} {name!r}")
     if fld is not None:
         parts.append(f"field {fld!r}")
-    return RegistryError(": ".join(parts) + ": " + msg)
+    return ": ".join(parts) + ": " + msg
+
+
+def _fail(where: str, src: str | None, fld: str | None, msg: str) -> RegistryError:
+    return RegistryError(entry_message(where, "source", src, fld, msg))
 
 
 def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:

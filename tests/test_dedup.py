@@ -12,8 +12,9 @@ from sklearn.metrics import adjusted_rand_score
 from posttrain_assets.dedup.clustering import components, dbscan_labels, faiss_graph, minhash_labels, relabel
 from posttrain_assets.dedup.assets import DedupConfig, FaissGraphDedup
 from posttrain_assets.dedup.duplicates import cluster_prompts
+from posttrain_assets.common.vectors import vectors_of
 from posttrain_assets.dedup.embedding import (conversation_vectors, embed_in_chunks, embedding_parts,
-                                              embeddings_table, vectors_of)
+                                              embeddings_table)
 from posttrain_assets.common.text import normalize_text, text_hash
 from posttrain_assets.ingest.merging import MERGED_SCHEMA
 from resources.embeddings import BUNDLED_NAME, USE_NAME, EmbeddingClient, _MODELS, default_threshold

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from posttrain_assets.dedup.assets import prompt_embeddings
-from posttrain_assets.dedup.embedding import vectors_of
+from posttrain_assets.common.vectors import vectors_of
 from posttrain_assets.ingest.assets import merged_prompts, raw_records
 from resources.embeddings import USE_NAME, EmbeddingClient
 

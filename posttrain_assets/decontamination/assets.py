@@ -17,6 +17,7 @@ from ..common import asset_names as A
 from ..common.accounting import Accounting
 from ..common.metadata import accounting_check, markdown_preview, stage_metadata
 from ..common.pools import GPU_POOL
+from ..common.vectors import vectors_of
 from .benchmarks import BenchmarkError, load_all, load_benchmarks
 from .contamination import CheckSettings, check_records, report, report_markdown
 from .ngrams import Matcher, index_rows
@@ -144,8 +145,8 @@ def _semantic_inputs(prompt_embeddings: pa.Table, index: pa.Table):
     q = index.filter(pc.invert(pc.is_null(index["vector"])))
     if not q.num_rows:
         return {}, None, None
-    items = np.asarray(q["vector"].to_pylist(), np.float32)
-    emb = np.asarray(prompt_embeddings["embedding"].to_pylist(), np.float32)
+    items = vectors_of(q, "vector")
+    emb = vectors_of(prompt_embeddings)
     if emb.shape[1] != 2 * items.shape[1]:
         raise dg.Failure(description=f"prompt_embeddings has dimension {emb.shape[1]}, the benchmark index's "
                                      f"questions {items.shape[1]} (x2 expected): materialise benchmark_index with "

@@ -47,6 +47,8 @@ from typing import Any, Iterator, Mapping
 import pyarrow as pa
 import yaml
 
+from partitions.registry import entry_message
+
 #: the languages a benchmark (or, with `multi`, each of its items) may declare. `code` = source code
 #: (HumanEval); `multi` = mixed languages: a `language` role names each item's language, else every
 #: item is `multi` and the matcher decides per text
@@ -153,12 +155,7 @@ def parse_benchmarks(data: Any, origin: str) -> list[BenchmarkSpec]:
 
 
 def _fail(where: str, bench: str | None, fld: str | None, msg: str) -> BenchmarkError:
-    parts = [where]
-    if bench is not None:
-        parts.append(f"benchmark {bench!r}")
-    if fld is not None:
-        parts.append(f"field {fld!r}")
-    return BenchmarkError(": ".join(parts) + ": " + msg)
+    return BenchmarkError(entry_message(where, "benchmark", bench, fld, msg))
 
 
 def _parse_entry(raw: Any, idx: int, where: str, base_dir: Path) -> BenchmarkSpec:

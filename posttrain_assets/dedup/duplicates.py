@@ -12,8 +12,8 @@ from resources.reasons import Reason
 
 from ..common.accounting import Accounting, RowIssue
 from ..common.metadata import markdown_preview
+from ..common.vectors import vectors_of
 from .clustering import components, dbscan_labels, faiss_graph, minhash_labels
-from .embedding import vectors_of
 
 CLUSTERS_SCHEMA = pa.schema([
     ("all_prompt_id", pa.string()), ("source", pa.string()), ("cluster_id", pa.int64()),

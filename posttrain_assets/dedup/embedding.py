@@ -37,14 +37,6 @@ def embeddings_table(ids: list[str], vectors: np.ndarray, representable: Optiona
     ], schema=schema)
 
 
-def vectors_of(table: pa.Table, column: str = "embedding") -> np.ndarray:
-    col = table[column].combine_chunks()
-    dim = getattr(col.type, "list_size", 0)
-    if len(col) == 0:
-        return np.zeros((0, dim), np.float32)
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim).astype(np.float32, copy=False)
-
-
 @dataclass
 class EmbedRun:
     table: pa.Table
