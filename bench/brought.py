@@ -89,9 +89,6 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/posttrain-brought")
     args = ap.parse_args(argv)
     from partitions.registry import load_registry
-    from posttrain_assets.plugins import load_plugins
-
-    load_plugins()
 
     reg = load_registry(DATA / "registry.yaml")
     paths = build(Path(args.work), args.rows)

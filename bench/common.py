@@ -12,9 +12,6 @@ RESULTS = REPO / "bench" / "results"
 def real_prompts() -> list[str]:
     """Distinct real prompts (first user turn), from ../shared/data when present, else the bundled slices."""
     from partitions.registry import load_registry, parse_registry
-    from posttrain_assets.plugins import load_plugins
-
-    load_plugins()
     from posttrain_assets.ingest.loaders import load_rows, rows_to_table
     from posttrain_assets.ingest.merging import merge_prompts
 

@@ -13,7 +13,6 @@ import time
 import dagster as dg
 
 from partitions.registry import load_registry
-from posttrain_assets.plugins import load_plugins
 from posttrain_assets.dedup.assets import prompt_embeddings
 from posttrain_assets.ingest.assets import merged_prompts
 from posttrain_assets.ingest.loaders import load_rows, rows_to_table
@@ -33,7 +32,6 @@ def main() -> None:
     args = ap.parse_args()
     from partitions.registry import parse_registry
 
-    load_plugins()
 
     path = SHARED / "gsm8k/train.jsonl"
     spec = (parse_registry({"sources": [{"key": "gsm8k", "kind": "cot", "adapter": "gsm8k", "licence": "MIT",

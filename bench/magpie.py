@@ -23,9 +23,6 @@ SOURCE = "bench_magpie"
 
 def run(args) -> dict:
     from partitions.registry import parse_registry
-    from posttrain_assets.plugins import load_plugins
-
-    load_plugins()
     from posttrain_assets.magpie import generation as G
     from resources.llm import Decoding, LLMResource
 

@@ -18,10 +18,8 @@ from resources.storage import ParquetIOManager, StorageResource
 from .automation import automation_sensor, with_automation
 from .common import asset_names as A
 from .deployment import LLM_CACHE_DIR_ENV, select_deployment
-from .plugins import load_plugins
 from .sensors import sources_registry_sensor
 
-load_plugins()  # what the sources registry validates: the adapters, generators, label filter parser
 
 
 def stage_packages() -> dict[str, object]:

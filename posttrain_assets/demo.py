@@ -20,7 +20,6 @@ from partitions.registry import RegistryError, load_registry
 from resources.storage import StorageResource
 
 from .common import asset_names as A
-from .plugins import load_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -331,7 +330,6 @@ def _print_where(keys: list[str], results: dict, failed: int, seconds: float) ->
 def run(registry_path: str | None = None, only: list[str] | None = None) -> int:
     """The whole pipeline over the registry's sources (or `only`): sync the partitions, run every
     job, print the report. Returns the exit status (1 when a run failed)."""
-    load_plugins()  # what the registry validates with (the adapters, the generator, the label filter)
     reg = load_registry(registry_path)
     if registry_path:
         os.environ["POSTTRAIN_SOURCES"] = str(Path(registry_path).resolve())

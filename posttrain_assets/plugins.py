@@ -1,8 +1,9 @@
 """What the sources registry validates, registered by its owners: importing them registers the adapters'
 declarations (ingest/adapters.py), the magpie generator's config (magpie/generator_config.py) and the
-label filter's parser (common/label_filter.py). `partitions` imports no stage; a process that parses a
-registry calls `load_plugins()` first (definitions.py, `python -m partitions`, the tests' conftest), and
-a registry parsed without it fails loudly (partitions.registry.require_registrations)."""
+label filter's parser (common/label_filter.py). `partitions` imports no stage; importing
+`posttrain_assets` calls `load_plugins()` (the package __init__), so every process that uses a stage
+has them, and `python -m partitions` imports this module; a registry parsed without them fails loudly
+(partitions.registry.require_registrations)."""
 
 from __future__ import annotations
 
