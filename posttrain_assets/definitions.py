@@ -38,8 +38,8 @@ all_checks = dg.load_asset_checks_from_modules(list(STAGES.values()))
 
 #: The jobs follow the packages: a job runs whole asset groups (a stage package's assets), so a new asset
 #: runs in its package's job without a change here. PHASES places the few assets whose package spans
-#: run phases: a per-source step on either side of a global fan-in (dedup, steerlm), or a selection run
-#: right after the stage whose output it selects from. tests/test_jobs.py keeps every job a union of
+#: run phases: a per-source step on either side of a global fan-in (dedup, steerlm), or a filter (selection,
+#: hygiene) run right after the stage whose output it reads. tests/test_jobs.py keeps every job a union of
 #: whole groups plus these placements, and every asset in exactly one job.
 JOB_GROUPS: dict[str, tuple[str, ...]] = {
     "ingest_job": ("magpie", "ingest"),
@@ -66,6 +66,13 @@ PHASES: dict[str, str] = {
     A.BENCHMARK_INDEX: "benchmark_index_job",  # global: every benchmark, before any source is checked
     A.CONTAMINATION: "records_job",  # per source, right after the records it checks
     A.CONTAMINATION_REPORT: "export_job",  # global: every source's check, its blocking check before the export
+    # hygiene: each clean table right after the table it filters
+    A.CLEAN_SFT_RECORDS: "records_job",
+    A.CLEAN_COT_RECORDS: "records_job",
+    A.CLEAN_PREFERENCE_RECORDS: "records_job",
+    A.CLEAN_EVOLVED_INSTRUCTIONS: "synthesis_job",
+    A.CLEAN_GENERATED_SOLUTIONS: "synthesis_job",
+    A.CLEAN_PREFERENCE_PAIRS: "synthesis_job",
 }
 
 
@@ -89,13 +96,15 @@ PIPELINE = [  # the order the demo runs them in
     _job("benchmark_index_job", "Global: the benchmarks registry's items as an n-gram index (+ question "
                                 "embeddings) that every source's records are checked against.", per_source=False),
     _job("records_job", "Per source: deduplicated_prompts -> sft_records, cot_records, preference_records -> "
-                        "contamination (every record against the benchmark index)."),
+                        "contamination (every record against the benchmark index) and the clean_* tables "
+                        "(the hygiene rules)."),
     _job("attribute_data_job", "Per source: attribute_training_data (sources of kind attributes; an empty "
                                "partition for the others)."),
     _job("scoring_job", "Per source: difficulty_scores -> selected_seeds."),
     _job("tagging_job", "Per source: quality_tags -> filtered_instructions."),
     _job("synthesis_job", "Per source: generated_solutions + solution_pass_rates -> hard_problems; "
-                          "evolved_instructions; preference_pairs (on the filtered instructions by default)."),
+                          "evolved_instructions; preference_pairs (on the filtered instructions by default); their clean_* tables "
+                          "(the hygiene rules)."),
     _job("attribute_model_job", "Global: train the SteerLM attribute model (CPU head by default) and save it under "
                                 "the storage root.", per_source=False),
     _job("steerlm_job", "Per source: attribute_labelled_sft -> steerlm_sft (NeMo and llm-jp-sft formats)."),

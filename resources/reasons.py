@@ -84,6 +84,22 @@ class Reason(StrEnum):
     DUPLICATE_WITHIN_SOURCE = "duplicate_within_source"
     # decontamination: the export leaves out a record whose prompt or response holds a benchmark item
     CONTAMINATED = "contaminated"
+    # hygiene: the rule-based filters (posttrain_assets/hygiene/rules.py); empty_response is shared
+    CHINESE_VARIANT = "chinese_variant"
+    CUT_AT_LENGTH_LIMIT = "cut_at_length_limit"
+    FOREIGN_HANZI = "foreign_hanzi"
+    FOREIGN_SCRIPT = "foreign_script"
+    FORMAT_TOKENS = "format_tokens"
+    IDENTITY_LEAK = "identity_leak"
+    KNOWLEDGE_CUTOFF = "knowledge_cutoff"
+    LANGUAGE_MISMATCH = "language_mismatch"
+    LOW_KANA_SHARE = "low_kana_share"
+    REFUSAL = "refusal"
+    REPEATED_NGRAMS = "repeated_ngrams"
+    REPEATED_PARAGRAPH = "repeated_paragraph"
+    REPEATED_SENTENCE = "repeated_sentence"
+    TOO_SHORT_FOR_PROMPT = "too_short_for_prompt"
+    UNCLOSED_FENCE = "unclosed_fence"
     # scoring
     NO_GOLD_ANSWER = "no_gold_answer"
     # a stage that sees a row and does not run it (common/stages.py, solutions' pass-rate status)

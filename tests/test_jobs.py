@@ -46,10 +46,10 @@ def test_every_asset_runs_in_one_job_its_packages_unless_placed():
 
 def test_placements_are_only_phase_splits():
     """A placed asset is one whose package spans phases: a package with a global (fan-in) asset, or
-    the selection package (each selection runs after the stage it selects from)."""
+    a filter package (selection, hygiene: each filter runs right after the stage whose table it reads)."""
     group_of = _group_of()
     spans = {group_of[k.to_user_string()] for k in GRAPH.get_all_asset_keys() if GRAPH.get(k).partitions_def is None}
-    assert {a: group_of[a] for a in PHASES if group_of[a] not in spans | {"selection"}} == {}
+    assert {a: group_of[a] for a in PHASES if group_of[a] not in spans | {"selection", "hygiene"}} == {}
     assert set(PHASES.values()) <= set(JOB_GROUPS)
 
 

@@ -42,7 +42,7 @@ def _stage_files():
 def test_every_stage_is_a_package_with_assets():
     stages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "assets.py").exists()}
     assert stages == set(STAGES) == {"ingest", "dedup", "records", "scoring", "selection", "synthesis", "decontamination",
-                                          "magpie", "tagging", "steerlm", "export"}
+                                          "magpie", "tagging", "steerlm", "export", "hygiene"}
     assert not (PKG / SHARED / "assets.py").exists()
 
 

@@ -42,3 +42,10 @@ CONTAMINATION = "contamination"
 CONTAMINATION_REPORT = "contamination_report"
 # export
 HF_PARQUET = "hf_parquet"
+# hygiene: the rule-based filters, one clean table per record / synthetic table
+CLEAN_SFT_RECORDS = "clean_sft_records"
+CLEAN_COT_RECORDS = "clean_cot_records"
+CLEAN_PREFERENCE_RECORDS = "clean_preference_records"
+CLEAN_EVOLVED_INSTRUCTIONS = "clean_evolved_instructions"
+CLEAN_GENERATED_SOLUTIONS = "clean_generated_solutions"
+CLEAN_PREFERENCE_PAIRS = "clean_preference_pairs"

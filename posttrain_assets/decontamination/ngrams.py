@@ -27,8 +27,6 @@ For a (training row, item) pair that shares n-grams three measures are computed:
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Optional, Sequence
@@ -36,27 +34,10 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-#: kana (incl. the prolonged sound mark and small katakana), CJK ideographs (ext. A, compatibility)
-CJK_CHARS = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-TOKEN_RE = re.compile(f"[{CJK_CHARS}]|[^\\W{CJK_CHARS}]+")
-CJK_RE = re.compile(f"[{CJK_CHARS}]")
+from ..common.tokens import CJK_CHARS, CJK_RE, TOKEN_RE, is_cjk, normalize, tokenize  # noqa: F401 (re-exported)
+
 RULES = ("coverage", "tulu", "any_ngram")
 _P = np.uint64(0x100000001B3)  # FNV-64 prime: the polynomial's base
-
-
-def normalize(text: str) -> str:
-    """NFKC (full-width letters and digits, half-width katakana) and casefold."""
-    return unicodedata.normalize("NFKC", text or "").casefold()
-
-
-def tokenize(text: str) -> list[str]:
-    """Words of space-separated scripts, single characters of Japanese / Chinese; no punctuation."""
-    return TOKEN_RE.findall(normalize(text))
-
-
-def is_cjk(tokens: Sequence[str]) -> bool:
-    """Most tokens are CJK characters: the text is indexed with character n-grams of `cjk_n`."""
-    return bool(tokens) and sum(1 for t in tokens if CJK_RE.fullmatch(t)) * 2 >= len(tokens)
 
 
 def render(tokens: Sequence[str]) -> str:

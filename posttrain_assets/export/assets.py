@@ -15,9 +15,12 @@ import re
 
 from typing import Literal
 
+from collections import Counter
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+from dagster._core.events import DagsterEventType
 
 from resources.hub import HubResource, plan_upload, sha256_file, shrink_reason
 from resources.sources import SourceRegistryResource
@@ -26,12 +29,18 @@ from resources.storage import MissingPartitionError, StorageResource
 from ..common import asset_names as A
 from ..common.accounting import rejects_table
 from ..common.metadata import markdown_preview
+from ..common.reason_rules import RULE_OF
 from .hf_dataset import (CONFIGS, PREFERENCE_FORMATS, MANIFEST_SCHEMA, dataset_card, generated_config, leave_out,
                          preference_config, preference_synthetic_config, write_dataset)
 
 #: export config -> the synthetic asset it reads (where materialised)
 SYNTHETIC = {"evol": "evolved_instructions", "generated": "generated_solutions",
              "preference_synthetic": "preference_pairs", "steerlm": "steerlm_sft"}
+#: export config -> the hygiene table read instead of its asset for a source where it exists
+CLEAN = {"sft": A.CLEAN_SFT_RECORDS, "cot": A.CLEAN_COT_RECORDS, "preference": A.CLEAN_PREFERENCE_RECORDS,
+         "evol": A.CLEAN_EVOLVED_INSTRUCTIONS, "generated": A.CLEAN_GENERATED_SOLUTIONS,
+         "preference_synthetic": A.CLEAN_PREFERENCE_PAIRS}
+RECORD_ASSETS = {"sft": A.SFT_RECORDS, "cot": A.COT_RECORDS, "preference": A.PREFERENCE_RECORDS}
 #: export config -> how the synthetic asset's rows become the config's rows (default: as they are)
 CONVERT = {"generated": generated_config, "preference_synthetic": preference_synthetic_config}
 
@@ -52,17 +61,82 @@ class HfParquetConfig(dg.Config):
     allow_shrink: bool = False
     # leave out the records `contamination` found a benchmark item in (counted, in the rejects with the item)
     leave_out_contaminated: bool = True
+    # read a source's clean_* table (the hygiene rules) instead of its record / synthetic table where it exists
+    use_hygiene: bool = True
 
 
-def _materialised(store, asset: str, keys: list[str]) -> tuple[pa.Table | None, list[str]]:
-    """The partitions of `asset` that exist, concatenated, and the keys that do not."""
+def _materialised(store, asset: str, keys: list[str], clean: tuple[str, set] = ("", set())
+                  ) -> tuple[pa.Table | None, list[str]]:
+    """The partitions of `asset` that exist (the `clean` asset's for its keys), concatenated, and the keys
+    that do not."""
     tables, missing = [], []
     for key in keys:
         try:
-            tables.append(store.read(store.path(asset, key)))
+            tables.append(store.read(store.path(clean[0] if key in clean[1] else asset, key)))
         except MissingPartitionError:
             missing.append(key)
     return (pa.concat_tables(tables, promote_options="default") if tables else None), missing
+
+
+def _latest(instance, asset: str) -> dict[str, int]:
+    return dict(instance.event_log_storage.get_latest_storage_id_by_partition(
+        dg.AssetKey(asset), DagsterEventType.ASSET_MATERIALIZATION))
+
+
+def hygiene_keys(instance, keys: list[str]) -> dict[str, set]:
+    """export config -> the sources whose clean table exists; fails when one is older than the table it
+    filters (the records were re-materialised after it: its rows would be stale)."""
+    out, stale = {}, []
+    for config, clean in CLEAN.items():
+        source = RECORD_ASSETS.get(config) or SYNTHETIC[config]
+        done, upstream = _latest(instance, clean), _latest(instance, source)
+        out[config] = {k for k in keys if k in done}
+        stale += [f"{clean}[{k}]" for k in sorted(out[config]) if upstream.get(k, -1) > done[k]]
+    if stale:
+        raise dg.Failure(description=f"hygiene tables older than the table they filter: {', '.join(stale[:8])}"
+                                     f"{' ...' if len(stale) > 8 else ''}; materialise them again (records_job / "
+                                     f"synthesis_job) or set use_hygiene: false", allow_retries=False)
+    return out
+
+
+def with_hygiene(store, table: pa.Table, clean: str, keys: set) -> pa.Table:
+    """`table` (every source's records) with the rows of the sources in `keys` replaced by their clean table."""
+    if not keys:
+        return table
+    rest = table.filter(pc.invert(pc.is_in(table["source"], pa.array(sorted(keys))))) if table.num_rows else table
+    cleans = [store.read(store.path(clean, k)) for k in sorted(keys)]
+    return pa.concat_tables([rest, *cleans], promote_options="default")
+
+
+def hygiene_summary(store, tables: dict, clean_keys: dict, config: HfParquetConfig, instance) -> dict:
+    """What the card says of the hygiene: the rules' actions, the lists' version, per config the rows each
+    rule dropped (the clean tables' rejects) and flagged (the exported rows' hygiene_flags)."""
+    meta = _latest_metadata_json(instance, A.CLEAN_SFT_RECORDS)
+    out = {"use": config.use_hygiene, "rules": meta.get("rules", {}),
+           "lists_version": meta.get("lists", {}).get("version"), "configs": {}}
+    for name, keys in clean_keys.items():
+        if name not in tables or not keys:
+            continue
+        dropped = Counter()
+        for k in keys:
+            try:
+                rejects = store.read(store.rejects_path(CLEAN[name], k))
+            except MissingPartitionError:
+                continue
+            dropped.update(RULE_OF.get(r, r) for r in rejects["reason"].to_pylist())
+        t = tables[name]
+        flags = t["hygiene_flags"].to_pylist() if "hygiene_flags" in t.column_names else []
+        raw = set(t["source"].unique().to_pylist()) - keys if t.num_rows and "source" in t.column_names else set()
+        out["configs"][name] = {"clean_sources": len(keys), "raw_sources": len(raw), "dropped": dict(dropped),
+                                "flagged": dict(Counter(r for f in flags if f for r in f))}
+    return out
+
+
+def _latest_metadata_json(instance, key: str) -> dict:
+    ev = instance.get_latest_materialization_event(dg.AssetKey(key))
+    if ev is None or ev.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in ev.asset_materialization.metadata.items() if isinstance(v.value, dict)}
 
 
 def _publish(context, hub: HubResource, out_dir: str, manifest: list[dict], allow_shrink: bool):
@@ -121,7 +195,7 @@ def source_mask(column: pa.ChunkedArray, spec) -> pa.ChunkedArray:
     group_name=GROUP, kinds={"parquet", "huggingface"},
     ins={name: dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
          for name in (A.SFT_RECORDS, A.COT_RECORDS, A.PREFERENCE_RECORDS, A.CONTAMINATION)},
-    deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in SYNTHETIC.values()]
+    deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in (*SYNTHETIC.values(), *CLEAN.values())]
     + [dg.AssetDep(A.CONTAMINATION_REPORT)],  # its blocking check (benchmark_share) stops the export
     description="Hugging Face Parquet export of every source's records without the contaminated ones (+ the "
                 "synthetic evol / generated / preference_synthetic tables where materialised) + dataset card; "
@@ -131,7 +205,10 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
                registry: SourceRegistryResource, hub: HubResource, sft_records: pa.Table,
                cot_records: pa.Table, preference_records: pa.Table, contamination: pa.Table) -> dg.Output:
     store = storage.store()
-    records = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
+    reg = registry.load()
+    clean_keys = hygiene_keys(context.instance, reg.keys) if config.use_hygiene else {c: set() for c in CLEAN}
+    records = {c: with_hygiene(store, t, CLEAN[c], clean_keys[c]) for c, t in
+               (("sft", sft_records), ("cot", cot_records), ("preference", preference_records))}
     removed, issues = {}, []
     if config.leave_out_contaminated:
         records, issues, removed = leave_out(records, contamination)
@@ -151,10 +228,9 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     except ValueError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     tables = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
-    reg = registry.load()
     synthetic_missing = {}
     for name, asset in SYNTHETIC.items():
-        table, missing = _materialised(store, asset, reg.keys)
+        table, missing = _materialised(store, asset, reg.keys, (CLEAN.get(name, ""), clean_keys.get(name, set())))
         if table is not None:
             tables[name] = CONVERT[name](table) if name in CONVERT else table
         synthetic_missing[name] = missing
@@ -173,7 +249,9 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
                    "embeddings_model": _latest_metadata(context.instance, "prompt_embeddings").get("model")}
     body = open(config.card_body_path, encoding="utf-8").read() if config.card_body_path else None
     decon = _decontamination(context.instance, removed, config.leave_out_contaminated)
-    card = dataset_card(manifest, per_source, produced_by, title=config.title, body=body, decontamination=decon)
+    hygiene = hygiene_summary(store, tables, clean_keys, config, context.instance)
+    card = dataset_card(manifest, per_source, produced_by, title=config.title, body=body, decontamination=decon,
+                        hygiene=hygiene)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(card)
 
@@ -188,7 +266,9 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
         "dagster/row_count": table.num_rows, "export_dir": dg.MetadataValue.path(out_dir),
         **counts, "synthetic_missing": dg.MetadataValue.json(synthetic_missing),
         "contaminated_left_out": sum(n for c in removed.values() for n in c.values()),
-        "contaminated_by_config": dg.MetadataValue.json(removed), "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
+        "contaminated_by_config": dg.MetadataValue.json(removed),
+        "hygiene": dg.MetadataValue.json({c: {"clean_sources": len(k)} | hygiene["configs"].get(c, {})
+                                          for c, k in clean_keys.items()}), "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
         "hub": hub.repo_id or "local only", "hub_status": "uploaded" if ready else why,
         **({"commit": commit} if commit else {}),
         "files": dg.MetadataValue.md(markdown_preview(table, n=50, columns=["path", "rows", "bytes", "upload"])),

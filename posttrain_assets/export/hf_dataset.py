@@ -142,7 +142,8 @@ def write_dataset(tables: dict[str, pa.Table], out_dir: str, *, max_shard_bytes:
 
 
 def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *,
-                 title: str, body: Optional[str] = None, decontamination: Optional[dict] = None) -> str:
+                 title: str, body: Optional[str] = None, decontamination: Optional[dict] = None,
+                 hygiene: Optional[dict] = None) -> str:
     """README.md with the YAML `configs` block `datasets` reads, counts, sources and provenance.
     A user-supplied `body` is kept verbatim after the generated header."""
     configs = []
@@ -181,6 +182,8 @@ def dataset_card(manifest: list[dict], sources: list[dict], produced_by: dict, *
               yaml.safe_dump(produced_by, sort_keys=True).strip(), "```", ""]
     if decontamination is not None:
         lines += decontamination_lines(decontamination)
+    if hygiene is not None:
+        lines += hygiene_lines(hygiene)
     if body:
         lines += ["", body.strip(), ""]
     return "\n".join(lines)
@@ -205,6 +208,27 @@ def decontamination_lines(d: dict) -> list[str]:
                 lines.append(f"| {config} | {bench} | {n} |")
     else:
         lines.append("No row matched a benchmark item.")
+    return lines + [""]
+
+
+def hygiene_lines(h: dict) -> list[str]:
+    """The card's section: the rules and their actions, the phrase lists' version, and per config the rows
+    each rule dropped and flagged (the sources whose clean tables were read)."""
+    lines = ["## Hygiene", "",
+             "Rule-based filters over every response (posttrain `hygiene` stage, no model): "
+             + ", ".join(f"`{r}` ({a})" for r, a in h["rules"].items())
+             + f". Phrase lists version {h['lists_version']}. A dropped row is left out; a flagged row is kept "
+               "and names the rule in its `hygiene_flags` column.", ""]
+    if not h["use"]:
+        return lines + ["The export read the tables **before** hygiene (`use_hygiene: false`).", ""]
+    if not h["configs"]:
+        return lines + ["No clean table was read: the hygiene stage has not run for the exported sources.", ""]
+    lines += ["| config | sources filtered | sources not filtered | rule | dropped | flagged |", "|---|---|---|---|---|---|"]
+    for config, c in sorted(h["configs"].items()):
+        rules = sorted(set(c["dropped"]) | set(c["flagged"])) or ["(none fired)"]
+        for r in rules:
+            lines.append(f"| {config} | {c['clean_sources']} | {c['raw_sources']} | {r} | {c['dropped'].get(r, 0)} | "
+                         f"{c['flagged'].get(r, 0)} |")
     return lines + [""]
 
 

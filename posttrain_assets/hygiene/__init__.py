@@ -1,0 +1,1 @@
+"""Hygiene stage: rule-based filters over every record and synthetic table (no model)."""
