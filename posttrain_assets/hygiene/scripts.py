@@ -4,8 +4,8 @@ A text's letters are counted by script: kana, Han (CJK ideographs), Hangul, Lati
 (Arabic, Thai, Devanagari, ...); Greek is neutral (math). Code (fenced or inline), URLs and LaTeX are
 left out before counting: an English answer made of Python is not "undetermined English".
 
-The language, coarse (scripts only): a text of mostly Japanese / Chinese characters (kana + Han at
-least half the letters, at least `MIN_CJK`) is `ja` when kana make at least `KANA_JA` of them (kana
+The language, coarse (scripts only): a text of Japanese / Chinese characters (kana + Han at least
+`CJK_SHARE` of the letters, at least `MIN_CJK`) is `ja` when kana make at least `KANA_JA` of them (kana
 decides Japanese, as in the ingest's language id), else `zh`; mostly Hangul is `ko`; otherwise the
 script family (`latin`, `cyrillic`, `other`) when it has at least `min_letters` letters, else `und`.
 Within a family, py3langid (the language-id library of ingest, its model bundled in the wheel) reads
@@ -45,6 +45,8 @@ _NOISE = re.compile(r"`[^`\n]*`|https?://\S+|\$\$.*?\$\$|\$[^$\n]*\$|\\\[.*?\\\]
 
 EN_FUNCTION_WORDS = frozenset({"the", "and", "is", "of", "to", "that", "it", "you", "for", "with", "this", "are"})
 _WORD = re.compile(r"[a-z]+")
+CJK_SHARE = 0.3  # kana + Han from this share of the letters: a Japanese / Chinese text (a Latin letter is a
+# fraction of a word, a Han character about one: 「Bohemian Rhapsody」 in a Japanese answer is not English)
 MIN_CJK = 10  # fewer Japanese / Chinese / Korean characters: too few to tell ja from zh (`und`)
 KANA_JA = 0.05  # kana share of kana + Han from which a CJK text is Japanese
 LANGID_CHARS = 300
@@ -106,7 +108,7 @@ def coarse_language(scripts: Scripts, min_letters: int) -> str:
     `min_letters` letters; else `und`."""
     letters = scripts.letters
     cjk = scripts.kana + scripts.han
-    if cjk and cjk * 2 >= letters:
+    if cjk and cjk >= CJK_SHARE * letters:
         if cjk < MIN_CJK:
             return UND
         return "ja" if scripts.kana_share >= KANA_JA else "zh"
