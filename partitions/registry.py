@@ -108,6 +108,7 @@ class GeneratorDecl:
 ADAPTERS: dict[str, AdapterDecl] = {}
 GENERATOR_DECLS: dict[str, GeneratorDecl] = {}
 _LABEL_FILTER_PARSER: list[Callable[[str], Any]] = []
+_HYGIENE_RULES: list[tuple[tuple[str, ...], tuple[str, ...]]] = []  # [(rules, actions)]
 
 
 def register_adapter(name: str, *, fields: dict[str, str | None], required: tuple[tuple[str, ...], ...],
@@ -141,10 +142,16 @@ def register_label_filter_parser(parse: Callable[[str], Any]) -> None:
     _LABEL_FILTER_PARSER[:] = [parse]
 
 
+def register_hygiene_rules(rules: tuple[str, ...], actions: tuple[str, ...]) -> None:
+    """The hygiene stage's rule names and actions: what a source's `hygiene` mapping may say."""
+    _HYGIENE_RULES[:] = [(tuple(rules), tuple(actions))]
+
+
 def require_registrations(where: str) -> None:
     """Fail loudly when the owners have not registered (a registry would otherwise pass unchecked)."""
     missing = [what for what, present in (("adapters", ADAPTERS), ("generators", GENERATOR_DECLS),
-                                          ("label filter parser", _LABEL_FILTER_PARSER)) if not present]
+                                          ("label filter parser", _LABEL_FILTER_PARSER),
+                                          ("hygiene rules", _HYGIENE_RULES)) if not present]
     if missing:
         raise RegistryError(f"{where}: cannot validate the sources registry: nothing registered for "
                             f"{', '.join(missing)}; "
@@ -229,6 +236,9 @@ class SourceSpec:
     # keep only rows whose label columns pass these conditions (common/label_filter.py), at ingest
     label_filter: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)  # adapter options, defaults filled (AdapterDecl.options)
+    # hygiene: {rule: drop | flag | off} over the stage's actions for this source (e.g. safety data keeps
+    # its refusals: {refusal: flag}); checked against the rules the hygiene stage registers
+    hygiene: dict[str, str] = field(default_factory=dict)
 
     def option(self, name: str) -> Any:
         """An adapter option (registry `options`, else its default)."""
@@ -452,7 +462,7 @@ def default_model_stages(kind: str) -> tuple[str, ...]:
 _TOP_KEYS = {"version", "sources"}
 _SOURCE_KEYS = {"key", "kind", "adapter", "loader", "licence", "license", "fields",
                 "description", "priority", "dedup_key", "turns", "generator", "generator_config", "version",
-                "model_stages", "shard_rows", "shards", "answer_rule", "label_filter", "options"}
+                "model_stages", "shard_rows", "shards", "answer_rule", "label_filter", "options", "hygiene"}
 _SYNTHETIC_ONLY = ("generator", "generator_config", "version")
 _LOADER_KEYS = {"path", "format", "hub", "config", "split", "revision", "limit", "offset"}
 
@@ -502,6 +512,7 @@ def _parse_source(raw: Any, idx: int, where: str, base_dir: str) -> SourceSpec:
         description=str(raw.get("description") or ""), priority=priority, dedup_key=dedup_key, turns=turns,
         base_dir=base_dir, model_stages=model_stages, shard_rows=shard_rows, shards=shards, answer_rule=answer_rule,
         label_filter=_label_filter(raw, label, where), options=_parse_options(raw, decl, label, where),
+        hygiene=_hygiene(raw, label, where),
     )
     _check_mapped(spec, decl, label, where)
     return spec
@@ -646,6 +657,20 @@ def _label_filter(raw: dict, label: str, where: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _hygiene(raw: dict, label: str, where: str) -> dict[str, str]:
+    """`hygiene`: {rule: action} for this source, over the hygiene stage's defaults."""
+    value = raw.get("hygiene", {})
+    (rules, actions), = _HYGIENE_RULES  # registered by its owner (require_registrations checked it)
+    if not isinstance(value, dict):
+        raise _fail(where, label, "hygiene", f"must be a mapping of rule -> action, e.g. {{refusal: flag}}, got {value!r}")
+    for rule, action in value.items():
+        if rule not in rules:
+            raise _fail(where, label, f"hygiene.{rule}", f"not a hygiene rule: one of {', '.join(rules)}")
+        if action not in actions:
+            raise _fail(where, label, f"hygiene.{rule}", f"must be one of {', '.join(actions)}, got {action!r}")
+    return dict(value)
+
+
 def _parse_options(raw: dict, decl: AdapterDecl, label: str, where: str) -> dict[str, Any]:
     """`options` of the adapters that declare some, with the defaults filled in, checked by the adapter."""
     allowed = decl.options
@@ -776,7 +801,7 @@ def _parse_synthetic(raw: dict, label: str, where: str, base_dir: str) -> Source
         key=raw["key"], kind=SYNTHETIC, adapter="generic", loader=LoaderSpec(), licence=licence,
         fields=dict(decl.fields), description=str(raw.get("description") or ""), priority=priority,
         dedup_key=dedup_key, base_dir=base_dir, generator=generator, generator_config=config, version=version,
-        model_stages=model_stages,
+        model_stages=model_stages, hygiene=_hygiene(raw, label, where),
     )
 
 

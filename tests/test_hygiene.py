@@ -228,3 +228,24 @@ def _rewrite_sft(store, rows):
     def _sft():
         return pa.Table.from_pylist(rows)
     return _sft
+
+
+def test_a_registry_entry_sets_its_own_actions():
+    """Safety data keeps its refusals: `hygiene: {refusal: flag}` in the entry; the launchpad's
+    source_actions still win; a wrong rule or action fails naming the source and the field."""
+    from partitions.registry import RegistryError, parse_registry
+    from posttrain_assets.hygiene.assets import HygieneConfig, settings_for
+
+    entry = {"key": "hh", "kind": "preference", "adapter": "hh_rlhf", "licence": "MIT", "loader": {"path": "x.jsonl"}}
+    spec = parse_registry({"sources": [{**entry, "hygiene": {"refusal": "flag"}}]}, where="r.yaml").sources[0]
+    assert spec.hygiene == {"refusal": "flag"}
+    assert settings_for(HygieneConfig(), "hh", spec.hygiene).action("refusal") == "flag"
+    over = HygieneConfig(source_actions={"hh": {"refusal": "off"}})
+    assert settings_for(over, "hh", spec.hygiene).action("refusal") == "off"
+    assert settings_for(HygieneConfig(), "other").action("refusal") == "drop"
+    with pytest.raises(RegistryError, match=r"r.yaml: source 'hh': field 'hygiene.refusals': not a hygiene rule"):
+        parse_registry({"sources": [{**entry, "hygiene": {"refusals": "flag"}}]}, where="r.yaml")
+    with pytest.raises(RegistryError, match=r"field 'hygiene.refusal': must be one of drop, flag, off, got 'keep'"):
+        parse_registry({"sources": [{**entry, "hygiene": {"refusal": "keep"}}]}, where="r.yaml")
+    bundled = yaml.safe_load((REPO / "partitions" / "sources.yaml").read_text(encoding="utf-8"))
+    assert [s["key"] for s in bundled["sources"] if s.get("hygiene")] == ["hh_rlhf_harmless_base"]

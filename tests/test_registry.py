@@ -121,5 +121,5 @@ def test_a_registry_parsed_before_the_owners_register_fails_loudly():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.stdout.strip() == (
         "r.yaml: cannot validate the sources registry: nothing registered for adapters, generators, label "
-        "filter parser; call posttrain_assets.plugins.load_plugins() first (posttrain_assets.definitions and "
+        "filter parser, hygiene rules; call posttrain_assets.plugins.load_plugins() first (posttrain_assets.definitions and "
         "`python -m partitions` do)"), out.stderr

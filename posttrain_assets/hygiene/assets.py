@@ -66,8 +66,10 @@ class HygieneConfig(dg.Config):
     workers: int = 0  # processes for tables of 20,000+ rows; 0 = every core
 
 
-def settings_for(config: HygieneConfig, source: str) -> Settings:
+def settings_for(config: HygieneConfig, source: str, registry_actions: dict | None = None) -> Settings:
+    """The actions: the config's, then the registry entry's `hygiene`, then the config's `source_actions`."""
     actions = {r: getattr(config.actions, r) for r in RULES}
+    actions.update(registry_actions or {})
     actions.update(config.source_actions.get(source, {}))
     rep = RepetitionRules(paragraph_repeats=config.paragraph_repeats, sentence_repeats=config.sentence_repeats,
                           consecutive_sentence_repeats=config.consecutive_sentence_repeats,
@@ -112,8 +114,8 @@ def clean_asset(input_asset: str, name: str, spec: TableSpec):
                registry: SourceRegistryResource, table: pa.Table):
         key = context.partition_key
         try:
-            # a shard takes its registry entry's source_actions
-            settings = settings_for(config, registry.load().get(key).source_key if config.source_actions else key)
+            spec_of = registry.load().get(key)  # a shard takes its registry entry's settings
+            settings = settings_for(config, spec_of.source_key, spec_of.hygiene)
             res = apply_hygiene(table, spec, settings, workers=config.workers,
                                 progress=_progress(context, time.perf_counter()))
         except (ValueError, ListsError) as exc:

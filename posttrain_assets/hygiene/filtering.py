@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from .lists import PhraseLists, load_lists
 from .rules import ACTIONS, RULES, Checker, Row, Thresholds, Verdict
+from .scripts import warm_up
 
 FLAGS_COLUMN = "hygiene_flags"
 EXAMPLES = 3
@@ -154,6 +155,7 @@ def apply_hygiene(table: pa.Table, spec: TableSpec, settings: Settings, workers:
         raise ValueError(f"no column {', '.join(map(repr, missing))} (the hygiene spec reads "
                          f"{', '.join(spec.columns())})")
     load_lists(settings.lists_path)  # a bad list fails here, before any worker starts
+    warm_up()  # the language-id model and the codec classes: loaded once here, inherited by forked workers
     start = time.perf_counter()
     ids, prompts, texts, finish = _rows(table, spec)
     _WORK.update(spec=spec, settings=settings, prompts=prompts, texts=texts, finish=finish)

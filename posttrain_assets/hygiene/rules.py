@@ -8,7 +8,7 @@ name goes into its `hygiene_flags` column) or `off`. The rules, in the order tha
 dropped row is counted under (the first failing `drop` rule):
 
     rule              reasons                                     fields it reads
-    empty             empty_response                              response, final
+    empty             empty_response                              response
     format_tokens     format_tokens (<think>, <|im_start|>, ...)  response, final, prompt
     unclosed_fence    unclosed_fence                              response
     identity          identity_leak                               response, final
@@ -21,7 +21,8 @@ dropped row is counted under (the first failing `drop` rule):
     length            too_short_for_prompt                        prompt vs response
 
 Roles: `response` (a whole answer: every rule), `final` (a short final answer, e.g. a CoT's "72":
-the text rules only, no repetition / language / length), `prompt` (format tokens only).
+format tokens and identity only; it may be empty, where the source keeps the trace whole), `prompt`
+(format tokens only).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from partitions.registry import register_hygiene_rules
 from resources.reasons import Reason
 
 from ..common.reason_rules import RULE_REASONS  # noqa: F401 (the rules' reasons; the export reads them too)
@@ -42,12 +44,15 @@ RULES = ("empty", "format_tokens", "unclosed_fence", "identity", "knowledge_cuto
          "truncated", "language", "script", "length")
 ACTIONS = ("drop", "flag", "off")
 ROLES = ("response", "final", "prompt")
+register_hygiene_rules(RULES, ACTIONS)  # what a registry entry's `hygiene: {rule: action}` may say
 #: the rules each role is checked by
 ROLE_RULES = {"response": frozenset(RULES) - {"truncated"},
-              "final": frozenset({"empty", "format_tokens", "identity"}),
+              # a CoT record's answer is empty by design where its source keeps the trace whole (answer_rule none)
+              "final": frozenset({"format_tokens", "identity"}),
               "prompt": frozenset({"format_tokens"})}
 CHAR_LANGUAGES = ("ja", "zh")
 SPAN_CHARS = 120
+PROSE_CHARS = 8000
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 
 
@@ -98,8 +103,10 @@ class _Text:
 
     @property
     def prose(self) -> str:
+        """The text without code, URLs, LaTeX; its first PROSE_CHARS characters (a 30-page context's
+        language and scripts are read from its start, as the ingest's language id does)."""
         if self._prose is None:
-            self._prose = prose(self.text)
+            self._prose = prose(self.text[:PROSE_CHARS])
         return self._prose
 
     @property

@@ -49,7 +49,7 @@ CJK_SHARE = 0.3  # kana + Han from this share of the letters: a Japanese / Chine
 # fraction of a word, a Han character about one: 「Bohemian Rhapsody」 in a Japanese answer is not English)
 MIN_CJK = 10  # fewer Japanese / Chinese / Korean characters: too few to tell ja from zh (`und`)
 KANA_JA = 0.05  # kana share of kana + Han from which a CJK text is Japanese
-LANGID_CHARS = 300
+LANGID_CHARS = 200
 LANGID_MIN_PROB = 0.9  # below: `und` (a list of names or dishes reads as Kinyarwanda or Italian at 0.2-0.8)
 UND = "und"
 #: the scripts each language writes in (a text may also use any script its prompt uses)
@@ -156,6 +156,12 @@ def _langid(sample: str) -> str:
 def expected_scripts(coarse: str, prompt_scripts: set[str]) -> set[str]:
     """The scripts a text in `coarse` language may use: its own, plus those its prompt uses."""
     return EXPECTED[coarse] | prompt_scripts
+
+
+def warm_up() -> None:
+    """Load what the rules read (py3langid's model, ~1.5 s; the Han classes, ~0.2 s) in this process."""
+    _identifier()
+    han_classes()
 
 
 def _codec_set(codec: str) -> frozenset[str]:
