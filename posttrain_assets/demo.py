@@ -124,6 +124,9 @@ def collect(res, results: dict[str, dict], global_stats: dict) -> None:
                                                                 "rows_evol", "rows_generated", "rows_preference_synthetic", "rows_steerlm",
                                                                 "ties_excluded", "contaminated_left_out",
                                                                 "export_dir", "hub_status")}
+        elif name.startswith("clean_") and _meta(ev, "rows_in"):
+            r.setdefault("hygiene", {})[name] = {k: _meta(ev, k) for k in ("rows_in", "rows_out", "removed_by_reason",
+                                                                          "flagged")}
         elif name == "contamination_report":
             global_stats["contamination"] = {k: _meta(ev, k) for k in ("report", "rows_checked", "rows_contaminated")}
         elif name == "dedup_clusters":
@@ -203,6 +206,18 @@ def magpie_funnels(key: str, r: dict) -> list[str]:
                      f"{c.get('candidates_scored', 0)} ({p['reward_model']}) -> pairs {p['rows_out']}; no pair: "
                      f"{_reasons({**(p['removed_by_reason'] or {}), **(p['rejected_by_reason'] or {})})}")
     return lines
+
+
+def hygiene_summary(results: dict[str, dict]) -> str:
+    """One line per source and clean table where a hygiene rule dropped or flagged a row."""
+    lines = []
+    for key, r in results.items():
+        for name, h in sorted(r.get("hygiene", {}).items()):
+            dropped, flagged = h.get("removed_by_reason") or {}, h.get("flagged") or {}
+            if dropped or flagged:
+                lines.append(f"  {key} {name}: {h['rows_in']} -> {h['rows_out']}; dropped {_reasons(dropped)}"
+                             + (f"; flagged {_reasons(flagged)}" if flagged else ""))
+    return "\n".join(lines)
 
 
 def steerlm_summary(results: dict[str, dict], global_stats: dict) -> str:
@@ -297,6 +312,10 @@ def _print_report(results: dict, global_stats: dict) -> None:
             print(f"\n{key}: {r['all_rejected']} (its later steps ran on an empty table)")
         if r.get("error"):
             print(f"\n{key} FAILED: {r['error']}")
+    hygiene = hygiene_summary(results)
+    if hygiene:
+        print("\nHygiene (rows each rule dropped / flagged, per clean table; docs/stages/hygiene.md):")
+        print(hygiene)
     if global_stats.get("contamination"):
         c = global_stats["contamination"]
         print(f"\nDecontamination ({c['rows_checked']} records checked, {c['rows_contaminated']} contaminated):")

@@ -117,8 +117,9 @@ def test_empty_table_and_missing_columns():
                       "response": pa.array([], pa.string())})
     res = apply_hygiene(empty, SPEC, ALL_DROP)
     assert res.kept.num_rows == 0 and res.kept.column_names == ["id", "prompt", "response", FLAGS_COLUMN]
+    assert apply_hygiene(pa.table({}), SPEC, ALL_DROP).kept.column_names == [FLAGS_COLUMN]
     with pytest.raises(ValueError, match="no column 'response'"):
-        apply_hygiene(empty.drop_columns(["response"]), SPEC, ALL_DROP)
+        apply_hygiene(_table(CASES[:1]).drop_columns(["response"]), SPEC, ALL_DROP)
     with pytest.raises(ValueError, match="rules are"):
         apply_hygiene(empty, SPEC, Settings(actions={"refusal": "keep"}))
 
