@@ -153,10 +153,14 @@ def transformers_serve(log_dir: Path, env: dict | None = None):
 def dagster_dev(tmp_path: Path, env: dict):
     """`dagster dev -w workspace.yaml` (webserver + daemon) on a free loopback port with the instance at
     env["DAGSTER_HOME"]; yields a `DevServer` (its `url`; `expect_line` blocks on its output). Its output
-    is also written to tmp_path/webserver.log. Stopped by process group: SIGTERM, then SIGKILL if it has
-    not exited within 30 s (it may not, once it has launched runs: ../shared/GUIDE.md)."""
-    import signal
+    is also written to tmp_path/webserver.log. Stopped as its Ctrl-C stops it: SIGTERM to the `dagster dev`
+    process alone (it maps SIGTERM to SIGINT), which tells the webserver and the daemon to shut down, waits
+    for them, then shuts its code server down; then SIGKILL to whatever of its process group is left.
 
+    Not SIGTERM to the whole group: the code server then exits on its own, `dagster dev`'s code-server
+    monitor (dagster/_cli/proxy_server_manager.py, every 5 s) starts a new one while the rest shuts
+    down, and that new one, orphaned and holding the output pipe, outlived `dagster dev` by its 45 s
+    heartbeat timeout (the 30 s teardowns of the UI and webserver tests)."""
     port = free_port()
     exe = Path(sys.executable).with_name("dagster")
     log_path = tmp_path / "webserver.log"
@@ -168,13 +172,28 @@ def dagster_dev(tmp_path: Path, env: dict):
         wait_until_up(proc, f"{dev.url}/server_info", 180, log_path)  # its "Serving ..." line comes before it listens
         yield dev
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        dev.reader.join(timeout=30)
+        stop_dagster_dev(dev)
+
+
+def stop_dagster_dev(dev: "DevServer") -> None:
+    """SIGTERM to `dagster dev` itself; once it has exited, its output's end (every process of the group
+    that holds the pipe has exited: normally within a second or two), then SIGKILL to the group for
+    anything still there (a run it launched that is still going); each wait bounded."""
+    proc = dev.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)  # dagster dev gives its webserver and daemon up to 60 s each
+    except subprocess.TimeoutExpired:
+        pass
+    else:
+        dev.reader.join(timeout=15)  # its code server's shutdown
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group has exited
+        pass
+    proc.wait(timeout=30)
+    dev.reader.join(timeout=30)
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colour codes of dagster's log lines

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from posttrain_assets.definitions import defs
 
@@ -55,17 +56,27 @@ def wait_for_backfill(dev) -> dict:
     return backfill
 
 
+#: how often the daemon looks at the backfill and at the run queue (Dagster's 30 s and 5 s): when the
+#: next step's runs are submitted and started, not what they do; at 30 s most of this small backfill
+#: (six steps of the graph, each waiting for the previous one's runs) was the daemon's wait
+BACKFILL_INTERVAL_S, DEQUEUE_INTERVAL_S = 5, 1
+
+
 @pytest.fixture
 def ui(tmp_path):
-    """`dagster dev` with a temp instance (deploy/dagster.yaml), storage root and a two-source registry
-    whose partitions exist. The automation sensor is stopped first (as a user would toggle it off), so
-    that only the backfill materialises anything."""
+    """`dagster dev` with a temp instance (deploy/dagster.yaml, the daemon's intervals shortened),
+    storage root and a two-source registry whose partitions exist. The automation sensor is stopped
+    first (as a user would toggle it off), so that only the backfill materialises anything."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    config["run_coordinator"].setdefault("config", {})["dequeue_interval_seconds"] = DEQUEUE_INTERVAL_S
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     registry = write_registry(tmp_path / "sources.yaml", SOURCES)
+    site = str(Path(__file__).parent / "daemon_site")  # its sitecustomize sets the backfill interval
     env = {**os.environ, "DAGSTER_HOME": str(home), "POSTTRAIN_STORAGE": str(tmp_path / "storage"),
-           "POSTTRAIN_SOURCES": str(registry)}
+           "POSTTRAIN_SOURCES": str(registry), "POSTTRAIN_TEST_BACKFILL_INTERVAL_S": str(BACKFILL_INTERVAL_S),
+           "PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))}
     dagster = str(Path(sys.executable).with_name("dagster"))
     for cmd in ([dagster, "sensor", "stop", "posttrain_automation_sensor", "-w", "workspace.yaml"],
                 [sys.executable, "-m", "partitions", "sync"]):
