@@ -9,7 +9,9 @@ partition, then the automation sensor (`posttrain_automation_sensor`, running by
 * the global dedup (dedup_clusters + report + summary) at most once per tick of `POSTTRAIN_DEDUP_CRON`
   (default hourly), when any source's prompts or embeddings changed since the last dedup, once no
   source is missing them and none is running or requested (`dedup_cooldown`);
-* deduplicated_prompts of every source after each dedup (`after_dedup`), then the records (`eager`);
+* deduplicated_prompts of every source after each dedup (`after_dedup`), then the records (`eager`)
+  and their clean tables (the hygiene rules, no model: `eager`; an LLM output's clean table follows the
+  output wherever it was materialised);
 * the benchmark index once (`missing_index`; re-materialise it after changing the benchmarks registry),
   every source's contamination check after its records (`eager`), the contamination report once every
   source's check exists and none is running or requested (`report_after_checks`);
@@ -42,7 +44,12 @@ EAGER_LLM_ENV = "POSTTRAIN_EAGER_LLM"
 
 GENERATOR = A.MAGPIE_INSTRUCTIONS  # LLM for synthetic sources, an empty partition for the others
 RECORDS = (A.SFT_RECORDS, A.COT_RECORDS, A.PREFERENCE_RECORDS)
-EAGER = (A.RAW_RECORDS, A.MERGED_PROMPTS, A.PROMPT_EMBEDDINGS, A.ATTRIBUTE_TRAINING_DATA, *RECORDS, A.CONTAMINATION)
+#: the hygiene rules (no model): a record table's clean table follows it, and an LLM output's follows the
+#: output where it was materialised (eager waits for a missing input: a source without one gets none)
+CLEAN_RECORDS = (A.CLEAN_SFT_RECORDS, A.CLEAN_COT_RECORDS, A.CLEAN_PREFERENCE_RECORDS)
+CLEAN_SYNTHETIC = (A.CLEAN_EVOLVED_INSTRUCTIONS, A.CLEAN_GENERATED_SOLUTIONS, A.CLEAN_PREFERENCE_PAIRS)
+EAGER = (A.RAW_RECORDS, A.MERGED_PROMPTS, A.PROMPT_EMBEDDINGS, A.ATTRIBUTE_TRAINING_DATA, *RECORDS, A.CONTAMINATION,
+         *CLEAN_RECORDS, *CLEAN_SYNTHETIC)
 INDEX = A.BENCHMARK_INDEX
 REPORT = A.CONTAMINATION_REPORT
 DEDUP = (A.DEDUP_CLUSTERS, A.DEDUP_CLUSTER_REPORT, A.DEDUP_SUMMARY)  # one multi-asset: one condition
@@ -137,10 +144,11 @@ def fan_in_condition(required: Sequence[str], label: str) -> AC:
 
 def export_condition() -> AC:
     """When any input changed (the records; an LLM output materialised on demand); every source's
-    records and contamination check and the report must exist (the LLM outputs are optional), and no
+    records, clean records, contamination check and the report must exist (the LLM outputs and their
+    clean tables are optional), and no
     record nor its input may be running or requested, so that one export follows the records of all
     sources after a dedup."""
-    return fan_in_condition((*RECORDS, A.CONTAMINATION, REPORT), "export_after_records")
+    return fan_in_condition((*RECORDS, *CLEAN_RECORDS, A.CONTAMINATION, REPORT), "export_after_records")
 
 
 def index_condition() -> AC:

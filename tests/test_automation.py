@@ -26,7 +26,8 @@ from .helpers import SAMPLE, dagster_dev, mat_metadata, resources_for, write_reg
 
 CHAIN = ("magpie_instructions", "raw_records", "merged_prompts", "prompt_embeddings", "attribute_training_data")
 DEDUP = ("dedup_clusters", "dedup_cluster_report", "dedup_summary")
-AFTER_DEDUP = ("deduplicated_prompts", "sft_records", "cot_records", "preference_records", "contamination")
+AFTER_DEDUP = ("deduplicated_prompts", "sft_records", "cot_records", "preference_records", "contamination",
+               "clean_sft_records", "clean_cot_records", "clean_preference_records")
 INDEX = "benchmark_index"  # global, built whenever it is missing (the first evaluation included)
 GSM8K = {"key": "gsm8k", "kind": "cot", "adapter": "gsm8k", "licence": "MIT",
          "loader": {"path": str(SAMPLE / "gsm8k/train_300.jsonl")}}
@@ -127,7 +128,9 @@ def test_conditions_set_in_one_place_and_the_sensor_runs_by_default():
         "attribute_training_data": "eager", "sft_records": "eager", "cot_records": "eager",
         "preference_records": "eager", "dedup_clusters": cooldown, "dedup_cluster_report": cooldown,
         "dedup_summary": cooldown, "deduplicated_prompts": "after_dedup", "hf_parquet": "export_after_records",
-        "benchmark_index": "missing_index", "contamination": "eager", "contamination_report": "report_after_checks"}
+        "benchmark_index": "missing_index", "contamination": "eager", "contamination_report": "report_after_checks",
+        **{f"clean_{t}": "eager" for t in ("sft_records", "cot_records", "preference_records", "evolved_instructions",
+                                           "generated_solutions", "preference_pairs")}}
     # every LLM stage (and the attribute model) on demand
     assert sorted(k for k, v in labels.items() if v is None) == [
         "attribute_labelled_sft", "attribute_model", "difficulty_scores", "evolved_instructions",
@@ -192,7 +195,7 @@ def test_a_new_source_runs_its_chain_then_dedup_records_and_export_for_real(tmp_
     assert requested == {a: {"gsm8k"} for a in AFTER_DEDUP}
     res = run(requested)
     # kind cot; every record checked against the benchmarks (GSM8K train rows vs the GSM8K test items)
-    assert [mat_metadata(res, a)["dagster/row_count"] for a in AFTER_DEDUP] == [300, 0, 300, 0, 300]
+    assert [mat_metadata(res, a)["dagster/row_count"] for a in AFTER_DEDUP] == [300, 0, 300, 0, 300, 0, 300, 0]
     assert auto.tick(at(11, 2)) == {"contamination_report": {None}}
     run({"contamination_report": {None}})
     assert auto.tick(at(11, 3)) == {"hf_parquet": {None}}

@@ -122,8 +122,8 @@ def test_the_exported_preference_config_holds_each_sides_turns(demo_run):
     """TRL's conversational format with an implicit prompt: chosen_messages / rejected_messages, every
     turn of each side; the ties stay out of the export (counted)."""
     ds = load_export(str(demo_run.storage / "hf_export"), "preference", split="train")
-    rows = demo_run.sql("SELECT all_prompt_id, len(chosen_messages), len(rejected_messages) FROM preference_records "
-                        "WHERE NOT tie")
+    rows = demo_run.sql("SELECT all_prompt_id, len(chosen_messages), len(rejected_messages) FROM "
+                        "clean_preference_records WHERE NOT tie")
     assert sorted(zip(ds["all_prompt_id"], map(len, ds["chosen_messages"]), map(len, ds["rejected_messages"]))) == \
         sorted(rows)
     assert "tie" not in ds.column_names and "tie_kind" not in ds.column_names
@@ -155,7 +155,8 @@ def test_every_asset_is_a_view_in_the_catalogue(demo_run):
             "solution_pass_rates", "hard_problems", "evolved_instructions", "magpie_instructions", "quality_tags",
             "filtered_instructions", "preference_pairs", "attribute_training_data", "attribute_model",
             "attribute_labelled_sft", "steerlm_sft", "hf_parquet", "rejects", "benchmark_index", "contamination",
-            "contamination_report"} == views
+            "contamination_report", "clean_sft_records", "clean_cot_records", "clean_preference_records",
+            "clean_evolved_instructions", "clean_generated_solutions", "clean_preference_pairs"} == views
 
 
 def test_the_instance_the_ui_reads_holds_every_partition(demo_run):
@@ -243,12 +244,16 @@ def test_the_export_counts_what_the_tables_hold(demo_run):
                      r"preference_synthetic (\d+), steerlm (\d+) rows", demo_run.stdout)
     assert line
     sft, cot, pref, evol, generated, synthetic, steerlm = map(int, line.groups())
-    # + the brought datasets: 23 CoT rows, 16 pairs (8 ties out); - the GSM8K train row that is a test item
+    # + the brought datasets: 23 CoT rows, 16 pairs (8 ties out); - the GSM8K train row that is a test item;
+    # the hygiene rules drop no CoT or preference record of these sources (HH-RLHF's refusals are flagged)
     assert (cot, pref, steerlm) == (300 + 23 - 1, 394 + 16, 97)
-    assert sft == demo_run.sql("SELECT count(*) FROM sft_records")[0][0]
-    assert evol == demo_run.sql("SELECT count(*) FROM evolved_instructions")[0][0]
-    assert generated == demo_run.sql("SELECT count(*) FROM generated_solutions")[0][0]
-    assert synthetic == demo_run.sql("SELECT count(*) FROM preference_pairs")[0][0]
+    count = lambda table, where="": demo_run.sql(f"SELECT count(*) FROM {table} {where}")[0][0]  # noqa: E731
+    assert (cot + 1, pref) == (count("clean_cot_records"), count("clean_preference_records", "WHERE NOT tie"))
+    # the export reads the clean tables: what the hygiene rules left
+    assert sft == count("clean_sft_records") < count("sft_records")
+    assert evol == count("clean_evolved_instructions")
+    assert generated == count("clean_generated_solutions")
+    assert synthetic == count("clean_preference_pairs")
     for config, n in (("sft", sft), ("cot", cot), ("preference", pref), ("steerlm", steerlm)):
         assert load_export(str(export), config, split="train").num_rows == n, config
 
@@ -295,4 +300,30 @@ def test_every_record_is_checked_against_the_benchmarks_and_the_report_says_what
     assert rejects == [("contaminated", "gsm8k_test:632")]
     card = (demo_run.storage / "hf_export" / "README.md").read_text()
     assert "## Decontamination" in card and "| cot | gsm8k_test | 1 |" in card
+
+
+# --------------------------------------------------------------------------- hygiene
+
+def test_every_record_goes_through_the_hygiene_rules(demo_run):
+    """Each source's clean tables account for every record (kept + dropped with a hygiene reason); every
+    Magpie row the embedded model cut at its token limit is dropped; HH-RLHF's refusals are flagged and
+    kept (its registry entry); the summary and the card say what each rule did."""
+    for table in ("sft_records", "cot_records", "preference_records"):
+        kept = dict(demo_run.sql(f"SELECT source, count(*) FROM clean_{table} GROUP BY 1"))
+        dropped = dict(demo_run.sql(f"SELECT source, count(*) FROM rejects WHERE asset = 'clean_{table}' GROUP BY 1"))
+        total = dict(demo_run.sql(f"SELECT source, count(*) FROM {table} GROUP BY 1"))
+        assert {k: kept.get(k, 0) + dropped.get(k, 0) for k in total} == total, table
+    cut = demo_run.sql("SELECT all_prompt_id FROM sft_records WHERE source = 'magpie_smollm2' AND "
+                       "metadata LIKE '%\"finish_reason\": \"length\"%'")
+    assert cut and not demo_run.sql("SELECT all_prompt_id FROM clean_sft_records WHERE all_prompt_id IN "
+                                    f"({', '.join(repr(r[0]) for r in cut)})")
+    flagged = demo_run.sql("SELECT all_prompt_id FROM clean_preference_records WHERE source = 'hh_rlhf_harmless_base' "
+                           "AND list_contains(hygiene_flags, 'refusal')")
+    assert len(flagged) >= 1 and not demo_run.sql("SELECT * FROM rejects WHERE asset = 'clean_preference_records' "
+                                                  "AND source = 'hh_rlhf_harmless_base' AND reason = 'refusal'")
+    assert "Hygiene (rows each rule dropped / flagged, per clean table" in demo_run.stdout
+    assert "  hh_rlhf_harmless_base clean_preference_records: 299 -> 299; dropped none; flagged " in demo_run.stdout
+    card = (demo_run.storage / "hf_export" / "README.md").read_text()
+    assert "## Hygiene" in card and "`refusal` (drop)" in card
+    assert "- `hh_rlhf_harmless_base` was filtered with `refusal` (flag)" in card
 

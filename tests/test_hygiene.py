@@ -212,6 +212,7 @@ def test_clean_table_in_dagster_feeds_the_export(tmp_path, instance):
     ds = load_export(tmp_path / "storage" / "hf_export", "sft")
     assert sorted(x for f in ds[FLAGS_COLUMN] for x in f) == ["length"] + ["refusal"] * 3
     card = (tmp_path / "storage" / "hf_export" / "README.md").read_text(encoding="utf-8")
+    assert "`identity` (drop), `knowledge_cutoff` (drop), `refusal` (flag)" in card and "version 1." in card
     assert "## Hygiene" in card and "| sft | 1 | 0 | identity | 3 | 0 |" in card and "| sft | 1 | 0 | refusal | 0 | 3 |" in card \
         and "| sft | 1 | 0 | length | 0 | 1 |" in card
     # the records again after the clean table: the export refuses the stale clean rows

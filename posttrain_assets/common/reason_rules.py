@@ -14,3 +14,7 @@ RULE_REASONS = {
     "length": (Reason.TOO_SHORT_FOR_PROMPT,)}
 #: reason -> its rule
 RULE_OF = {str(reason): rule for rule, reasons in RULE_REASONS.items() for reason in reasons}
+#: the Parquet schema metadata key under which a clean table records the actions and lists version it
+#: was filtered with (JSON): the export's card reads it per source
+HYGIENE_METADATA_KEY = "posttrain.hygiene"
+

@@ -10,6 +10,7 @@ optionally uploaded to the Hub (only changed files).
 The synthetic stages run on demand (they cost model time), so their partitions are read where they
 exist; the sources without them are listed in the metadata (`synthetic_missing`), never an error."""
 
+import json
 import os
 import re
 
@@ -29,7 +30,7 @@ from resources.storage import MissingPartitionError, StorageResource
 from ..common import asset_names as A
 from ..common.accounting import rejects_table
 from ..common.metadata import markdown_preview
-from ..common.reason_rules import RULE_OF
+from ..common.reason_rules import HYGIENE_METADATA_KEY, RULE_OF
 from .hf_dataset import (CONFIGS, PREFERENCE_FORMATS, MANIFEST_SCHEMA, dataset_card, generated_config, leave_out,
                          preference_config, preference_synthetic_config, write_dataset)
 
@@ -65,17 +66,27 @@ class HfParquetConfig(dg.Config):
     use_hygiene: bool = True
 
 
-def _materialised(store, asset: str, keys: list[str], clean: tuple[str, set] = ("", set())
-                  ) -> tuple[pa.Table | None, list[str]]:
-    """The partitions of `asset` that exist (the `clean` asset's for its keys), concatenated, and the keys
-    that do not."""
+def _materialised(store, asset: str, keys: list[str], clean: tuple[str, set] = ("", set()),
+                  stamps: dict | None = None) -> tuple[pa.Table | None, list[str]]:
+    """The partitions of `asset` that exist (the `clean` asset's for its keys, their hygiene stamps into
+    `stamps`), concatenated, and the keys that do not."""
     tables, missing = [], []
     for key in keys:
         try:
-            tables.append(store.read(store.path(clean[0] if key in clean[1] else asset, key)))
+            tables.append(_read_clean(store, clean[0], key, stamps) if key in clean[1]
+                          else store.read(store.path(asset, key)))
         except MissingPartitionError:
             missing.append(key)
     return (pa.concat_tables(tables, promote_options="default") if tables else None), missing
+
+
+def _read_clean(store, clean: str, key: str, stamps: dict | None) -> pa.Table:
+    """A clean table's partition; the actions it was filtered with (its schema metadata) into `stamps`."""
+    table = store.read(store.path(clean, key))
+    raw = (table.schema.metadata or {}).get(HYGIENE_METADATA_KEY.encode())
+    if stamps is not None and raw:
+        stamps[key] = json.loads(raw)
+    return table.replace_schema_metadata(None)
 
 
 def _latest(instance, asset: str) -> dict[str, int]:
@@ -99,21 +110,26 @@ def hygiene_keys(instance, keys: list[str]) -> dict[str, set]:
     return out
 
 
-def with_hygiene(store, table: pa.Table, clean: str, keys: set) -> pa.Table:
+def with_hygiene(store, table: pa.Table, clean: str, keys: set, stamps: dict) -> pa.Table:
     """`table` (every source's records) with the rows of the sources in `keys` replaced by their clean table."""
     if not keys:
         return table
     rest = table.filter(pc.invert(pc.is_in(table["source"], pa.array(sorted(keys))))) if table.num_rows else table
-    cleans = [store.read(store.path(clean, k)) for k in sorted(keys)]
+    cleans = [_read_clean(store, clean, k, stamps) for k in sorted(keys)]
     return pa.concat_tables([rest, *cleans], promote_options="default")
 
 
-def hygiene_summary(store, tables: dict, clean_keys: dict, config: HfParquetConfig, instance) -> dict:
-    """What the card says of the hygiene: the rules' actions, the lists' version, per config the rows each
-    rule dropped (the clean tables' rejects) and flagged (the exported rows' hygiene_flags)."""
-    meta = _latest_metadata_json(instance, A.CLEAN_SFT_RECORDS)
-    out = {"use": config.use_hygiene, "rules": meta.get("rules", {}),
-           "lists_version": meta.get("lists", {}).get("version"), "configs": {}}
+def hygiene_summary(store, tables: dict, clean_keys: dict, config: HfParquetConfig, stamps: dict) -> dict:
+    """What the card says of the hygiene: the actions most sources were filtered with and the sources
+    filtered otherwise (the clean tables' stamps), the lists' versions, per config the rows each rule
+    dropped (the clean tables' rejects) and flagged (the exported rows' hygiene_flags)."""
+    by_rules = Counter(json.dumps(s["rules"], sort_keys=True) for s in stamps.values())
+    first = {json.dumps(s["rules"], sort_keys=True): s["rules"] for s in reversed(list(stamps.values()))}
+    common = first[by_rules.most_common(1)[0][0]] if by_rules else {}  # in the rules' order
+    out = {"use": config.use_hygiene, "rules": common,
+           "overrides": {k: {r: a for r, a in s["rules"].items() if common.get(r) != a}
+                         for k, s in sorted(stamps.items()) if s["rules"] != common},
+           "lists_version": sorted({s.get("lists_version") for s in stamps.values()}), "configs": {}}
     for name, keys in clean_keys.items():
         if name not in tables or not keys:
             continue
@@ -132,11 +148,6 @@ def hygiene_summary(store, tables: dict, clean_keys: dict, config: HfParquetConf
     return out
 
 
-def _latest_metadata_json(instance, key: str) -> dict:
-    ev = instance.get_latest_materialization_event(dg.AssetKey(key))
-    if ev is None or ev.asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in ev.asset_materialization.metadata.items() if isinstance(v.value, dict)}
 
 
 def _publish(context, hub: HubResource, out_dir: str, manifest: list[dict], allow_shrink: bool):
@@ -207,7 +218,8 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     store = storage.store()
     reg = registry.load()
     clean_keys = hygiene_keys(context.instance, reg.keys) if config.use_hygiene else {c: set() for c in CLEAN}
-    records = {c: with_hygiene(store, t, CLEAN[c], clean_keys[c]) for c, t in
+    stamps: dict = {}  # source -> the hygiene actions its clean tables were filtered with
+    records = {c: with_hygiene(store, t, CLEAN[c], clean_keys[c], stamps) for c, t in
                (("sft", sft_records), ("cot", cot_records), ("preference", preference_records))}
     removed, issues = {}, []
     if config.leave_out_contaminated:
@@ -230,7 +242,8 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     tables = {"sft": sft_records, "cot": cot_records, "preference": preference_records}
     synthetic_missing = {}
     for name, asset in SYNTHETIC.items():
-        table, missing = _materialised(store, asset, reg.keys, (CLEAN.get(name, ""), clean_keys.get(name, set())))
+        table, missing = _materialised(store, asset, reg.keys, (CLEAN.get(name, ""), clean_keys.get(name, set())),
+                                       stamps)
         if table is not None:
             tables[name] = CONVERT[name](table) if name in CONVERT else table
         synthetic_missing[name] = missing
@@ -249,7 +262,7 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
                    "embeddings_model": _latest_metadata(context.instance, "prompt_embeddings").get("model")}
     body = open(config.card_body_path, encoding="utf-8").read() if config.card_body_path else None
     decon = _decontamination(context.instance, removed, config.leave_out_contaminated)
-    hygiene = hygiene_summary(store, tables, clean_keys, config, context.instance)
+    hygiene = hygiene_summary(store, tables, clean_keys, config, stamps)
     card = dataset_card(manifest, per_source, produced_by, title=config.title, body=body, decontamination=decon,
                         hygiene=hygiene)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as fh:

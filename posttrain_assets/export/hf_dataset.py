@@ -217,8 +217,12 @@ def hygiene_lines(h: dict) -> list[str]:
     lines = ["## Hygiene", "",
              "Rule-based filters over every response (posttrain `hygiene` stage, no model): "
              + ", ".join(f"`{r}` ({a})" for r, a in h["rules"].items())
-             + f". Phrase lists version {h['lists_version']}. A dropped row is left out; a flagged row is kept "
-               "and names the rule in its `hygiene_flags` column.", ""]
+             + f". Phrase lists version {', '.join(map(str, h['lists_version'])) or '-'}. A dropped row is left "
+               "out; a flagged row is kept and names the rule in its `hygiene_flags` column.", ""]
+    for source, rules in h.get("overrides", {}).items():
+        lines.append(f"- `{source}` was filtered with " + ", ".join(f"`{r}` ({a})" for r, a in rules.items()))
+    if h.get("overrides"):
+        lines.append("")
     if not h["use"]:
         return lines + ["The export read the tables **before** hygiene (`use_hygiene: false`).", ""]
     if not h["configs"]:

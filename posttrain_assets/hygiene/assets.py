@@ -7,6 +7,7 @@ rows that pass every `drop` rule plus a `hygiene_flags` column (the `flag` rules
 dropped row is in the rejects with its first failing rule and the matched span. The export reads a
 source's clean table where it exists (export/assets.py)."""
 
+import json
 import time
 from typing import Literal
 
@@ -19,6 +20,7 @@ from resources.storage import StorageResource
 
 from ..common.accounting import Accounting, RowIssue, raw_preview, rejects_table
 from ..common.metadata import accounting_check, stage_metadata
+from ..common.reason_rules import HYGIENE_METADATA_KEY
 from .filtering import FLAGS_COLUMN, Settings, TableSpec, apply_hygiene, lists_summary, per_rule_markdown
 from .lists import ListsError, load_lists
 from .repetition import RepetitionRules
@@ -120,18 +122,23 @@ def clean_asset(input_asset: str, name: str, spec: TableSpec):
                                 progress=_progress(context, time.perf_counter()))
         except (ValueError, ListsError) as exc:
             raise dg.Failure(description=f"source {key!r}, {input_asset}: {exc}", allow_retries=False) from None
+        lists = load_lists(settings.lists_path)
+        # the table says what it went through: the export's card reads it (per source, with the table)
+        stamp = {"rules": {r: settings.action(r) for r in RULES}, "lists_version": lists.version}
+        res.kept = res.kept.replace_schema_metadata({**(res.kept.schema.metadata or {}),
+                                                     HYGIENE_METADATA_KEY: json.dumps(stamp)})
         issues = _issues(table, spec, input_asset, res.dropped)
         storage.write_rejects(context.asset_key, key, rejects_table(key, name, issues))
         acc = Accounting.from_issues(table.num_rows, res.kept.num_rows, issues)
         yield dg.Output(res.kept, metadata=stage_metadata(
             res.kept, acc, text_column=spec.prompt,
             preview_columns=[spec.id_column, FLAGS_COLUMN, spec.prompt, spec.fields[0][0]],
-            extra={"rules": dg.MetadataValue.json({r: settings.action(r) for r in RULES}),
+            extra={"rules": dg.MetadataValue.json(stamp["rules"]),
                    "per_rule": dg.MetadataValue.json(res.per_rule),
                    "per_rule_table": dg.MetadataValue.md(per_rule_markdown(res, table.num_rows)),
                    "flagged": dg.MetadataValue.json(dict(res.flagged)),
                    "examples": dg.MetadataValue.json(res.examples),
-                   "lists": dg.MetadataValue.json(lists_summary(load_lists(settings.lists_path))),
+                   "lists": dg.MetadataValue.json(lists_summary(lists)),
                    "rows_per_s": round(res.rows_per_s, 1)}))
         yield accounting_check(acc)
 
