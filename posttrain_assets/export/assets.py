@@ -13,15 +13,12 @@ exist; the sources without them are listed in the metadata (`synthetic_missing`)
 import json
 import os
 import re
-
-from typing import Literal
-
 from collections import Counter
+from typing import Literal
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster._core.events import DagsterEventType
 
 from resources.hub import HubResource, plan_upload, sha256_file, shrink_reason
 from resources.sources import SourceRegistryResource
@@ -91,7 +88,7 @@ def _read_clean(store, clean: str, key: str, stamps: dict | None) -> pa.Table:
 
 def _latest(instance, asset: str) -> dict[str, int]:
     return dict(instance.event_log_storage.get_latest_storage_id_by_partition(
-        dg.AssetKey(asset), DagsterEventType.ASSET_MATERIALIZATION))
+        dg.AssetKey(asset), dg.DagsterEventType.ASSET_MATERIALIZATION))
 
 
 def hygiene_keys(instance, keys: list[str]) -> dict[str, set]:
@@ -146,8 +143,6 @@ def hygiene_summary(store, tables: dict, clean_keys: dict, config: HfParquetConf
         out["configs"][name] = {"clean_sources": len(keys), "raw_sources": len(raw), "dropped": dict(dropped),
                                 "flagged": dict(Counter(r for f in flags if f for r in f))}
     return out
-
-
 
 
 def _publish(context, hub: HubResource, out_dir: str, manifest: list[dict], allow_shrink: bool):
@@ -281,7 +276,8 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
         "contaminated_left_out": sum(n for c in removed.values() for n in c.values()),
         "contaminated_by_config": dg.MetadataValue.json(removed),
         "hygiene": dg.MetadataValue.json({c: {"clean_sources": len(k)} | hygiene["configs"].get(c, {})
-                                          for c, k in clean_keys.items()}), "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
+                                          for c, k in clean_keys.items()}),
+        "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
         "hub": hub.repo_id or "local only", "hub_status": "uploaded" if ready else why,
         **({"commit": commit} if commit else {}),
         "files": dg.MetadataValue.md(markdown_preview(table, n=50, columns=["path", "rows", "bytes", "upload"])),
