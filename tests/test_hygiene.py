@@ -166,8 +166,6 @@ def test_real_magpie_responses_and_bundled_sources():
     res = apply_hygiene(pa.Table.from_pylist(rows), SPEC, ALL_DROP)
     assert (len(rows), res.kept.num_rows) == (25, 25)
     sample = REPO / "posttrain_assets" / "sample_data"
-    ja = json.loads((sample / "oasst2_ja_edited" / "edited_data_flat.json").read_text(encoding="utf-8"))
-    assert len(ja) == 30
     kto = json.loads((sample / "messages_kto_mix" / "kto_en_demo_40.json").read_text(encoding="utf-8"))
     kto_rows = [{"id": str(i), "prompt": r["messages"][0]["content"], "response": r["messages"][-1]["content"]}
                 for i, r in enumerate(kto)]
@@ -251,3 +249,27 @@ def test_a_registry_entry_sets_its_own_actions():
         parse_registry({"sources": [{**entry, "hygiene": {"refusal": "keep"}}]}, where="r.yaml")
     bundled = yaml.safe_load((REPO / "partitions" / "sources.yaml").read_text(encoding="utf-8"))
     assert [s["key"] for s in bundled["sources"] if s.get("hygiene")] == ["hh_rlhf_harmless_base"]
+
+
+def test_oasst2_ja_in_japanese_passes_and_across_languages_fails():
+    """OASST2-ja holds each message in Japanese (text_ja_audited) and in its original English (text): the 13
+    real question / answer pairs pass in Japanese; answered across languages every one is a mismatch
+    (a Japanese question with the English answer; an English question, even "Who was Socrates and when
+    did he die?", with the Japanese answer)."""
+    flat = json.loads((REPO / "posttrain_assets" / "sample_data" / "oasst2_ja_edited" / "edited_data_flat.json")
+                      .read_text(encoding="utf-8"))
+    pairs = [(flat[m["parent_id"]], m) for m in flat.values() if m["role"] == "assistant" and m.get("parent_id") in flat]
+    assert len(pairs) == 13
+
+    def run(prompt_field: str, answer_field: str):
+        rows = [{"id": str(i), "prompt": p[prompt_field], "response": m[answer_field]} for i, (p, m) in enumerate(pairs)]
+        return apply_hygiene(pa.Table.from_pylist(rows), SPEC, ALL_DROP)
+
+    same = run("text_ja_audited", "text_ja_audited")
+    assert (same.kept.num_rows, same.dropped) == (13, [])
+    ja_en = run("text_ja_audited", "text")
+    assert [(v.rule, v.detail) for _, v in ja_en.dropped] == [("language", "prompt ja, response en")] * 13
+    en_ja = run("text", "text_ja_audited")
+    assert {v.rule for _, v in en_ja.dropped} == {"language"} and len(en_ja.dropped) == 13
+    assert en_ja.per_rule["script"]["by_reason"] == {"foreign_script": 13}  # kana / Han where Latin is expected
+

@@ -52,7 +52,7 @@ class HygieneConfig(dg.Config):
     # per source: {source key: {rule: action}} over `actions`, e.g. {hh_rlhf_harmless_base: {refusal: flag}}
     source_actions: dict[str, dict[str, str]] = {}
     lists_path: str = ""  # "" = $POSTTRAIN_HYGIENE_LISTS, else the bundled hygiene/lists.yaml
-    min_letters: int = 40  # fewer letters (outside ja / zh / ko): language not determined, not compared
+    min_letters: int = 40  # fewer letters: two texts of one script family (Latin, ...) are not compared
     foreign_script_share: float = 0.05
     foreign_hanzi_share: float = 0.02
     min_kana_share: float = 0.15

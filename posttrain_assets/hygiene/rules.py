@@ -58,7 +58,7 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 
 @dataclass(frozen=True)
 class Thresholds:
-    min_letters: int = 40  # fewer letters (outside Japanese / Chinese / Korean): language `und`, not compared
+    min_letters: int = 40  # fewer letters: two texts of one script family (Latin, ...) are not compared
     foreign_script_share: float = 0.05  # letters outside the expected scripts (open-instruct's Chinese filter: 5%)
     foreign_script_min: int = 3
     foreign_hanzi_share: float = 0.02  # Japanese: Han characters outside JIS (cp932), of all Han characters
@@ -125,14 +125,14 @@ class _Text:
     def coarse(self) -> str:
         """ja / zh / ko / latin / cyrillic / other / und, from scripts alone."""
         if self._coarse is None:
-            self._coarse = coarse_language(self.scripts, self.min_letters)
+            self._coarse = coarse_language(self.scripts)
         return self._coarse
 
     @property
     def lang(self) -> str:
         """ISO 639-1 (py3langid within a script family)."""
         if self._lang is None:
-            self._lang = language(self.prose, self.coarse)
+            self._lang = language(self.prose, self.coarse, self.scripts.letters, self.min_letters)
         return self._lang
 
 

@@ -7,10 +7,12 @@ left out before counting: an English answer made of Python is not "undetermined 
 The language, coarse (scripts only): a text of Japanese / Chinese characters (kana + Han at least
 `CJK_SHARE` of the letters, at least `MIN_CJK`) is `ja` when kana make at least `KANA_JA` of them (kana
 decides Japanese, as in the ingest's language id), else `zh`; mostly Hangul is `ko`; otherwise the
-script family (`latin`, `cyrillic`, `other`) when it has at least `min_letters` letters, else `und`.
-Within a family, py3langid (the language-id library of ingest, its model bundled in the wheel) reads
-the first `LANGID_CHARS` characters, and says `und` when it is less than `LANGID_MIN_PROB` sure; two
-texts that are both plainly English (4+ English function words) need no model.
+script family (`latin`, `cyrillic`, `other`) when it has at least `MIN_FAMILY_LETTERS` letters and
+no kana or Han (a Latin text with some is mixed), else `und`. Two families differ without a model ("Who was Socrates?" answered in Japanese). Within a family,
+py3langid (the language-id library of ingest, its model bundled in the wheel) reads the first
+`LANGID_CHARS` characters of a text with at least `min_letters` letters, and says `und` when it is
+less than `LANGID_MIN_PROB` sure; two texts that are both plainly English (4+ English function words)
+need no model.
 
 Which Han characters belong where comes from the codecs of the standard library, not from a list:
 - Japanese: a Han character outside JIS X 0208 + its Microsoft extensions (`cp932`) is foreign to a
@@ -47,6 +49,7 @@ EN_FUNCTION_WORDS = frozenset({"the", "and", "is", "of", "to", "that", "it", "yo
 _WORD = re.compile(r"[a-z]+")
 CJK_SHARE = 0.3  # kana + Han from this share of the letters: a Japanese / Chinese text (a Latin letter is a
 # fraction of a word, a Han character about one: 「Bohemian Rhapsody」 in a Japanese answer is not English)
+MIN_FAMILY_LETTERS = 10  # fewer letters: not even the script family is told ("OK", "x = 3")
 MIN_CJK = 10  # fewer Japanese / Chinese / Korean characters: too few to tell ja from zh (`und`)
 KANA_JA = 0.05  # kana share of kana + Han from which a CJK text is Japanese
 LANGID_CHARS = 200
@@ -102,10 +105,10 @@ def count_scripts(text: str) -> Scripts:
     return Scripts(**counts, other=max(0, letters - known))
 
 
-def coarse_language(scripts: Scripts, min_letters: int) -> str:
-    """The language as far as scripts tell it, without a model: `ja` / `zh` (mostly kana + Han, at least
+def coarse_language(scripts: Scripts) -> str:
+    """The language as far as scripts tell it, without a model: `ja` / `zh` (kana + Han, at least
     `MIN_CJK` of them), `ko`, or the script family `latin` / `cyrillic` / `other` of a text with at least
-    `min_letters` letters; else `und`."""
+    `MIN_FAMILY_LETTERS` letters; else `und`."""
     letters = scripts.letters
     cjk = scripts.kana + scripts.han
     if cjk and cjk >= CJK_SHARE * letters:
@@ -114,18 +117,20 @@ def coarse_language(scripts: Scripts, min_letters: int) -> str:
         return "ja" if scripts.kana_share >= KANA_JA else "zh"
     if scripts.hangul and scripts.hangul * 2 >= letters:
         return "ko" if scripts.hangul >= MIN_CJK else UND
-    if letters < min_letters:
-        return UND
+    if letters < MIN_FAMILY_LETTERS or cjk:  # a Latin text with kana / Han in it ("John Butler TrioやYukimasa
+        return UND  # Trio。" from a Japanese user) is mixed: compared with nothing
     if scripts.cyrillic * 2 >= letters:
         return "cyrillic"
     return "latin" if scripts.latin * 2 >= letters else "other"
 
 
-def language(text: str, coarse: str) -> str:
+def language(text: str, coarse: str, letters: int, min_letters: int) -> str:
     """ISO 639-1 code of a prose text: its coarse language for ja / zh / ko, else py3langid's (`und`
-    below LANGID_MIN_PROB)."""
+    below `min_letters` letters or LANGID_MIN_PROB)."""
     if coarse in ("ja", "zh", "ko", UND):
         return coarse
+    if letters < min_letters:
+        return UND
     return _langid(text[:LANGID_CHARS] if len(text) <= LANGID_CHARS * 4 else _sample(text))
 
 
