@@ -7,9 +7,10 @@ through `apply_hygiene` with every rule on: one process on the first `--single` 
 on all of them (worker processes), in one run; rows/s of each and their ratio.
 
 `python -m bench.hygiene --report STORAGE [--out FILE]`: over a finished demo run's storage (the record
-tables and the synthetic ones of every source), with the stage's default actions, the share each rule
-finds alone per table and source, and three examples per rule (the matched span): the table in
-docs/stages/hygiene.md."""
+tables and the synthetic ones of every source) and the shared data the tests read (RealPersonaChat,
+the Magpie sample, OASST2-ja in Japanese and across languages), with the stage's default actions, the
+share each rule finds alone per table and source, and three examples per rule (the matched span): the
+table in docs/stages/hygiene.md."""
 
 from __future__ import annotations
 
@@ -66,9 +67,9 @@ def real_pairs() -> list[tuple[str, str]]:
 
 def throughput(rows: int, single: int) -> None:
     pairs = real_pairs()
-    table = pa.table({"id": [str(i) for i in range(rows)],
-                      "prompt": [pairs[i % len(pairs)][0] for i in range(rows)],
-                      "response": [pairs[i % len(pairs)][1] for i in range(rows)]})
+    base = pa.table({"prompt": [p for p, _ in pairs], "response": [r for _, r in pairs]})
+    table = pa.concat_tables([base] * (rows // len(pairs) + 1)).slice(0, rows)  # chunks share the base's memory
+    table = table.add_column(0, "id", pa.array(range(rows), pa.int64()).cast(pa.string()))
     settings = Settings(actions={r: "drop" for r in RULES})
     chars = sum(len(p) + len(r) for p, r in pairs) / len(pairs)
     print(f"{len(pairs)} distinct real pairs ({chars:,.0f} characters per row), cycled to {rows:,} rows; "
@@ -96,19 +97,46 @@ def _partitions(root: str, asset: str) -> dict[str, pa.Table]:
     return out
 
 
+def shared_tables() -> dict[str, pa.Table]:
+    """The real rows of tests/data/hygiene and OASST2-ja, as (id, prompt, response) tables: RealPersonaChat's
+    Japanese dialogues, Magpie's 25 responses, and OASST2-ja's pairs in Japanese and across languages (its
+    messages are held in Japanese and in their original English)."""
+    out = {}
+    for name in ("GPT-4.json", "GPT-3.5+persona+personality.json"):
+        rows = []
+        for d in json.loads((HYGIENE_DATA / "realpersonachat" / name).read_text(encoding="utf-8")):
+            u = d["utterances"]
+            rows += [{"id": f"{d['dialogue_id']}:{b['utterance_id']}", "prompt": a["text"], "response": b["text"]}
+                     for a, b in zip(u, u[1:]) if a["interlocutor"] == "user" and b["interlocutor"] == "system"]
+        out[f"realpersonachat {name[:-5]}"] = pa.Table.from_pylist(rows)
+    rows = [{"id": f"{r['uuid']}:{k}", "prompt": r["instruction"], "response": x}
+            for r in json.loads((HYGIENE_DATA / "magpie" / "example_instructions_5res_armorm.json").read_text(
+                encoding="utf-8")) for k, x in enumerate(r["responses"])]
+    out["magpie_sample (5 x 5 responses)"] = pa.Table.from_pylist(rows)
+    flat = json.loads((SAMPLE / "oasst2_ja_edited" / "edited_data_flat.json").read_text(encoding="utf-8"))
+    pairs = [(flat[m["parent_id"]], m) for m in flat.values() if m["role"] == "assistant" and m.get("parent_id") in flat]
+    for label, pf, af in (("ja -> ja", "text_ja_audited", "text_ja_audited"), ("ja -> en", "text_ja_audited", "text"),
+                          ("en -> ja", "text", "text_ja_audited")):
+        out[f"oasst2_ja_edited {label}"] = pa.Table.from_pylist(
+            [{"id": m["message_tree_id"][:8] + f":{i}", "prompt": p[pf], "response": m[af]} for i, (p, m) in enumerate(pairs)])
+    return out
+
+
 def report(root: str) -> str:
     defaults = settings_for(HygieneConfig(), "")
     lines = ["| table | source | rows | " + " | ".join(RULES) + " | dropped |", "|---|---|---|" + "---|" * (len(RULES) + 1)]
     examples: dict[str, list] = defaultdict(list)
-    for asset, (_, spec) in TABLES.items():
-        for key, table in _partitions(root, asset).items():
-            if not table.num_rows:
-                continue
-            res = apply_hygiene(table, spec, defaults, workers=1)
-            cells = [f"{res.per_rule[r]['share']:.1%}" if res.per_rule[r]["fires"] else "" for r in RULES]
-            lines.append(f"| {asset} | {key} | {table.num_rows} | " + " | ".join(cells) + f" | {len(res.dropped)} |")
-            for r, ex in res.examples.items():
-                examples[r] += [(asset, key, e) for e in ex]
+    runs = [(asset, key, table, spec) for asset, (_, spec) in TABLES.items()
+            for key, table in _partitions(root, asset).items()]
+    runs += [("shared data (tests)", key, table, SPEC) for key, table in shared_tables().items()]
+    for asset, key, table, spec in runs:
+        if not table.num_rows:
+            continue
+        res = apply_hygiene(table, spec, defaults, workers=1)
+        cells = [f"{res.per_rule[r]['share']:.1%}" if res.per_rule[r]["fires"] else "" for r in RULES]
+        lines.append(f"| {asset} | {key} | {table.num_rows} | " + " | ".join(cells) + f" | {len(res.dropped)} |")
+        for r, ex in res.examples.items():
+            examples[r] += [(asset, key, e) for e in ex]
     lines += ["", "Three examples per rule (the first found, by table and source):", ""]
     for r in RULES:
         for asset, key, e in examples.get(r, [])[:3]:

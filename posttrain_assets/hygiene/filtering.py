@@ -3,8 +3,9 @@ the first failing `drop` rule and its matched span), and what each rule finds al
 Pure: pyarrow + the rules; no dagster.
 
 A table is read through its `TableSpec`: the id column, the prompt column and the response columns
-with their roles (rules.py). Large tables are checked in worker processes (fork; each reads its rows
-from the parent's memory, only the verdicts travel back)."""
+with their roles (rules.py), a chunk of rows at a time (only a chunk is ever Python values). Large
+tables are checked in worker processes (fork: each reads its chunks from the parent's Arrow memory,
+only the verdicts travel back)."""
 
 from __future__ import annotations
 
@@ -86,8 +87,8 @@ def missing_columns(table: pa.Table, spec: TableSpec) -> list[str]:
     return [c for c in spec.columns() if c not in table.column_names]
 
 
-def _rows(table: pa.Table, spec: TableSpec) -> tuple[list, list, list[list], list]:
-    ids = table[spec.id_column].to_pylist()
+def _rows(table: pa.Table, spec: TableSpec) -> tuple[list, list[list], list]:
+    """(prompts, texts per field, finish reasons) of a slice of the table, as Python values."""
     prompts = table[spec.prompt].to_pylist()
     texts = [table[c].to_pylist() for c, _ in spec.fields]
     fallback = dict(spec.messages_fallback)
@@ -102,7 +103,7 @@ def _rows(table: pa.Table, spec: TableSpec) -> tuple[list, list, list[list], lis
         finish = ["length" if h else None for h in hit]
     else:
         finish = [None] * table.num_rows
-    return ids, prompts, texts, finish
+    return prompts, texts, finish
 
 
 def _last_assistant(messages: list | None) -> str | None:
@@ -112,16 +113,18 @@ def _last_assistant(messages: list | None) -> str | None:
     return None
 
 
-_WORK: dict = {}  # what forked workers read: the rows and the settings
+_WORK: dict = {}  # what forked workers read: the table (Arrow memory, shared) and the settings
 
 
 def _check_range(bounds: tuple[int, int]) -> list[list[Verdict]]:
-    spec, settings, prompts, texts, finish = (_WORK[k] for k in ("spec", "settings", "prompts", "texts", "finish"))
+    """The verdicts of rows [start, stop): only this slice becomes Python values (memory per chunk)."""
+    table, spec, settings = (_WORK[k] for k in ("table", "spec", "settings"))
     checker = Checker(load_lists(settings.lists_path), settings.thresholds, settings.active())
+    prompts, texts, finish = _rows(table.slice(bounds[0], bounds[1] - bounds[0]), spec)
     roles = [role for _, role in spec.fields]
     names = [c for c, _ in spec.fields]
     out = []
-    for i in range(*bounds):
+    for i in range(len(prompts)):
         fields = (("prompt", prompts[i], "prompt"),) + tuple(
             (names[k], texts[k][i], roles[k]) for k in range(len(names)) if texts[k][i] is not None)
         out.append(checker.check(Row(prompts[i] or "", fields, finish[i])))
@@ -152,25 +155,25 @@ def apply_hygiene(table: pa.Table, spec: TableSpec, settings: Settings, workers:
     settings.check()
     missing = missing_columns(table, spec)
     if missing and table.num_rows == 0:  # an empty partition written without the columns: nothing to check
-        return _tally(table, [], [], settings)
+        return _tally(table, None, [], settings)
     if missing:
         raise ValueError(f"no column {', '.join(map(repr, missing))} (the hygiene spec reads "
                          f"{', '.join(spec.columns())})")
     load_lists(settings.lists_path)  # a bad list fails here, before any worker starts
     warm_up()  # the language-id model and the codec classes: loaded once here, inherited by forked workers
     start = time.perf_counter()
-    ids, prompts, texts, finish = _rows(table, spec)
-    _WORK.update(spec=spec, settings=settings, prompts=prompts, texts=texts, finish=finish)
+    _WORK.update(table=table, spec=spec, settings=settings)
     try:
         verdicts = _verdicts(table.num_rows, max(1, workers or os.cpu_count() or 1), progress)
     finally:
         _WORK.clear()
-    res = _tally(table, ids, verdicts, settings)
+    res = _tally(table, table[spec.id_column], verdicts, settings)
     res.rows_per_s = table.num_rows / max(time.perf_counter() - start, 1e-9)
     return res
 
 
-def _tally(table: pa.Table, ids: list, verdicts: list[list[Verdict]], settings: Settings) -> HygieneResult:
+def _tally(table: pa.Table, ids: pa.ChunkedArray | None, verdicts: list[list[Verdict]],
+           settings: Settings) -> HygieneResult:
     active = [r for r in RULES if r in settings.active()]
     fires = {r: Counter() for r in active}
     examples: dict = {r: [] for r in active}
@@ -179,7 +182,7 @@ def _tally(table: pa.Table, ids: list, verdicts: list[list[Verdict]], settings: 
         for v in found:
             fires[v.rule][v.reason] += 1
             if len(examples[v.rule]) < EXAMPLES:
-                examples[v.rule].append({"id": str(ids[i]), "field": v.field, "reason": str(v.reason),
+                examples[v.rule].append({"id": str(ids[i].as_py()), "field": v.field, "reason": str(v.reason),
                                          "span": v.span, "detail": v.detail})
         drops = [v for v in found if settings.action(v.rule) == "drop"]
         if drops:
