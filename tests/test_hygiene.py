@@ -273,3 +273,31 @@ def test_oasst2_ja_in_japanese_passes_and_across_languages_fails():
     assert {v.rule for _, v in en_ja.dropped} == {"language"} and len(en_ja.dropped) == 13
     assert en_ja.per_rule["script"]["by_reason"] == {"foreign_script": 13}  # kana / Han where Latin is expected
 
+
+def test_a_clean_table_that_loses_a_row_fails_its_blocking_check(tmp_path, instance, monkeypatch):
+    """The accounting counts rows_in from the table loaded and rows_out from the table written: a filter
+    that loses one row without a reject fails `row_accounting` (blocking)."""
+    from posttrain_assets.hygiene import assets as hygiene_assets
+
+    root = str(tmp_path / "storage")
+    store = ParquetStore(root)
+    rows = [{"all_prompt_id": f"c:{i}", "prompt": p, "answer": r, "metadata": "{}", "source": "c"}
+            for i, (p, r, _) in enumerate(CASES)]
+    store.write(pa.Table.from_pylist(rows), store.path("sft_records", "c"))
+    reg = tmp_path / "s.yaml"
+    reg.write_text(yaml.safe_dump({"sources": [{"key": "c", "kind": "sft", "adapter": "generic", "licence": "CC0",
+                                                "fields": {"prompt": "prompt", "response": "answer"},
+                                                "loader": {"path": str(tmp_path / "none.jsonl")}}]}))
+    instance.add_dynamic_partitions("source", ["c"])
+    real = hygiene_assets.apply_hygiene
+
+    def lossy(*args, **kwargs):
+        res = real(*args, **kwargs)
+        res.kept = res.kept.slice(1)
+        return res
+    monkeypatch.setattr(hygiene_assets, "apply_hygiene", lossy)
+    run = dg.materialize(upstream_specs("sft_records") + [clean_sft_records], selection=[clean_sft_records],
+                         instance=instance, partition_key="c", resources=resources_for(root, reg), raise_on_error=False)
+    (check,) = [e for e in run.get_asset_check_evaluations() if e.check_name == "row_accounting"]
+    assert not check.passed and check.metadata["rows_in"].value == len(CASES)
+
