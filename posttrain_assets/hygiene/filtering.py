@@ -26,7 +26,7 @@ from .scripts import warm_up
 FLAGS_COLUMN = "hygiene_flags"
 EXAMPLES = 3
 #: the finish reason of a record whose original row (its `metadata` JSON) says it stopped at the limit
-_LENGTH_IN_METADATA = '"finish_reason": "length"'
+_LENGTH_IN_METADATA = r'"finish_reason":\s*"length"'
 PARALLEL_MIN_ROWS = 20_000
 CHUNK_ROWS = 5_000
 
@@ -99,7 +99,7 @@ def _rows(table: pa.Table, spec: TableSpec) -> tuple[list, list[list], list]:
     if spec.finish_reason:
         finish = table[spec.finish_reason].to_pylist()
     elif spec.metadata_finish_reason:
-        hit = pc.fill_null(pc.match_substring(table["metadata"], _LENGTH_IN_METADATA), False).to_pylist()
+        hit = pc.fill_null(pc.match_substring_regex(table["metadata"], _LENGTH_IN_METADATA), False).to_pylist()
         finish = ["length" if h else None for h in hit]
     else:
         finish = [None] * table.num_rows
