@@ -204,9 +204,14 @@ def test_clean_table_in_dagster_feeds_the_export(tmp_path, instance):
     first = next(r for r in rejects if r["detail"].startswith("id 'c:0'"))
     assert (first["reason"], first["field"]) == ("identity_leak", "answer")
     assert first["detail"] == "id 'c:0': rule identity: identity_leak in answer at 0: 'I am ChatGPT'"
+    # SteerLM rows labelled from sft_records: those of the dropped records stay out of the export too
+    steer = [{"id": r["all_prompt_id"], "source": "c", "label_string": "helpfulness:3", "model_version": "v1",
+              "steerlm_text": r["answer"], "llmjp_text": r["answer"], "messages": r["messages"]} for r in rows]
+    store.write(pa.Table.from_pylist(steer), store.path("steerlm_sft", "c"))
     run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
                          resources=resources_for(root, reg))
-    assert mat_metadata(run, "hf_parquet")["rows_sft"] == len(CASES) - n_drop
+    md = mat_metadata(run, "hf_parquet")
+    assert (md["rows_sft"], md["rows_steerlm"], md["hygiene_dropped_sft"]) == (len(CASES) - n_drop,) * 2 + (n_drop,)
     ds = load_export(tmp_path / "storage" / "hf_export", "sft")
     assert sorted(x for f in ds[FLAGS_COLUMN] for x in f) == ["length"] + ["refusal"] * 3
     card = (tmp_path / "storage" / "hf_export" / "README.md").read_text(encoding="utf-8")

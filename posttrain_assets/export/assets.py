@@ -116,6 +116,24 @@ def with_hygiene(store, table: pa.Table, clean: str, keys: set, stamps: dict) ->
     return pa.concat_tables([rest, *cleans], promote_options="default")
 
 
+def read_records(instance, store, keys: list[str], use_hygiene: bool, raw: dict) -> tuple[dict, dict, dict, set]:
+    """(the record tables with each source's clean table where it exists, the sources with one per config,
+    their hygiene stamps, the SFT ids the hygiene dropped: their SteerLM rows, labelled from sft_records,
+    stay out of the export too)."""
+    clean_keys = hygiene_keys(instance, keys) if use_hygiene else {c: set() for c in CLEAN}
+    stamps: dict = {}  # source -> the hygiene actions its clean tables were filtered with
+    records = {c: with_hygiene(store, t, CLEAN[c], clean_keys[c], stamps) for c, t in raw.items()}
+    return records, clean_keys, stamps, dropped_ids(raw["sft"], records["sft"], clean_keys["sft"])
+
+
+def dropped_ids(raw: pa.Table, clean: pa.Table, keys: set) -> set:
+    """all_prompt_ids of the sources in `keys` that are in `raw` and not in `clean` (the hygiene dropped them)."""
+    if not keys or not raw.num_rows:
+        return set()
+    mine = raw.filter(pc.is_in(raw["source"], pa.array(sorted(keys))))["all_prompt_id"].to_pylist()
+    return set(mine) - set(clean["all_prompt_id"].to_pylist())
+
+
 def hygiene_summary(store, tables: dict, clean_keys: dict, config: HfParquetConfig, stamps: dict) -> dict:
     """What the card says of the hygiene: the actions most sources were filtered with and the sources
     filtered otherwise (the clean tables' stamps), the lists' versions, per config the rows each rule
@@ -212,10 +230,9 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
                cot_records: pa.Table, preference_records: pa.Table, contamination: pa.Table) -> dg.Output:
     store = storage.store()
     reg = registry.load()
-    clean_keys = hygiene_keys(context.instance, reg.keys) if config.use_hygiene else {c: set() for c in CLEAN}
-    stamps: dict = {}  # source -> the hygiene actions its clean tables were filtered with
-    records = {c: with_hygiene(store, t, CLEAN[c], clean_keys[c], stamps) for c, t in
-               (("sft", sft_records), ("cot", cot_records), ("preference", preference_records))}
+    records, clean_keys, stamps, hygiene_dropped = read_records(
+        context.instance, store, reg.keys, config.use_hygiene,
+        {"sft": sft_records, "cot": cot_records, "preference": preference_records})
     removed, issues = {}, []
     if config.leave_out_contaminated:
         records, issues, removed = leave_out(records, contamination)
@@ -239,6 +256,8 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
     for name, asset in SYNTHETIC.items():
         table, missing = _materialised(store, asset, reg.keys, (CLEAN.get(name, ""), clean_keys.get(name, set())),
                                        stamps)
+        if table is not None and name == "steerlm" and hygiene_dropped and table.num_rows:
+            table = table.filter(pc.invert(pc.is_in(table["id"], pa.array(sorted(hygiene_dropped), pa.string()))))
         if table is not None:
             tables[name] = CONVERT[name](table) if name in CONVERT else table
         synthetic_missing[name] = missing
@@ -277,6 +296,7 @@ def hf_parquet(context: dg.AssetExecutionContext, config: HfParquetConfig, stora
         "contaminated_by_config": dg.MetadataValue.json(removed),
         "hygiene": dg.MetadataValue.json({c: {"clean_sources": len(k)} | hygiene["configs"].get(c, {})
                                           for c, k in clean_keys.items()}),
+        "hygiene_dropped_sft": len(hygiene_dropped),
         "ties_total": ties, "ties_excluded": 0 if config.include_ties else ties,
         "hub": hub.repo_id or "local only", "hub_status": "uploaded" if ready else why,
         **({"commit": commit} if commit else {}),
