@@ -166,13 +166,20 @@ def dagster_dev(tmp_path: Path, env: dict):
     log_path = tmp_path / "webserver.log"
     proc = subprocess.Popen([str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True, errors="replace")
+                            start_new_session=True, preexec_fn=_sigint_default, text=True, errors="replace")
     dev = DevServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         wait_until_up(proc, f"{dev.url}/server_info", 180, log_path)  # its "Serving ..." line comes before it listens
         yield dev
     finally:
         stop_dagster_dev(dev)
+
+
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default. A test run started in the background by a
+    shell without job control (`cmd &`, as CI may be) inherits SIGINT ignored, and so would dagster dev,
+    which stops on SIGTERM by raising SIGINT at itself: ignored, it never stops (60 s teardowns)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_dagster_dev(dev: "DevServer") -> None:
