@@ -187,11 +187,7 @@ def test_clean_table_in_dagster_feeds_the_export(tmp_path, instance):
     store.write(pa.Table.from_pylist(rows[:0], schema=pa.Table.from_pylist(rows).schema),
                 store.path("preference_records", "c"))
     no_contamination(store, ["c"])
-    reg = tmp_path / "s.yaml"
-    reg.write_text(yaml.safe_dump({"sources": [{"key": "c", "kind": "sft", "adapter": "generic", "licence": "CC0",
-                                                "fields": {"prompt": "prompt", "response": "answer"},
-                                                "loader": {"path": str(tmp_path / "none.jsonl")}}]}))
-    instance.add_dynamic_partitions("source", ["c"])
+    reg = _source_c(tmp_path, instance)
     upstream = upstream_specs("sft_records", "cot_records", "preference_records", "contamination")
     config = {"ops": {"clean_sft_records": {"config": {"actions": {"refusal": "flag"}}}}}
     run = dg.materialize(upstream + [clean_sft_records], selection=[clean_sft_records], instance=instance,
@@ -224,6 +220,16 @@ def test_clean_table_in_dagster_feeds_the_export(tmp_path, instance):
     run = dg.materialize(upstream + [hf_parquet], selection=[hf_parquet], instance=instance,
                          resources=resources_for(root, reg), raise_on_error=False)
     assert "hygiene tables older than the table they filter: clean_sft_records[c]" in step_error(run)
+
+
+def _source_c(tmp_path, instance):
+    """A registry with the one constructed SFT source `c` (its rows written by the test), its partition added."""
+    reg = tmp_path / "s.yaml"
+    reg.write_text(yaml.safe_dump({"sources": [{"key": "c", "kind": "sft", "adapter": "generic", "licence": "CC0",
+                                                "fields": {"prompt": "prompt", "response": "answer"},
+                                                "loader": {"path": str(tmp_path / "none.jsonl")}}]}))
+    instance.add_dynamic_partitions("source", ["c"])
+    return reg
 
 
 def _rewrite_sft(store, rows):
@@ -289,11 +295,7 @@ def test_a_clean_table_that_loses_a_row_fails_its_blocking_check(tmp_path, insta
     rows = [{"all_prompt_id": f"c:{i}", "prompt": p, "answer": r, "metadata": "{}", "source": "c"}
             for i, (p, r, _) in enumerate(CASES)]
     store.write(pa.Table.from_pylist(rows), store.path("sft_records", "c"))
-    reg = tmp_path / "s.yaml"
-    reg.write_text(yaml.safe_dump({"sources": [{"key": "c", "kind": "sft", "adapter": "generic", "licence": "CC0",
-                                                "fields": {"prompt": "prompt", "response": "answer"},
-                                                "loader": {"path": str(tmp_path / "none.jsonl")}}]}))
-    instance.add_dynamic_partitions("source", ["c"])
+    reg = _source_c(tmp_path, instance)
     real = hygiene_assets.apply_hygiene
 
     def lossy(*args, **kwargs):
