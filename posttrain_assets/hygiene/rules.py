@@ -34,6 +34,7 @@ from partitions.registry import register_hygiene_rules
 from resources.reasons import Reason
 
 from ..common.reason_rules import RULE_REASONS  # noqa: F401 (the rules' reasons; the export reads them too)
+from ..common.text import CHAR_LANGUAGES, length_units
 
 from .lists import PhraseLists
 from .repetition import RepetitionRules, find_repetition
@@ -50,7 +51,6 @@ ROLE_RULES = {"response": frozenset(RULES) - {"truncated"},
               # a CoT record's answer is empty by design where its source keeps the trace whole (answer_rule none)
               "final": frozenset({"format_tokens", "identity"}),
               "prompt": frozenset({"format_tokens"})}
-CHAR_LANGUAGES = ("ja", "zh")
 SPAN_CHARS = 120
 PROSE_CHARS = 8000
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
@@ -167,11 +167,6 @@ def stray_reasoning_tag(text: str, lists: PhraseLists, allow_blocks: bool) -> re
             if m:
                 allowed.append((m.start(), m.end()))
     return next((m for m in tags if not any(a <= m.start() < b for a, b in allowed)), None)
-
-
-def units(text: str, lang: str) -> int:
-    """Length as the length rules count it: characters (without white space) for ja / zh, words otherwise."""
-    return len("".join(text.split())) if lang in CHAR_LANGUAGES else len(text.split())
 
 
 @dataclass(frozen=True)
@@ -305,11 +300,13 @@ class Checker:
 
     def _japanese(self, name: str, t: _Text, p: _Text) -> Verdict | None:
         sc = t.scripts
-        count, first, _ = foreign_han(t.prose)
-        if count and p.scripts.han:  # characters the prompt itself writes are the user's, not a leak
-            asked = set(foreign_han(p.prose)[2])
-            count, first = foreign_han(t.prose, exclude=asked)[:2]
+        found = foreign_han(t.prose)
+        if found and p.scripts.han:  # characters the prompt itself writes are the user's, not a leak
+            asked = {m.group(0) for m in foreign_han(p.prose)}
+            found = [m for m in found if m.group(0) not in asked]
+        count = len(found)
         if count >= self.th.foreign_hanzi_min and count >= self.th.foreign_hanzi_share * sc.han:
+            first = found[0]
             return Verdict("script", Reason.FOREIGN_HANZI, name, t.prose[max(0, first.start() - 10): first.end() + 10],
                            -1, f"{count} of {sc.han} Han characters are not Japanese (outside JIS X 0208 / cp932)")
         if sc.han >= self.th.kana_min_han and sc.kana_share < self.th.min_kana_share:
@@ -329,7 +326,7 @@ class Checker:
                        f"{rt} Traditional-only characters")
 
     def _length(self, name: str, t: _Text, p: _Text) -> Verdict | None:
-        p_units, r_units = units(p.text, p.coarse), units(t.text, t.coarse)
+        p_units, r_units = length_units(p.text, p.coarse), length_units(t.text, t.coarse)
         p_need = self.th.long_prompt * (2 if p.coarse in CHAR_LANGUAGES else 1)
         r_need = self.th.short_response * (2 if t.coarse in CHAR_LANGUAGES else 1)
         if p_units < p_need or r_units >= r_need:

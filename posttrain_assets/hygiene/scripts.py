@@ -212,12 +212,9 @@ def han_classes() -> tuple[re.Pattern, re.Pattern, re.Pattern]:
     return not_jis, _char_class(gb - big5), _char_class(big5 - gb)
 
 
-def foreign_han(text: str, exclude: set[str] | frozenset[str] = frozenset()) -> tuple[int, re.Match | None, list]:
-    """Han characters outside JIS (cp932) in a Japanese text, but those in `exclude`: (count, the first
-    as a match, all of them)."""
-    rx = han_classes()[0]
-    found = [m for m in rx.finditer(text) if m.group(0) not in exclude]
-    return len(found), (found[0] if found else None), [m.group(0) for m in found]
+def foreign_han(text: str) -> list[re.Match]:
+    """The Han characters outside JIS (cp932) of a Japanese text, in order."""
+    return list(han_classes()[0].finditer(text))
 
 
 def chinese_variant(text: str) -> tuple[int, int]:

@@ -39,9 +39,10 @@ import pyarrow as pa
 
 from resources.reasons import Reason
 
+from ..common.text import length_units as instruction_length
+
 DIFFICULTY_ORDER = ("very easy", "easy", "medium", "hard", "very hard")
 QUALITY_LEVELS = ("very poor", "poor", "average", "good", "excellent")
-CHAR_LANGUAGES = ("ja", "zh")
 COLONS = (":", "：")
 RULES = ("input_quality", "instruct_reward", "colon", "near_duplicate", "length", "difficulty", "safety")
 #: the table's columns each rule reads
@@ -90,13 +91,6 @@ class FilterRules:
               "difficulty": self.min_difficulty is not None or self.max_difficulty is not None,
               "safety": self.safe_only}
         return [r for r in RULES if on[r]]
-
-
-def instruction_length(text: str, language: Optional[str]) -> int:
-    """Characters (without whitespace) for ja / zh, whitespace-separated words otherwise."""
-    if (language or "") in CHAR_LANGUAGES:
-        return sum(1 for ch in text if not ch.isspace())
-    return len(text.split())
 
 
 def rule_verdict(rule: str, row: dict, rules: FilterRules) -> Optional[str]:

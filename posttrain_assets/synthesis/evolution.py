@@ -45,6 +45,8 @@ from ..common import asset_names as A
 from ..common.accounting import RowIssue
 from ..common.inputs import input_table
 from ..common.language import detect_language
+from ..common.text import is_char_language
+from ..common.text import length_units as text_length
 from . import tasks as T
 
 #: the prompt tables evolved_instructions can read (config `input_asset`; their columns: common/inputs.py)
@@ -53,8 +55,6 @@ OPERATIONS = ("width", "depth", "flatten")
 #: operations that must add information (elimination rule 1 applies)
 EQUALITY_OPS = frozenset({"width", "depth"})
 DEPTH_METHODS = tuple(T.DEPTH_METHODS)  # constraints, deepen, concretize, reasoning, complicate_input
-#: languages whose length is counted in characters, not whitespace words
-CHAR_LANGUAGES = frozenset({"ja", "zh"})
 JUDGE_CRITERIA = ("natural", "clear_intent", "safe", "answerable")
 #: reasons that are failures (counted as `rejected`); the other reasons are policy (`removed`)
 FAILURE_REASONS = frozenset({Reason.LLM_FAILED, Reason.EQUAL_JUDGE_FAILED, Reason.JUDGE_FAILED})
@@ -111,17 +111,6 @@ JA_STOP_WORDS = tuple(sorted(set("""
 
 def _nfkc(text: str) -> str:
     return unicodedata.normalize("NFKC", text or "")
-
-
-def is_char_language(language: str) -> bool:
-    return (language or "").split("-")[0] in CHAR_LANGUAGES
-
-
-def text_length(text: str, language: str) -> int:
-    """Characters (no whitespace) for Japanese / Chinese, whitespace words otherwise."""
-    if is_char_language(language):
-        return sum(1 for ch in text if not ch.isspace())
-    return len(text.split())
 
 
 def is_short_refusal(answer: str, language: str, max_words: int = 80, max_chars: int = 200) -> bool:
